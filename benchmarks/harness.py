@@ -1,0 +1,124 @@
+"""Shared benchmark harness: timing, peak memory and result files.
+
+Every benchmark checks correctness first, then times each method on the same random inputs in the
+same run, and reports ratios to the baseline measured beside it. Results go to
+``benchmarks/results/<name>_<device>.json`` (machine-readable) and ``.md`` (a table).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.utils.benchmark as torch_benchmark
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def time_call(fn: Callable[[], object], device: torch.device, min_run_time: float = 0.2) -> float:
+    """Median seconds per call of ``fn`` after warm-up (torch.utils.benchmark on CPU, CUDA events
+    on GPU)."""
+    if device.type == "cuda":
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(20):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        times.sort()
+        return times[len(times) // 2]
+    fn()
+    timer = torch_benchmark.Timer(stmt="fn()", globals={"fn": fn},
+                                  num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_run_time).median
+
+
+def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> int:
+    """Peak bytes allocated during one call: CUDA allocator peak on GPU; on CPU the peak of
+    torch's CPU allocations as seen by the profiler's memory tracking."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    peak = current = 0
+    events = sorted(
+        (e for e in prof.events() if e.cpu_memory_usage != 0), key=lambda e: e.time_range.start
+    )
+    for event in events:
+        current += event.cpu_memory_usage
+        peak = max(peak, current)
+    return peak
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+
+
+def environment(device: torch.device) -> dict:
+    import sparsenas
+
+    report = sparsenas.info()
+    return {
+        "device": device_name(device),
+        "device_type": device.type,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "sparsenas": sparsenas.__version__,
+        "extension": report["extension"],
+        "python": platform.python_version(),
+    }
+
+
+def write_results(name: str, device: torch.device, rows: list[dict], columns: list[str],
+                  notes: str = "") -> Path:
+    """Writes rows as JSON (with the environment) and as a markdown table; returns the .md path."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    env = environment(device)
+    stem = RESULTS_DIR / f"{name}_{device.type}"
+    stem.with_suffix(".json").write_text(
+        json.dumps({"benchmark": name, "environment": env, "notes": notes, "rows": rows},
+                   indent=2) + "\n")
+    lines = [f"# {name} ({device.type})", "",
+             f"Device: {env['device']}. torch {env['torch']}, sparsenas {env['sparsenas']}, "
+             f"{env['date']}.", ""]
+    if notes:
+        lines += [notes, ""]
+    lines.append("| " + " | ".join(columns) + " |")
+    lines.append("|" + "---|" * len(columns))
+    for row in rows:
+        lines.append("| " + " | ".join(_format(row.get(c, "")) for c in columns) + " |")
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    return stem.with_suffix(".md")
+
+
+def _format(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)

@@ -1,0 +1,33 @@
+#pragma once
+// masked_linear: y = x (W ⊙ M)^T + b, for one mask or K candidate masks at once.
+//
+// Single form:      x [..., in], weight [out, in],            mask [out, in],    bias [out]
+// K-candidate form: x [K, ..., in], weight [out, in] or [K, out, in], mask [K, out, in],
+//                   bias [out] or [K, out]; output [K, ..., out].
+// mask: bool, uint8 (0/1) or floating with weight's dtype (soft mask); with packed=true a uint8
+// bit-packed mask whose last dimension is ceil(in / 8) (bit j of byte b is column 8 b + j).
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Optional.h>
+
+namespace sparsenas {
+
+struct MaskedLinearGeometry {
+  int64_t candidates;         // K (1 in the single form)
+  bool candidate_form;        // mask was [K, out, in]
+  bool weight_per_candidate;  // weight was [K, out, in]
+  bool bias_per_candidate;    // bias was [K, out]
+  int64_t rows;               // rows of x per candidate (product of the middle dimensions)
+  int64_t in_features;
+  int64_t out_features;
+  std::vector<int64_t> output_shape;
+};
+
+// Validates the arguments of masked_linear (and of its gradient ops, op names the caller).
+MaskedLinearGeometry check_masked_linear(const char* op, const at::Tensor& x,
+                                         const at::Tensor& weight, const at::Tensor& mask,
+                                         const c10::optional<at::Tensor>& bias, bool packed);
+
+inline int64_t packed_width(int64_t n) { return (n + 7) / 8; }
+
+}  // namespace sparsenas

@@ -1,0 +1,24 @@
+"""Shared test fixtures: every op test is parametrised over the devices this machine has, so the
+same suite verifies the CUDA kernels when it runs on a GPU machine."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> torch.device:
+    return torch.device(request.param)
+
+
+def pytest_report_header(config):
+    import sparsenas
+
+    report = sparsenas.info()
+    return [
+        f"sparsenas {report['sparsenas']}, torch {report['torch']}, extension: {report['extension']}",
+        f"test devices: {', '.join(DEVICES)}",
+    ]
