@@ -2,5 +2,6 @@
 
 from sparsenas.ops._reference import pack_mask, unpack_mask
 from sparsenas.ops.masked import masked_linear
+from sparsenas.ops.masked_conv import masked_conv2d
 
-__all__ = ["masked_linear", "pack_mask", "unpack_mask"]
+__all__ = ["masked_conv2d", "masked_linear", "pack_mask", "unpack_mask"]

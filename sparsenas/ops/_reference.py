@@ -6,6 +6,8 @@ device) is absent, and the baseline of its benchmark. They favour clarity over s
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -46,3 +48,36 @@ def masked_linear(
     if bias is not None:
         out = out + (bias.unsqueeze(1) if bias.dim() == 2 else bias)
     return out.reshape(*x.shape[:-1], weight.shape[-2])
+
+
+def masked_conv2d(
+    x: Tensor,
+    weight: Tensor,
+    mask: Tensor,
+    bias: Tensor | None = None,
+    stride: tuple[int, int] = (1, 1),
+    padding: tuple[int, int] = (0, 0),
+    dilation: tuple[int, int] = (1, 1),
+    groups: int = 1,
+    packed: bool = False,
+) -> Tensor:
+    """conv2d(x, W ⊙ M) + b; with M [K, out, in/groups, kh, kw], x [K, N, C, H, W] -> [K, N, ...].
+
+    A packed mask holds each output channel's in/groups * kh * kw mask bits: [(K,) out, ceil(. / 8)].
+    """
+    if packed:
+        mask = unpack_mask(mask, math.prod(weight.shape[-3:])).unflatten(-1, weight.shape[-3:])
+    masked_weight = weight * mask.to(weight.dtype)
+    conv = torch.nn.functional.conv2d
+    if mask.dim() == 4:
+        return conv(x, masked_weight, bias, stride, padding, dilation, groups)
+    K, N = x.shape[:2]
+    if masked_weight.dim() == 4:
+        masked_weight = masked_weight.expand(K, *masked_weight.shape)
+    if bias is not None and bias.dim() == 1:
+        bias = bias.expand(K, -1)
+    # The K candidates as one grouped convolution over K * C channels.
+    stacked = x.transpose(0, 1).reshape(N, K * x.shape[2], *x.shape[3:])
+    out = conv(stacked, masked_weight.reshape(-1, *masked_weight.shape[2:]),
+               None if bias is None else bias.reshape(-1), stride, padding, dilation, K * groups)
+    return out.reshape(N, K, -1, *out.shape[2:]).transpose(0, 1)

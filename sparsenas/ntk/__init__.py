@@ -1,0 +1,1 @@
+"""Empirical NTK, NTK metrics and Label-Gradient Alignment."""
