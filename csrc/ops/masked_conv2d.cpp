@@ -148,6 +148,7 @@ std::vector<ConvBlock> conv_blocks(const MaskedConv2dGeometry& g) {
   const int64_t out_per_group = g.out_channels / g.groups;
   const int64_t in_per_group = g.in_channels / g.groups;
   std::vector<ConvBlock> blocks;
+  if (out_per_group * g.fan_in == 0) return blocks;
   if (out_per_group * g.fan_in <= kBlockElements) {
     // Several whole groups per block: one grouped convolution on their input channels.
     const int64_t groups_per_block =
@@ -178,9 +179,10 @@ struct CandidateViews {
 };
 
 CandidateViews candidate_views(const MaskedConv2dGeometry& g, const at::Tensor& weight,
-                               const at::Tensor& mask) {
+                               const at::Tensor& mask, bool packed) {
   return {weight.contiguous().view({g.weight_per_candidate ? g.candidates : 1, g.out_channels, g.fan_in}),
-          mask.contiguous().view({g.candidate_form ? g.candidates : 1, g.out_channels, -1})};
+          mask.contiguous().view({g.candidate_form ? g.candidates : 1, g.out_channels,
+                                  packed ? conv_packed_width(g.fan_in) : g.fan_in})};
 }
 
 at::Tensor candidate(const at::Tensor& t, bool per_candidate, int64_t k) {
@@ -209,7 +211,7 @@ at::Tensor masked_conv2d_forward(const MaskedConvKernels& kernels, const at::Ten
     return out;
   }
   auto x_k = g.candidate_form ? x : x.unsqueeze(0);
-  const auto views = candidate_views(g, weight, mask);
+  const auto views = candidate_views(g, weight, mask, packed);
   const auto blocks = conv_blocks(g);
   int64_t max_rows = 0;
   for (const auto& b : blocks) max_rows = std::max(max_rows, b.rows);
@@ -258,7 +260,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backwar
   }
   const int64_t K = g.candidates;
   const auto empty = at::empty({0}, x.options());
-  const auto views = candidate_views(g, weight, mask);
+  const auto views = candidate_views(g, weight, mask, packed);
   const auto blocks = conv_blocks(g);
   auto x_k = g.candidate_form ? x : x.unsqueeze(0);
   auto grad_k = (g.candidate_form ? grad : grad.unsqueeze(0));
