@@ -189,6 +189,17 @@ at::Tensor candidate(const at::Tensor& t, bool per_candidate, int64_t k) {
   return t.select(0, per_candidate ? k : 0);
 }
 
+int64_t max_block_rows(const std::vector<ConvBlock>& blocks) {
+  int64_t rows = 0;
+  for (const auto& b : blocks) rows = std::max(rows, b.rows);
+  return rows;
+}
+
+// [rows, fan_in] filter rows as a convolution weight [rows, C / groups, kh, kw].
+at::Tensor filter_view(const at::Tensor& rows, const MaskedConv2dGeometry& g) {
+  return rows.view({rows.size(0), g.in_channels / g.groups, g.kernel_h, g.kernel_w});
+}
+
 }  // namespace
 
 at::Tensor masked_conv2d_forward(const MaskedConvKernels& kernels, const at::Tensor& x,
@@ -200,23 +211,22 @@ at::Tensor masked_conv2d_forward(const MaskedConvKernels& kernels, const at::Ten
                                      dilation, groups, packed);
   const int64_t K = g.candidates;
   const bool has_bias = bias.has_value() && bias->defined();
-  auto out = at::empty(g.output_shape, x.options());
-  if (out.numel() == 0) return out;
-  auto out_k = out.view({K, g.batch, g.out_channels, g.out_height, g.out_width});
-  if (g.fan_in == 0) {  // no input channels: the output is the bias
-    if (has_bias)
-      out_k.copy_((g.bias_per_candidate ? *bias : bias->unsqueeze(0)).view({-1, 1, g.out_channels, 1, 1}));
-    else
-      out.zero_();
+  const auto blocks = conv_blocks(g);
+  if (blocks.empty() || g.batch == 0 || K == 0) {
+    // No filters or no input channels: the output is the bias (or empty).
+    auto out = at::zeros(g.output_shape, x.options());
+    if (has_bias && out.numel() > 0)
+      out.view({K, g.batch, g.out_channels, g.out_height, g.out_width})
+          .copy_((g.bias_per_candidate ? *bias : bias->unsqueeze(0)).view({-1, 1, g.out_channels, 1, 1}));
     return out;
   }
-  auto x_k = g.candidate_form ? x : x.unsqueeze(0);
   const auto views = candidate_views(g, weight, mask, packed);
-  const auto blocks = conv_blocks(g);
-  int64_t max_rows = 0;
-  for (const auto& b : blocks) max_rows = std::max(max_rows, b.rows);
-  auto workspace = at::empty({max_rows, g.fan_in}, weight.options());
-  for (int64_t k = 0; k < K; ++k) {
+  const auto x_k = g.candidate_form ? x : x.unsqueeze(0);
+  const auto bias_k = !has_bias ? at::Tensor() : g.bias_per_candidate ? *bias : bias->unsqueeze(0);
+  auto workspace = at::empty({max_block_rows(blocks), g.fan_in}, weight.options());
+  // One candidate's masked convolution over the filter blocks; written straight into `target`
+  // ([N, out, H', W']) unless a single block makes the convolution's own output the result.
+  auto convolve = [&](int64_t k, const at::Tensor& target) -> at::Tensor {
     const auto wk = candidate(views.weight, g.weight_per_candidate, k);
     const auto mk = candidate(views.mask, g.candidate_form, k);
     const auto xk = x_k.select(0, k);
@@ -225,14 +235,18 @@ at::Tensor masked_conv2d_forward(const MaskedConvKernels& kernels, const at::Ten
       kernels.fill_masked_rows(wk, mk, packed, b.row0, block);
       c10::optional<at::Tensor> block_bias;
       if (has_bias)
-        block_bias = candidate(g.bias_per_candidate ? *bias : bias->unsqueeze(0),
-                               g.bias_per_candidate, k).narrow(0, b.row0, b.rows);
-      auto y = at::convolution(block_input(xk, b, g),
-                               block.view({b.rows, g.in_channels / g.groups, g.kernel_h, g.kernel_w}),
-                               block_bias, stride, padding, dilation, false, {0, 0}, b.conv_groups);
-      out_k.select(0, k).narrow(1, b.row0, b.rows).copy_(y);
+        block_bias = candidate(bias_k, g.bias_per_candidate, k).narrow(0, b.row0, b.rows);
+      auto y = at::convolution(block_input(xk, b, g), filter_view(block, g), block_bias, stride,
+                               padding, dilation, false, {0, 0}, b.conv_groups);
+      if (!target.defined()) return y.contiguous();
+      target.narrow(1, b.row0, b.rows).copy_(y);
     }
-  }
+    return target;
+  };
+  if (!g.candidate_form && blocks.size() == 1) return convolve(0, at::Tensor());
+  auto out = at::empty(g.output_shape, x.options());
+  auto out_k = out.view({K, g.batch, g.out_channels, g.out_height, g.out_width});
+  for (int64_t k = 0; k < K; ++k) convolve(k, out_k.select(0, k));
   return out;
 }
 
@@ -247,8 +261,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backwar
   check_same_dtype(op, "grad", grad, "x", x);
   check_same_device(op, "grad", grad, "x", x);
   TORCH_CHECK_VALUE(grad.sizes().equals(g.output_shape), op,
-                    "(): argument 'grad' must have the output's shape ", c10::IntArrayRef(g.output_shape),
-                    ", got ", describe(grad));
+                    "(): argument 'grad' must have the output's shape ",
+                    c10::IntArrayRef(g.output_shape), ", got ", describe(grad));
   TORCH_CHECK_VALUE(!(output_mask[2] && packed), op,
                     "(): a bit-packed 'mask' has no gradient (output_mask[2] must be false)");
   if (output_mask[3]) {
@@ -259,65 +273,59 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backwar
                       "gradient is requested");
   }
   const int64_t K = g.candidates;
+  const bool need_x = output_mask[0], need_w = output_mask[1], need_m = output_mask[2];
+  const bool need_effective = need_w || need_m;  // ∂L/∂W_eff
   const auto empty = at::empty({0}, x.options());
-  const auto views = candidate_views(g, weight, mask, packed);
-  const auto blocks = conv_blocks(g);
-  auto x_k = g.candidate_form ? x : x.unsqueeze(0);
-  auto grad_k = (g.candidate_form ? grad : grad.unsqueeze(0));
-
   at::Tensor grad_x = empty, grad_weight = empty, grad_mask = empty, grad_bias = empty;
+  const auto blocks = conv_blocks(g);
   const bool single_block = blocks.size() == 1 && blocks[0].in_count == g.in_channels;
-  if (output_mask[0]) {
-    grad_x = single_block ? at::empty(x.sizes(), x.options()) : at::zeros(x.sizes(), x.options());
-  }
-  if (output_mask[1]) grad_weight = at::empty(weight.sizes(), weight.options());
-  if (output_mask[2]) grad_mask = at::empty(mask.sizes(), weight.options());
-  const bool any_input_work = (output_mask[0] || output_mask[1] || output_mask[2]) &&
-                              g.batch > 0 && K > 0 && g.out_channels > 0 && g.fan_in > 0;
-  if (!any_input_work) {
-    if (output_mask[0]) grad_x.zero_();
-    if (output_mask[1]) grad_weight.zero_();
-    if (output_mask[2]) grad_mask.zero_();
-  } else {
-    auto grad_x_k = output_mask[0] ? (g.candidate_form ? grad_x : grad_x.unsqueeze(0)) : empty;
-    auto grad_weight_k =
-        output_mask[1] ? grad_weight.view({g.weight_per_candidate ? K : 1, g.out_channels, g.fan_in})
-                       : empty;
-    auto grad_mask_k = output_mask[2] ? grad_mask.view({K, g.out_channels, g.fan_in}) : empty;
-    int64_t max_rows = 0;
-    for (const auto& b : blocks) max_rows = std::max(max_rows, b.rows);
-    auto workspace = output_mask[0] ? at::empty({max_rows, g.fan_in}, weight.options()) : empty;
-    const std::vector<int64_t> filter_shape{g.out_channels, g.in_channels / g.groups, g.kernel_h,
-                                            g.kernel_w};
+  if (need_x) grad_x = single_block ? at::empty(x.sizes(), x.options()) : at::zeros(x.sizes(), x.options());
+  if (need_w) grad_weight = at::zeros(weight.sizes(), weight.options());
+  if (need_m) grad_mask = at::zeros(mask.sizes(), weight.options());
+
+  if ((need_x || need_effective) && !blocks.empty() && g.batch > 0 && K > 0) {
+    const auto views = candidate_views(g, weight, mask, packed);
+    const auto x_k = g.candidate_form ? x : x.unsqueeze(0);
+    const auto grad_k = g.candidate_form ? grad : grad.unsqueeze(0);
+    const auto grad_x_k = !need_x ? empty : g.candidate_form ? grad_x : grad_x.unsqueeze(0);
+    const auto grad_weight_k =
+        !need_w ? empty : grad_weight.view({g.weight_per_candidate ? K : 1, g.out_channels, g.fan_in});
+    const auto grad_mask_k = !need_m ? empty : grad_mask.view({K, g.out_channels, g.fan_in});
+    auto workspace = need_x ? at::empty({max_block_rows(blocks), g.fan_in}, weight.options()) : empty;
     for (int64_t k = 0; k < K; ++k) {
       const auto wk = candidate(views.weight, g.weight_per_candidate, k);
       const auto mk = candidate(views.mask, g.candidate_form, k);
       const auto xk = x_k.select(0, k);
       const auto gk = grad_k.select(0, k);
-      if (output_mask[0]) {
+      at::Tensor effective;  // ∂L/∂W_eff of candidate k, [out, C / groups, kh, kw]
+      if (need_x) {
         const auto gxk = grad_x_k.select(0, k);
         for (const auto& b : blocks) {
           auto block = workspace.narrow(0, 0, b.rows);
           kernels.fill_masked_rows(wk, mk, packed, b.row0, block);
-          auto contribution = std::get<0>(at::convolution_backward(
-              gk.narrow(1, b.row0, b.rows), block_input(xk, b, g),
-              block.view({b.rows, g.in_channels / g.groups, g.kernel_h, g.kernel_w}), c10::nullopt,
-              stride, padding, dilation, false, {0, 0}, b.conv_groups, {true, false, false}));
+          // With a single block the weight gradient comes from the same call: it does not
+          // depend on the (masked) weight values.
+          const bool with_effective = single_block && need_effective;
+          auto grads = at::convolution_backward(
+              gk.narrow(1, b.row0, b.rows), block_input(xk, b, g), filter_view(block, g),
+              c10::nullopt, stride, padding, dilation, false, {0, 0}, b.conv_groups,
+              {true, with_effective, false});
+          if (with_effective) effective = std::get<1>(grads);
           auto target = b.in_count == g.in_channels ? gxk : gxk.narrow(1, b.in0, b.in_count);
-          if (single_block) target.copy_(contribution);
-          else target.add_(contribution);
+          if (single_block) target.copy_(std::get<0>(grads));
+          else target.add_(std::get<0>(grads));
         }
       }
-      if (output_mask[1] || output_mask[2]) {
-        // ∂L/∂W_eff does not depend on the mask: one weight-gradient convolution per candidate.
-        auto effective = std::get<1>(at::convolution_backward(
-            gk, xk, wk.view(filter_shape), c10::nullopt, stride, padding, dilation, false, {0, 0},
-            g.groups, {false, true, false}));
-        const bool accumulate = output_mask[1] && !g.weight_per_candidate && k > 0;
+      if (need_effective) {
+        if (!effective.defined())
+          effective = std::get<1>(at::convolution_backward(
+              gk, xk, filter_view(wk, g), c10::nullopt, stride, padding, dilation, false, {0, 0},
+              g.groups, {false, true, false}));
         kernels.combine_weight_grads(
             effective.contiguous().view({g.out_channels, g.fan_in}), wk, mk, packed,
-            output_mask[1] ? candidate(grad_weight_k, g.weight_per_candidate, k) : at::Tensor(),
-            accumulate, output_mask[2] ? grad_mask_k.select(0, k) : at::Tensor());
+            need_w ? candidate(grad_weight_k, g.weight_per_candidate, k) : at::Tensor(),
+            /*accumulate=*/!g.weight_per_candidate && k > 0,
+            need_m ? grad_mask_k.select(0, k) : at::Tensor());
       }
     }
   }
