@@ -19,7 +19,7 @@ CONFIGS = [
     (3, 5, 4, 4, 3, 1, 1, 1, 0, 1, 1),
 ]
 TOLERANCES = {torch.float32: (1e-4, 1e-4), torch.float64: (1e-10, 1e-10),
-              torch.bfloat16: (3e-2, 3e-2)}
+              torch.bfloat16: (3e-2, 3e-2), torch.float16: (4e-3, 4e-3)}
 
 
 def _pair(v):
@@ -56,7 +56,7 @@ def test_native_kernel_is_built(device):
 
 
 @pytest.mark.parametrize("config", CONFIGS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("mask_format", ["bool", "uint8", "soft", "packed"])
 def test_forward_matches_reference(device, config, dtype, mask_format):
     x, weight, mask, bias, geometry = _inputs(config, device, dtype, mask_format)
