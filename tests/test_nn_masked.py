@@ -144,3 +144,23 @@ def test_torch_compile_fullgraph_forward_and_backward(device):
     torch.testing.assert_close(out, eager_out)
     for got, want in zip(grads, eager_grads):
         torch.testing.assert_close(got, want)
+
+
+def test_from_dense_takes_over_a_layer_pruned_with_torch_prune(device):
+    from torch.nn.utils import prune
+
+    torch.manual_seed(0)
+    layer = nn.Conv2d(3, 4, 3, device=device)
+    mask = _random_mask(layer.weight.shape, device=device)
+    prune.custom_from_mask(layer, "weight", mask)
+    masked = MaskedConv2d.from_dense(layer)
+    assert masked.weight is layer.weight_orig and torch.equal(masked.weight_mask, mask)
+    x = torch.randn(2, 3, 6, 6, device=device)
+    torch.testing.assert_close(masked(x), layer(x))
+
+
+def test_convert_keeps_a_shared_layer_shared(device):
+    shared = nn.Linear(4, 4)
+    model = nn.Sequential(shared, nn.ReLU(), shared).to(device)
+    convert_to_masked(model)
+    assert isinstance(model[0], MaskedLinear) and model[0] is model[2]

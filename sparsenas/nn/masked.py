@@ -68,12 +68,18 @@ class _MaskedWeight:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-def _adopt_parameters(masked: nn.Module, layer: nn.Module) -> None:
+def _adopt_parameters(masked: _MaskedWeight, layer: nn.Module, mask: Tensor | None) -> None:
     # The masked layer shares the dense layer's Parameter objects, so optimizers and anything
-    # else holding them keep working after a conversion.
-    masked.weight = layer.weight
+    # else holding them keep working after a conversion. A layer pruned with
+    # torch.nn.utils.prune (weight_orig and a weight_mask buffer) brings its mask along.
+    pruned = hasattr(layer, "weight_orig") and isinstance(getattr(layer, "weight_mask", None),
+                                                          Tensor)
+    masked.weight = layer.weight_orig if pruned else layer.weight
     masked.bias = layer.bias
     masked.train(layer.training)
+    if mask is None and pruned:
+        mask = layer.weight_mask
+    masked._init_mask(mask)
 
 
 class MaskedLinear(_MaskedWeight, nn.Linear):
@@ -93,11 +99,11 @@ class MaskedLinear(_MaskedWeight, nn.Linear):
 
     @classmethod
     def from_dense(cls, layer: nn.Linear, mask: Tensor | None = None) -> MaskedLinear:
-        """A MaskedLinear sharing ``layer``'s parameters, with ``mask`` (all ones by default)."""
+        """A MaskedLinear sharing ``layer``'s parameters, with ``mask`` (by default the mask of a
+        layer pruned with torch.nn.utils.prune, else all ones)."""
         masked = cls(layer.in_features, layer.out_features, layer.bias is not None,
                      device="meta", dtype=layer.weight.dtype)
-        _adopt_parameters(masked, layer)
-        masked._init_mask(mask)
+        _adopt_parameters(masked, layer, mask)
         return masked
 
     def to_dense(self) -> nn.Linear:
@@ -145,11 +151,11 @@ class MaskedConv2d(_MaskedWeight, nn.Conv2d):
 
     @classmethod
     def from_dense(cls, layer: nn.Conv2d, mask: Tensor | None = None) -> MaskedConv2d:
-        """A MaskedConv2d sharing ``layer``'s parameters, with ``mask`` (all ones by default)."""
+        """A MaskedConv2d sharing ``layer``'s parameters, with ``mask`` (by default the mask of a
+        layer pruned with torch.nn.utils.prune, else all ones)."""
         config = MaskedConv2d._dense_config(layer)
         masked = cls(**config, device="meta", dtype=layer.weight.dtype)
-        _adopt_parameters(masked, layer)
-        masked._init_mask(mask)
+        _adopt_parameters(masked, layer, mask)
         return masked
 
     def to_dense(self) -> nn.Conv2d:
@@ -165,12 +171,20 @@ _TO_MASKED: dict[type[nn.Module], type[nn.Module]] = {nn.Linear: MaskedLinear,
                                                        nn.Conv2d: MaskedConv2d}
 
 
-def _convert(module: nn.Module, replace) -> nn.Module:
-    for name, child in module.named_children():
-        converted = _convert(child, replace)
-        if converted is not child:
-            setattr(module, name, converted)
-    return replace(module)
+def _convert(module: nn.Module, replace, converted: dict[int, nn.Module]) -> nn.Module:
+    # `converted` maps each visited module to its replacement, so a layer used at several places
+    # of the model stays one (shared) layer after the conversion.
+    if id(module) in converted:
+        return converted[id(module)]
+    # _modules, not named_children(): the latter lists a shared child only once.
+    for name, child in list(module._modules.items()):
+        if child is None:
+            continue
+        new_child = _convert(child, replace, converted)
+        if new_child is not child:
+            setattr(module, name, new_child)
+    converted[id(module)] = replace(module)
+    return converted[id(module)]
 
 
 def convert_to_masked(model: nn.Module) -> nn.Module:
@@ -179,10 +193,10 @@ def convert_to_masked(model: nn.Module) -> nn.Module:
     ``model`` itself is one). Subclasses of those layers are left alone: some (e.g. the output
     projection of nn.MultiheadAttention) are read by their owner without calling forward."""
     return _convert(model, lambda m: _TO_MASKED[type(m)].from_dense(m)
-                    if type(m) in _TO_MASKED else m)
+                    if type(m) in _TO_MASKED else m, {})
 
 
 def convert_to_dense(model: nn.Module) -> nn.Module:
     """The inverse of :func:`convert_to_masked`: replaces every masked layer by a plain layer with
     W ⊙ M as its weight; returns the model (the new layer when ``model`` itself is one)."""
-    return _convert(model, lambda m: m.to_dense() if isinstance(m, _MaskedWeight) else m)
+    return _convert(model, lambda m: m.to_dense() if isinstance(m, _MaskedWeight) else m, {})
