@@ -43,8 +43,14 @@ void fill_masked_rows_cpu(const at::Tensor& weight, const at::Tensor& mask, bool
         for (int64_t r = begin; r < end; ++r) {
           const scalar_t* wr = w + (row0 + r) * fan_in;
           scalar_t* o = out + r * fan_in;
-          for (int64_t c = 0; c < fan_in; ++c)
-            o[c] = wr[c] * mask_value<scalar_t, mask_t>(m, row0 + r, c, fan_in, packed);
+          if (packed) {
+            for (int64_t c = 0; c < fan_in; ++c)
+              o[c] = mask_value<scalar_t, mask_t>(m, row0 + r, c, fan_in, true) != scalar_t(0) ? wr[c] : scalar_t(0);
+          } else {
+            // A plain elementwise product the compiler vectorizes.
+            const mask_t* mr = static_cast<const mask_t*>(m) + (row0 + r) * fan_in;
+            for (int64_t c = 0; c < fan_in; ++c) o[c] = wr[c] * static_cast<scalar_t>(mr[c]);
+          }
         }
       });
     });
