@@ -13,6 +13,11 @@ TORCH_LIBRARY(sparsenas, m) {
   // ---- masked linear / conv (SPEC §2.1) ----
   m.def("masked_linear(Tensor x, Tensor weight, Tensor mask, Tensor? bias=None, bool packed=False) -> Tensor");
 
+  // masked conv2d; its backward returns (grad_x, grad_weight, grad_mask, grad_bias), each an
+  // empty [0] tensor where output_mask is false.
+  m.def("masked_conv2d(Tensor x, Tensor weight, Tensor mask, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation, int groups, bool packed=False) -> Tensor");
+  m.def("masked_conv2d_backward(Tensor grad, Tensor x, Tensor weight, Tensor mask, int[]? bias_sizes, int[2] stride, int[2] padding, int[2] dilation, int groups, bool packed, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
+
   // ---- mask sampling (SPEC §2.3) ----
 
   // ---- sparse execution (SPEC §2.2) ----

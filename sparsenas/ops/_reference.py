@@ -80,4 +80,4 @@ def masked_conv2d(
     stacked = x.transpose(0, 1).reshape(N, K * x.shape[2], *x.shape[3:])
     out = conv(stacked, masked_weight.reshape(-1, *masked_weight.shape[2:]),
                None if bias is None else bias.reshape(-1), stride, padding, dilation, K * groups)
-    return out.reshape(N, K, -1, *out.shape[2:]).transpose(0, 1)
+    return out.reshape(N, K, weight.shape[-4], *out.shape[2:]).transpose(0, 1)

@@ -1,0 +1,341 @@
+#include "ops/masked_conv2d.h"
+
+#include <ATen/ATen.h>
+
+#include "common/checks.h"
+
+namespace sparsenas {
+
+namespace {
+
+void check_pair(const char* op, const char* arg, c10::IntArrayRef values, int64_t minimum) {
+  TORCH_CHECK_VALUE(values.size() == 2, op, "(): argument '", arg,
+                    "' must have 2 values (height, width), got ", values.size());
+  for (int64_t v : values)
+    TORCH_CHECK_VALUE(v >= minimum, op, "(): argument '", arg, "' must be >= ", minimum,
+                      " in each dimension, got [", values[0], ", ", values[1], "]");
+}
+
+}  // namespace
+
+MaskedConv2dGeometry check_masked_conv2d(const char* op, const at::Tensor& x,
+                                         const at::Tensor& weight, const at::Tensor& mask,
+                                         const c10::optional<at::Tensor>& bias,
+                                         c10::IntArrayRef stride, c10::IntArrayRef padding,
+                                         c10::IntArrayRef dilation, int64_t groups, bool packed) {
+  check_floating(op, "x", x);
+  check_same_dtype(op, "weight", weight, "x", x);
+  check_same_device(op, "weight", weight, "x", x);
+  check_same_device(op, "mask", mask, "x", x);
+  if (packed) {
+    TORCH_CHECK_TYPE(mask.scalar_type() == at::kByte, op,
+                     "(): argument 'mask' must be a uint8 bit-packed mask when packed=True, got ",
+                     describe(mask));
+  } else {
+    TORCH_CHECK_TYPE(mask.scalar_type() == at::kBool || mask.scalar_type() == at::kByte ||
+                         mask.scalar_type() == weight.scalar_type(),
+                     op, "(): argument 'mask' must be bool, uint8 or ", weight.scalar_type(),
+                     " (a soft mask with the weight's dtype), got ", describe(mask));
+  }
+  check_pair(op, "stride", stride, 1);
+  check_pair(op, "padding", padding, 0);
+  check_pair(op, "dilation", dilation, 1);
+  TORCH_CHECK_VALUE(groups >= 1, op, "(): argument 'groups' must be >= 1, got ", groups);
+
+  MaskedConv2dGeometry g;
+  TORCH_CHECK_VALUE(x.dim() == 4 || x.dim() == 5, op,
+                    "(): argument 'x' must be [N, C, H, W] or [K, N, C, H, W] (K candidates), got ",
+                    describe(x));
+  g.candidate_form = x.dim() == 5;
+  g.candidates = g.candidate_form ? x.size(0) : 1;
+  const int64_t lead = g.candidate_form ? 1 : 0;
+  g.batch = x.size(lead);
+  g.in_channels = x.size(lead + 1);
+  g.height = x.size(lead + 2);
+  g.width = x.size(lead + 3);
+
+  TORCH_CHECK_VALUE(weight.dim() == 4 || (g.candidate_form && weight.dim() == 5), op,
+                    "(): argument 'weight' must be [out, C / groups, kh, kw]",
+                    g.candidate_form ? " or [K, out, C / groups, kh, kw]" : "", ", got ",
+                    describe(weight));
+  g.weight_per_candidate = weight.dim() == 5;
+  if (g.weight_per_candidate) check_size(op, "weight", weight, 0, g.candidates, "K, from x");
+  const int64_t wl = g.weight_per_candidate ? 1 : 0;
+  g.out_channels = weight.size(wl);
+  g.kernel_h = weight.size(wl + 2);
+  g.kernel_w = weight.size(wl + 3);
+  g.groups = groups;
+  TORCH_CHECK_VALUE(g.in_channels % groups == 0, op, "(): argument 'groups' (", groups,
+                    ") must divide the input channels of 'x' (", g.in_channels, "), got x ",
+                    describe(x));
+  TORCH_CHECK_VALUE(g.out_channels % groups == 0, op, "(): argument 'groups' (", groups,
+                    ") must divide the output channels of 'weight' (", g.out_channels,
+                    "), got weight ", describe(weight));
+  check_size(op, "weight", weight, wl + 1, g.in_channels / groups, "C / groups, from x and groups");
+  TORCH_CHECK_VALUE(g.kernel_h >= 1 && g.kernel_w >= 1, op,
+                    "(): argument 'weight' must have a kernel of at least 1x1, got ",
+                    describe(weight));
+  g.fan_in = g.in_channels / groups * g.kernel_h * g.kernel_w;
+
+  const int64_t mask_dim = (packed ? 2 : 4) + (g.candidate_form ? 1 : 0);
+  TORCH_CHECK_VALUE(mask.dim() == mask_dim, op, "(): argument 'mask' must be ",
+                    packed ? (g.candidate_form ? "[K, out, ceil(C / groups * kh * kw / 8)]"
+                                               : "[out, ceil(C / groups * kh * kw / 8)]")
+                           : (g.candidate_form ? "[K, out, C / groups, kh, kw]"
+                                               : "[out, C / groups, kh, kw] (the weight's shape)"),
+                    " for this x, got ", describe(mask));
+  if (g.candidate_form) check_size(op, "mask", mask, 0, g.candidates, "K, from x");
+  const int64_t ml = g.candidate_form ? 1 : 0;
+  if (packed) {
+    check_size(op, "mask", mask, ml, g.out_channels, "out, from weight");
+    check_size(op, "mask", mask, ml + 1, conv_packed_width(g.fan_in),
+               "ceil(C / groups * kh * kw / 8), from weight");
+  } else {
+    const char* what[] = {"out, from weight", "C / groups, from weight", "kh, from weight",
+                          "kw, from weight"};
+    for (int64_t d = 0; d < 4; ++d)
+      check_size(op, "mask", mask, ml + d, weight.size(wl + d), what[d]);
+  }
+
+  g.bias_per_candidate = false;
+  if (bias.has_value() && bias->defined()) {
+    const at::Tensor& b = *bias;
+    check_same_dtype(op, "bias", b, "x", x);
+    check_same_device(op, "bias", b, "x", x);
+    TORCH_CHECK_VALUE(b.dim() == 1 || (g.candidate_form && b.dim() == 2), op,
+                      "(): argument 'bias' must be [out]", g.candidate_form ? " or [K, out]" : "",
+                      ", got ", describe(b));
+    g.bias_per_candidate = b.dim() == 2;
+    if (g.bias_per_candidate) check_size(op, "bias", b, 0, g.candidates, "K, from x");
+    check_size(op, "bias", b, b.dim() - 1, g.out_channels, "out, from weight");
+  }
+
+  for (int d = 0; d < 2; ++d) {
+    g.stride[d] = stride[d];
+    g.padding[d] = padding[d];
+    g.dilation[d] = dilation[d];
+  }
+  const int64_t span_h = dilation[0] * (g.kernel_h - 1) + 1;
+  const int64_t span_w = dilation[1] * (g.kernel_w - 1) + 1;
+  const int64_t padded_h = g.height + 2 * padding[0];
+  const int64_t padded_w = g.width + 2 * padding[1];
+  TORCH_CHECK_VALUE(padded_h >= span_h && padded_w >= span_w, op,
+                    "(): argument 'x' is too small: padded input ", padded_h, "x", padded_w,
+                    " is smaller than the dilated kernel ", span_h, "x", span_w,
+                    " (output size would be < 1), got ", describe(x));
+  g.out_height = (padded_h - span_h) / stride[0] + 1;
+  g.out_width = (padded_w - span_w) / stride[1] + 1;
+  g.output_shape.clear();
+  if (g.candidate_form) g.output_shape.push_back(g.candidates);
+  for (int64_t s : {g.batch, g.out_channels, g.out_height, g.out_width}) g.output_shape.push_back(s);
+  return g;
+}
+
+namespace {
+
+// Upper bound on the elements of the masked-weight workspace: the whole filter bank of most
+// layers (256x256x3x3 is 0.6M), while the largest ones are split into a few blocks of output
+// channels (splitting costs one extra read of the input per block).
+constexpr int64_t kBlockElements = int64_t(1) << 20;
+
+// One convolution over a block of output channels: rows [row0, row0 + rows) of the filter bank,
+// reading input channels [in0, in0 + in_count) as conv_groups groups.
+struct ConvBlock {
+  int64_t row0, rows, in0, in_count, conv_groups;
+};
+
+std::vector<ConvBlock> conv_blocks(const MaskedConv2dGeometry& g) {
+  const int64_t out_per_group = g.out_channels / g.groups;
+  const int64_t in_per_group = g.in_channels / g.groups;
+  std::vector<ConvBlock> blocks;
+  if (out_per_group * g.fan_in == 0) return blocks;
+  if (out_per_group * g.fan_in <= kBlockElements) {
+    // Several whole groups per block: one grouped convolution on their input channels.
+    const int64_t groups_per_block =
+        std::min(g.groups, std::max<int64_t>(1, kBlockElements / (out_per_group * g.fan_in)));
+    for (int64_t g0 = 0; g0 < g.groups; g0 += groups_per_block) {
+      const int64_t n = std::min(groups_per_block, g.groups - g0);
+      blocks.push_back({g0 * out_per_group, n * out_per_group, g0 * in_per_group, n * in_per_group, n});
+    }
+  } else {
+    // A group's filters exceed the budget: split its output channels.
+    const int64_t rows_per_block = std::max<int64_t>(1, kBlockElements / g.fan_in);
+    for (int64_t grp = 0; grp < g.groups; ++grp)
+      for (int64_t r = 0; r < out_per_group; r += rows_per_block)
+        blocks.push_back({grp * out_per_group + r, std::min(rows_per_block, out_per_group - r),
+                          grp * in_per_group, in_per_group, 1});
+  }
+  return blocks;
+}
+
+// The input of a block: x (one candidate's [N, C, H, W]) narrowed to the block's channels.
+at::Tensor block_input(const at::Tensor& xk, const ConvBlock& b, const MaskedConv2dGeometry& g) {
+  return b.in_count == g.in_channels ? xk : xk.narrow(1, b.in0, b.in_count);
+}
+
+struct CandidateViews {
+  at::Tensor weight;  // [K_w, out, fan_in]
+  at::Tensor mask;    // [K_m, out, fan_in or packed width]
+};
+
+CandidateViews candidate_views(const MaskedConv2dGeometry& g, const at::Tensor& weight,
+                               const at::Tensor& mask, bool packed) {
+  return {weight.contiguous().view({g.weight_per_candidate ? g.candidates : 1, g.out_channels, g.fan_in}),
+          mask.contiguous().view({g.candidate_form ? g.candidates : 1, g.out_channels,
+                                  packed ? conv_packed_width(g.fan_in) : g.fan_in})};
+}
+
+at::Tensor candidate(const at::Tensor& t, bool per_candidate, int64_t k) {
+  return t.select(0, per_candidate ? k : 0);
+}
+
+int64_t max_block_rows(const std::vector<ConvBlock>& blocks) {
+  int64_t rows = 0;
+  for (const auto& b : blocks) rows = std::max(rows, b.rows);
+  return rows;
+}
+
+// [rows, fan_in] filter rows as a convolution weight [rows, C / groups, kh, kw].
+at::Tensor filter_view(const at::Tensor& rows, const MaskedConv2dGeometry& g) {
+  return rows.view({rows.size(0), g.in_channels / g.groups, g.kernel_h, g.kernel_w});
+}
+
+}  // namespace
+
+at::Tensor masked_conv2d_forward(const MaskedConvKernels& kernels, const at::Tensor& x,
+                                 const at::Tensor& weight, const at::Tensor& mask,
+                                 const c10::optional<at::Tensor>& bias, c10::IntArrayRef stride,
+                                 c10::IntArrayRef padding, c10::IntArrayRef dilation,
+                                 int64_t groups, bool packed) {
+  const auto g = check_masked_conv2d("masked_conv2d", x, weight, mask, bias, stride, padding,
+                                     dilation, groups, packed);
+  const int64_t K = g.candidates;
+  const bool has_bias = bias.has_value() && bias->defined();
+  const auto blocks = conv_blocks(g);
+  if (blocks.empty() || g.batch == 0 || K == 0) {
+    // No filters or no input channels: the output is the bias (or empty).
+    auto out = at::zeros(g.output_shape, x.options());
+    if (has_bias && out.numel() > 0)
+      out.view({K, g.batch, g.out_channels, g.out_height, g.out_width})
+          .copy_((g.bias_per_candidate ? *bias : bias->unsqueeze(0)).view({-1, 1, g.out_channels, 1, 1}));
+    return out;
+  }
+  const auto views = candidate_views(g, weight, mask, packed);
+  const auto x_k = g.candidate_form ? x : x.unsqueeze(0);
+  const auto bias_k = !has_bias ? at::Tensor() : g.bias_per_candidate ? *bias : bias->unsqueeze(0);
+  auto workspace = at::empty({max_block_rows(blocks), g.fan_in}, weight.options());
+  // One candidate's masked convolution over the filter blocks; written straight into `target`
+  // ([N, out, H', W']) unless a single block makes the convolution's own output the result.
+  auto convolve = [&](int64_t k, const at::Tensor& target) -> at::Tensor {
+    const auto wk = candidate(views.weight, g.weight_per_candidate, k);
+    const auto mk = candidate(views.mask, g.candidate_form, k);
+    const auto xk = x_k.select(0, k);
+    for (const auto& b : blocks) {
+      auto block = workspace.narrow(0, 0, b.rows);
+      kernels.fill_masked_rows(wk, mk, packed, b.row0, block);
+      c10::optional<at::Tensor> block_bias;
+      if (has_bias)
+        block_bias = candidate(bias_k, g.bias_per_candidate, k).narrow(0, b.row0, b.rows);
+      auto y = at::convolution(block_input(xk, b, g), filter_view(block, g), block_bias, stride,
+                               padding, dilation, false, {0, 0}, b.conv_groups);
+      if (!target.defined()) return y.contiguous();
+      target.narrow(1, b.row0, b.rows).copy_(y);
+    }
+    return target;
+  };
+  if (!g.candidate_form && blocks.size() == 1) return convolve(0, at::Tensor());
+  auto out = at::empty(g.output_shape, x.options());
+  auto out_k = out.view({K, g.batch, g.out_channels, g.out_height, g.out_width});
+  for (int64_t k = 0; k < K; ++k) convolve(k, out_k.select(0, k));
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backward(
+    const MaskedConvKernels& kernels, const at::Tensor& grad, const at::Tensor& x,
+    const at::Tensor& weight, const at::Tensor& mask, c10::OptionalIntArrayRef bias_sizes,
+    c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+    bool packed, std::array<bool, 4> output_mask) {
+  const char* op = "masked_conv2d_backward";
+  const auto g = check_masked_conv2d(op, x, weight, mask, c10::nullopt, stride, padding, dilation,
+                                     groups, packed);
+  check_same_dtype(op, "grad", grad, "x", x);
+  check_same_device(op, "grad", grad, "x", x);
+  TORCH_CHECK_VALUE(grad.sizes().equals(g.output_shape), op,
+                    "(): argument 'grad' must have the output's shape ",
+                    c10::IntArrayRef(g.output_shape), ", got ", describe(grad));
+  TORCH_CHECK_VALUE(!(output_mask[2] && packed), op,
+                    "(): a bit-packed 'mask' has no gradient (output_mask[2] must be false)");
+  if (output_mask[3]) {
+    TORCH_CHECK_VALUE(bias_sizes.has_value() &&
+                          (bias_sizes->size() == 1 || (g.candidate_form && bias_sizes->size() == 2)) &&
+                          bias_sizes->back() == g.out_channels,
+                      op, "(): argument 'bias_sizes' must be [out] or [K, out] when the bias "
+                      "gradient is requested");
+  }
+  const int64_t K = g.candidates;
+  const bool need_x = output_mask[0], need_w = output_mask[1], need_m = output_mask[2];
+  const bool need_effective = need_w || need_m;  // ∂L/∂W_eff
+  const auto empty = at::empty({0}, x.options());
+  at::Tensor grad_x = empty, grad_weight = empty, grad_mask = empty, grad_bias = empty;
+  const auto blocks = conv_blocks(g);
+  const bool single_block = blocks.size() == 1 && blocks[0].in_count == g.in_channels;
+  if (need_x) grad_x = single_block ? at::empty(x.sizes(), x.options()) : at::zeros(x.sizes(), x.options());
+  if (need_w) grad_weight = at::zeros(weight.sizes(), weight.options());
+  if (need_m) grad_mask = at::zeros(mask.sizes(), weight.options());
+
+  if ((need_x || need_effective) && !blocks.empty() && g.batch > 0 && K > 0) {
+    const auto views = candidate_views(g, weight, mask, packed);
+    const auto x_k = g.candidate_form ? x : x.unsqueeze(0);
+    const auto grad_k = g.candidate_form ? grad : grad.unsqueeze(0);
+    const auto grad_x_k = !need_x ? empty : g.candidate_form ? grad_x : grad_x.unsqueeze(0);
+    const auto grad_weight_k =
+        !need_w ? empty : grad_weight.view({g.weight_per_candidate ? K : 1, g.out_channels, g.fan_in});
+    const auto grad_mask_k = !need_m ? empty : grad_mask.view({K, g.out_channels, g.fan_in});
+    auto workspace = need_x ? at::empty({max_block_rows(blocks), g.fan_in}, weight.options()) : empty;
+    for (int64_t k = 0; k < K; ++k) {
+      const auto wk = candidate(views.weight, g.weight_per_candidate, k);
+      const auto mk = candidate(views.mask, g.candidate_form, k);
+      const auto xk = x_k.select(0, k);
+      const auto gk = grad_k.select(0, k);
+      at::Tensor effective;  // ∂L/∂W_eff of candidate k, [out, C / groups, kh, kw]
+      if (need_x) {
+        const auto gxk = grad_x_k.select(0, k);
+        for (const auto& b : blocks) {
+          auto block = workspace.narrow(0, 0, b.rows);
+          kernels.fill_masked_rows(wk, mk, packed, b.row0, block);
+          // With a single block the weight gradient comes from the same call: it does not
+          // depend on the (masked) weight values.
+          const bool with_effective = single_block && need_effective;
+          auto grads = at::convolution_backward(
+              gk.narrow(1, b.row0, b.rows), block_input(xk, b, g), filter_view(block, g),
+              c10::nullopt, stride, padding, dilation, false, {0, 0}, b.conv_groups,
+              {true, with_effective, false});
+          if (with_effective) effective = std::get<1>(grads);
+          auto target = b.in_count == g.in_channels ? gxk : gxk.narrow(1, b.in0, b.in_count);
+          if (single_block) target.copy_(std::get<0>(grads));
+          else target.add_(std::get<0>(grads));
+        }
+      }
+      if (need_effective) {
+        if (!effective.defined())
+          effective = std::get<1>(at::convolution_backward(
+              gk, xk, filter_view(wk, g), c10::nullopt, stride, padding, dilation, false, {0, 0},
+              g.groups, {false, true, false}));
+        kernels.combine_weight_grads(
+            effective.contiguous().view({g.out_channels, g.fan_in}), wk, mk, packed,
+            need_w ? candidate(grad_weight_k, g.weight_per_candidate, k) : at::Tensor(),
+            /*accumulate=*/!g.weight_per_candidate && k > 0,
+            need_m ? grad_mask_k.select(0, k) : at::Tensor());
+      }
+    }
+  }
+  if (output_mask[3]) {
+    const bool per_candidate_bias = bias_sizes->size() == 2;
+    grad_bias = g.candidate_form && per_candidate_bias ? grad.sum({1, 3, 4})
+                : g.candidate_form                     ? grad.sum({0, 1, 3, 4})
+                                                       : grad.sum({0, 2, 3});
+  }
+  return {grad_x, grad_weight, grad_mask, grad_bias};
+}
+
+}  // namespace sparsenas
