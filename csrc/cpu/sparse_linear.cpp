@@ -39,7 +39,8 @@ struct CsrCols {
   template <typename F>
   SPARSENAS_INLINE void for_row(int64_t r, F&& f) const {
     const int64_t end = row_ptr[r + 1];
-    for (int64_t k = row_ptr[r]; k < end; ++k) f(k, static_cast<int64_t>(col[k]));
+    // Through uint32: a negative index becomes a huge one, caught by the range check.
+    for (int64_t k = row_ptr[r]; k < end; ++k) f(k, static_cast<int64_t>(static_cast<uint32_t>(col[k])));
   }
 };
 
@@ -102,6 +103,36 @@ SPARSENAS_INLINE void forward_rows_single(const scalar_t* x, const scalar_t* val
     });
     y[r] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
   }
+}
+
+// The CSR row of one batch column, unrolled by hand: four independent register accumulators,
+// and the index check folded into a select so the loop has no branch.
+template <typename scalar_t>
+SPARSENAS_INLINE void forward_rows_single(const scalar_t* x, const scalar_t* values,
+                                          const CsrCols& cols, scalar_t* y, int64_t r0, int64_t r1,
+                                          int64_t in, bool& bad) {
+  const uint64_t limit = static_cast<uint64_t>(in);
+  bool out_of_range = false;
+  for (int64_t r = r0; r < r1; ++r) {
+    scalar_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    int64_t k = cols.row_ptr[r];
+    const int64_t end = cols.row_ptr[r + 1];
+    auto term = [&](int64_t i) {
+      const uint64_t c = static_cast<uint32_t>(cols.col[i]);
+      const bool inside = c < limit;
+      out_of_range |= !inside;
+      return inside ? values[i] * x[c] : scalar_t(0);
+    };
+    for (; k + 4 <= end; k += 4) {
+      a0 += term(k);
+      a1 += term(k + 1);
+      a2 += term(k + 2);
+      a3 += term(k + 3);
+    }
+    for (; k < end; ++k) a0 += term(k);
+    y[r] = (a0 + a1) + (a2 + a3);
+  }
+  bad = bad || out_of_range;
 }
 
 // grad_values[k] = <gT[r], xT[c]> and gxT[c] += values[k] * gT[r] for the rows [r0, r1).

@@ -32,8 +32,12 @@ struct CsrCols {
   const int32_t* row_ptr;
   const int32_t* col;
   int64_t nnz;
-  __device__ int64_t begin(int64_t r) const { return min<int64_t>(max(row_ptr[r], 0), nnz); }
-  __device__ int64_t end(int64_t r) const { return min<int64_t>(max(row_ptr[r + 1], 0), nnz); }
+  __device__ int64_t clamped(int64_t r) const {
+    const int64_t p = row_ptr[r];
+    return p < 0 ? 0 : (p > nnz ? nnz : p);
+  }
+  __device__ int64_t begin(int64_t r) const { return clamped(r); }
+  __device__ int64_t end(int64_t r) const { return clamped(r + 1); }
   __device__ int64_t column(int64_t k, int64_t /*r*/) const { return col[k]; }
 };
 
