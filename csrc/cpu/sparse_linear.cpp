@@ -17,6 +17,7 @@
 #include <atomic>
 #include <cmath>
 #include <tuple>
+#include <vector>
 
 #include "common/checks.h"
 #include "ops/sparse_linear.h"
@@ -32,137 +33,95 @@
 namespace sparsenas {
 namespace {
 
-// Stored weights of a CSR row: f(k, column) for k in [row_ptr[r], row_ptr[r + 1]).
+// The stored weights of a row as (first value index, column indices, count). Columns go through
+// uint32 so that a negative index becomes a huge one, caught by the range check.
 struct CsrCols {
   const int32_t* row_ptr;
   const int32_t* col;
-  template <typename F>
-  SPARSENAS_INLINE void for_row(int64_t r, F&& f) const {
-    const int64_t end = row_ptr[r + 1];
-    // Through uint32: a negative index becomes a huge one, caught by the range check.
-    for (int64_t k = row_ptr[r]; k < end; ++k) f(k, static_cast<int64_t>(static_cast<uint32_t>(col[k])));
+  static constexpr bool kNeedsBuffer = false;
+  SPARSENAS_INLINE int64_t row(int64_t r, int32_t* /*buffer*/, const int32_t** columns) const {
+    *columns = col + row_ptr[r];
+    return row_ptr[r + 1] - row_ptr[r];
   }
+  SPARSENAS_INLINE int64_t first(int64_t r) const { return row_ptr[r]; }
 };
 
-// Stored weights of an N:M row: groups of N values, value j of group g at column g * M + idx.
+// N:M: value j of group g sits at column g * M + idx; the row's columns are spelled out into a
+// small per-task buffer so that both formats share the row kernels. An index outside its group
+// becomes -1 (out of range).
 struct NmCols {
   const uint8_t* idx;
   int64_t n;
   int64_t m;
   int64_t groups;
-  template <typename F>
-  SPARSENAS_INLINE void for_row(int64_t r, F&& f) const {
-    int64_t k = r * groups * n;
-    for (int64_t g = 0; g < groups; ++g) {
-      const int64_t base = g * m;
-      for (int64_t j = 0; j < n; ++j, ++k) {
-        // An index outside its group is reported as out of range (column >= in).
-        const int64_t i = idx[k];
-        f(k, i < m ? base + i : std::numeric_limits<int64_t>::max());
-      }
-    }
+  static constexpr bool kNeedsBuffer = true;
+  SPARSENAS_INLINE int64_t row(int64_t r, int32_t* buffer, const int32_t** columns) const {
+    const uint8_t* ri = idx + r * groups * n;
+    for (int64_t g = 0, k = 0; g < groups; ++g)
+      for (int64_t j = 0; j < n; ++j, ++k)
+        buffer[k] = ri[k] < m ? static_cast<int32_t>(g * m + ri[k]) : -1;
+    *columns = buffer;
+    return groups * n;
   }
+  SPARSENAS_INLINE int64_t first(int64_t r) const { return r * groups * n; }
 };
 
-template <int W, typename scalar_t, typename Cols>
-SPARSENAS_INLINE void forward_rows(const scalar_t* xT, int64_t ldx, const scalar_t* values,
-                                   const Cols& cols, scalar_t* yT, int64_t r0, int64_t r1,
-                                   int64_t in, bool& bad) {
-  for (int64_t r = r0; r < r1; ++r) {
-    for (int64_t b0 = 0; b0 < ldx; b0 += W) {
-      scalar_t acc[W] = {};
-      cols.for_row(r, [&](int64_t k, int64_t c) {
-        if (c >= in) {
-          bad = true;
-          return;
-        }
-        const scalar_t v = values[k];
-        const scalar_t* xr = xT + c * ldx + b0;
-        for (int i = 0; i < W; ++i) acc[i] += v * xr[i];
-      });
-      scalar_t* yr = yT + r * ldx + b0;
-      for (int i = 0; i < W; ++i) yr[i] = acc[i];
-    }
-  }
-}
-
-// One batch column: four accumulators hide the FMA latency of the gathered dot product.
-template <typename scalar_t, typename Cols>
-SPARSENAS_INLINE void forward_rows_single(const scalar_t* x, const scalar_t* values,
-                                          const Cols& cols, scalar_t* y, int64_t r0, int64_t r1,
-                                          int64_t in, bool& bad) {
-  for (int64_t r = r0; r < r1; ++r) {
-    scalar_t acc[4] = {};
-    int64_t t = 0;
-    cols.for_row(r, [&](int64_t k, int64_t c) {
+// y_row[b] = sum_k values[k] * xT[columns[k], b] for the W-wide batch chunks of one row. Four
+// accumulator sets break the FMA dependency chain through consecutive stored weights.
+template <int W, typename scalar_t>
+SPARSENAS_INLINE void row_forward(const scalar_t* xT, int64_t ldx, const scalar_t* values,
+                                  const int32_t* columns, int64_t count, scalar_t* y_row,
+                                  uint64_t in, bool& bad) {
+  for (int64_t b0 = 0; b0 < ldx; b0 += W) {
+    scalar_t a0[W] = {}, a1[W] = {}, a2[W] = {}, a3[W] = {};
+    auto add = [&](scalar_t* acc, int64_t k) {
+      const uint64_t c = static_cast<uint32_t>(columns[k]);
       if (c >= in) {
         bad = true;
         return;
       }
-      acc[t++ & 3] += values[k] * x[c];
-    });
-    y[r] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-  }
-}
-
-// The CSR row of one batch column, unrolled by hand: four independent register accumulators,
-// and the index check folded into a select so the loop has no branch.
-template <typename scalar_t>
-SPARSENAS_INLINE void forward_rows_single(const scalar_t* x, const scalar_t* values,
-                                          const CsrCols& cols, scalar_t* y, int64_t r0, int64_t r1,
-                                          int64_t in, bool& bad) {
-  const uint64_t limit = static_cast<uint64_t>(in);
-  bool out_of_range = false;
-  for (int64_t r = r0; r < r1; ++r) {
-    scalar_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-    int64_t k = cols.row_ptr[r];
-    const int64_t end = cols.row_ptr[r + 1];
-    auto term = [&](int64_t i) {
-      const uint64_t c = static_cast<uint32_t>(cols.col[i]);
-      const bool inside = c < limit;
-      out_of_range |= !inside;
-      return inside ? values[i] * x[c] : scalar_t(0);
+      const scalar_t v = values[k];
+      const scalar_t* xr = xT + c * ldx + b0;
+      for (int i = 0; i < W; ++i) acc[i] += v * xr[i];
     };
-    for (; k + 4 <= end; k += 4) {
-      a0 += term(k);
-      a1 += term(k + 1);
-      a2 += term(k + 2);
-      a3 += term(k + 3);
+    int64_t k = 0;
+    for (; k + 4 <= count; k += 4) {
+      add(a0, k);
+      add(a1, k + 1);
+      add(a2, k + 2);
+      add(a3, k + 3);
     }
-    for (; k < end; ++k) a0 += term(k);
-    y[r] = (a0 + a1) + (a2 + a3);
+    for (; k < count; ++k) add(a0, k);
+    for (int i = 0; i < W; ++i) y_row[b0 + i] = (a0[i] + a1[i]) + (a2[i] + a3[i]);
   }
-  bad = bad || out_of_range;
 }
 
-// grad_values[k] = <gT[r], xT[c]> and gxT[c] += values[k] * gT[r] for the rows [r0, r1).
-template <int W, typename scalar_t, typename Cols>
-SPARSENAS_INLINE void backward_rows(const scalar_t* xT, const scalar_t* gT, int64_t ldx,
-                                    const scalar_t* values, const Cols& cols, scalar_t* grad_values,
-                                    scalar_t* gxT, int64_t r0, int64_t r1, int64_t in, bool& bad) {
-  for (int64_t r = r0; r < r1; ++r) {
-    const scalar_t* gr = gT + r * ldx;
-    cols.for_row(r, [&](int64_t k, int64_t c) {
-      if (c >= in) {
-        bad = true;
-        return;
-      }
-      if (grad_values != nullptr) {
-        const scalar_t* xr = xT + c * ldx;
-        scalar_t partial[W] = {};
-        for (int64_t b0 = 0; b0 < ldx; b0 += W)
-          for (int i = 0; i < W; ++i) partial[i] += gr[b0 + i] * xr[b0 + i];
-        scalar_t sum = 0;
-        for (int i = 0; i < W; ++i) sum += partial[i];
-        grad_values[k] = sum;
-      }
-      if (gxT != nullptr) {
-        const scalar_t v = values[k];
-        scalar_t* gx = gxT + c * ldx;
-        for (int64_t b0 = 0; b0 < ldx; b0 += W)
-          for (int i = 0; i < W; ++i) gx[b0 + i] += v * gr[b0 + i];
-      }
-    });
+// grad_values[k] = <g_row, xT[c]> and gxT[c] += values[k] * g_row for the stored weights of one row.
+template <int W, typename scalar_t>
+SPARSENAS_INLINE void row_backward(const scalar_t* xT, const scalar_t* g_row, int64_t ldx,
+                                   const scalar_t* values, const int32_t* columns, int64_t count,
+                                   scalar_t* grad_values, scalar_t* gxT, uint64_t in, bool& bad) {
+  for (int64_t k = 0; k < count; ++k) {
+    const uint64_t c = static_cast<uint32_t>(columns[k]);
+    if (c >= in) {
+      bad = true;
+      continue;
+    }
+    if (grad_values != nullptr) {
+      const scalar_t* xr = xT + c * ldx;
+      scalar_t partial[W] = {};
+      for (int64_t b0 = 0; b0 < ldx; b0 += W)
+        for (int i = 0; i < W; ++i) partial[i] += g_row[b0 + i] * xr[b0 + i];
+      scalar_t sum = 0;
+      for (int i = 0; i < W; ++i) sum += partial[i];
+      grad_values[k] = sum;
+    }
+    if (gxT != nullptr) {
+      const scalar_t v = values[k];
+      scalar_t* gx = gxT + c * ldx;
+      for (int64_t b0 = 0; b0 < ldx; b0 += W)
+        for (int i = 0; i < W; ++i) gx[b0 + i] += v * g_row[b0 + i];
+    }
   }
 }
 
@@ -170,57 +129,69 @@ SPARSENAS_INLINE void backward_rows(const scalar_t* xT, const scalar_t* gT, int6
 int width_for(int64_t B) { return B <= 1 ? 1 : B <= 4 ? 4 : B <= 8 ? 8 : B <= 16 ? 16 : 32; }
 int64_t padded(int64_t B, int W) { return (B + W - 1) / W * W; }
 
-template <typename scalar_t, typename Cols>
-SPARSENAS_INLINE void forward_dispatch(int W, const scalar_t* xT, int64_t ldx,
-                                       const scalar_t* values, const Cols& cols, scalar_t* yT,
-                                       int64_t r0, int64_t r1, int64_t in, bool& bad) {
-  switch (W) {
-    case 1: forward_rows_single(xT, values, cols, yT, r0, r1, in, bad); break;
-    case 4: forward_rows<4>(xT, ldx, values, cols, yT, r0, r1, in, bad); break;
-    case 8: forward_rows<8>(xT, ldx, values, cols, yT, r0, r1, in, bad); break;
-    case 16: forward_rows<16>(xT, ldx, values, cols, yT, r0, r1, in, bad); break;
-    default: forward_rows<32>(xT, ldx, values, cols, yT, r0, r1, in, bad); break;
+template <int W, typename scalar_t, typename Cols>
+SPARSENAS_INLINE void rows_forward(const scalar_t* xT, int64_t ldx, const scalar_t* values,
+                                   const Cols& cols, int32_t* buffer, scalar_t* yT, int64_t r0,
+                                   int64_t r1, int64_t in, bool& bad) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const int32_t* columns;
+    const int64_t count = cols.row(r, buffer, &columns);
+    row_forward<W>(xT, ldx, values + cols.first(r), columns, count, yT + r * ldx, in, bad);
   }
 }
 
-template <typename scalar_t, typename Cols>
-SPARSENAS_INLINE void backward_dispatch(int W, const scalar_t* xT, const scalar_t* gT, int64_t ldx,
-                                        const scalar_t* values, const Cols& cols,
-                                        scalar_t* grad_values, scalar_t* gxT, int64_t r0,
-                                        int64_t r1, int64_t in, bool& bad) {
-  switch (W) {
-    case 1: backward_rows<1>(xT, gT, ldx, values, cols, grad_values, gxT, r0, r1, in, bad); break;
-    case 4: backward_rows<4>(xT, gT, ldx, values, cols, grad_values, gxT, r0, r1, in, bad); break;
-    case 8: backward_rows<8>(xT, gT, ldx, values, cols, grad_values, gxT, r0, r1, in, bad); break;
-    case 16: backward_rows<16>(xT, gT, ldx, values, cols, grad_values, gxT, r0, r1, in, bad); break;
-    default: backward_rows<32>(xT, gT, ldx, values, cols, grad_values, gxT, r0, r1, in, bad); break;
+template <int W, typename scalar_t, typename Cols>
+SPARSENAS_INLINE void rows_backward(const scalar_t* xT, const scalar_t* gT, int64_t ldx,
+                                    const scalar_t* values, const Cols& cols, int32_t* buffer,
+                                    scalar_t* grad_values, scalar_t* gxT, int64_t r0, int64_t r1,
+                                    int64_t in, bool& bad) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const int32_t* columns;
+    const int64_t count = cols.row(r, buffer, &columns);
+    const int64_t first = cols.first(r);
+    row_backward<W>(xT, gT + r * ldx, ldx, values + first, columns, count,
+                    grad_values == nullptr ? nullptr : grad_values + first, gxT, in, bad);
   }
 }
 
-// One compiled entry per (dtype, format), each cloned per instruction set.
-#define SPARSENAS_ENTRIES(scalar_t, Cols, suffix)                                               \
-  SPARSENAS_MULTIVERSION void forward_##suffix(int W, const scalar_t* xT, int64_t ldx,          \
-                                               const scalar_t* values, const Cols& cols,        \
-                                               scalar_t* yT, int64_t r0, int64_t r1, int64_t in, \
-                                               bool& bad) {                                     \
-    forward_dispatch(W, xT, ldx, values, cols, yT, r0, r1, in, bad);                            \
-  }                                                                                             \
-  SPARSENAS_MULTIVERSION void backward_##suffix(                                                \
-      int W, const scalar_t* xT, const scalar_t* gT, int64_t ldx, const scalar_t* values,       \
-      const Cols& cols, scalar_t* grad_values, scalar_t* gxT, int64_t r0, int64_t r1,           \
-      int64_t in, bool& bad) {                                                                  \
-    backward_dispatch(W, xT, gT, ldx, values, cols, grad_values, gxT, r0, r1, in, bad);         \
-  }                                                                                             \
-  SPARSENAS_INLINE void forward_entry(int W, const scalar_t* xT, int64_t ldx,                   \
-                                      const scalar_t* values, const Cols& cols, scalar_t* yT,   \
-                                      int64_t r0, int64_t r1, int64_t in, bool& bad) {          \
-    forward_##suffix(W, xT, ldx, values, cols, yT, r0, r1, in, bad);                            \
-  }                                                                                             \
-  SPARSENAS_INLINE void backward_entry(int W, const scalar_t* xT, const scalar_t* gT,           \
-                                       int64_t ldx, const scalar_t* values, const Cols& cols,   \
-                                       scalar_t* grad_values, scalar_t* gxT, int64_t r0,        \
-                                       int64_t r1, int64_t in, bool& bad) {                     \
-    backward_##suffix(W, xT, gT, ldx, values, cols, grad_values, gxT, r0, r1, in, bad);         \
+// One compiled entry per (dtype, format), each cloned per instruction set and dispatching on the
+// batch width W.
+#define SPARSENAS_ENTRIES(scalar_t, Cols, suffix)                                                \
+  SPARSENAS_MULTIVERSION void forward_##suffix(int W, const scalar_t* xT, int64_t ldx,           \
+                                               const scalar_t* values, const Cols& cols,         \
+                                               int32_t* buffer, scalar_t* yT, int64_t r0,        \
+                                               int64_t r1, int64_t in, bool& bad) {              \
+    switch (W) {                                                                                 \
+      case 1: rows_forward<1>(xT, ldx, values, cols, buffer, yT, r0, r1, in, bad); break;        \
+      case 4: rows_forward<4>(xT, ldx, values, cols, buffer, yT, r0, r1, in, bad); break;        \
+      case 8: rows_forward<8>(xT, ldx, values, cols, buffer, yT, r0, r1, in, bad); break;        \
+      case 16: rows_forward<16>(xT, ldx, values, cols, buffer, yT, r0, r1, in, bad); break;      \
+      default: rows_forward<32>(xT, ldx, values, cols, buffer, yT, r0, r1, in, bad); break;      \
+    }                                                                                            \
+  }                                                                                              \
+  SPARSENAS_MULTIVERSION void backward_##suffix(                                                 \
+      int W, const scalar_t* xT, const scalar_t* gT, int64_t ldx, const scalar_t* values,        \
+      const Cols& cols, int32_t* buffer, scalar_t* grad_values, scalar_t* gxT, int64_t r0,       \
+      int64_t r1, int64_t in, bool& bad) {                                                       \
+    switch (W) {                                                                                 \
+      case 1: rows_backward<1>(xT, gT, ldx, values, cols, buffer, grad_values, gxT, r0, r1, in, bad); break;   \
+      case 4: rows_backward<4>(xT, gT, ldx, values, cols, buffer, grad_values, gxT, r0, r1, in, bad); break;   \
+      case 8: rows_backward<8>(xT, gT, ldx, values, cols, buffer, grad_values, gxT, r0, r1, in, bad); break;   \
+      case 16: rows_backward<16>(xT, gT, ldx, values, cols, buffer, grad_values, gxT, r0, r1, in, bad); break; \
+      default: rows_backward<32>(xT, gT, ldx, values, cols, buffer, grad_values, gxT, r0, r1, in, bad); break; \
+    }                                                                                            \
+  }                                                                                              \
+  SPARSENAS_INLINE void forward_entry(int W, const scalar_t* xT, int64_t ldx,                    \
+                                      const scalar_t* values, const Cols& cols, int32_t* buffer, \
+                                      scalar_t* yT, int64_t r0, int64_t r1, int64_t in,          \
+                                      bool& bad) {                                               \
+    forward_##suffix(W, xT, ldx, values, cols, buffer, yT, r0, r1, in, bad);                     \
+  }                                                                                              \
+  SPARSENAS_INLINE void backward_entry(int W, const scalar_t* xT, const scalar_t* gT,            \
+                                       int64_t ldx, const scalar_t* values, const Cols& cols,    \
+                                       int32_t* buffer, scalar_t* grad_values, scalar_t* gxT,    \
+                                       int64_t r0, int64_t r1, int64_t in, bool& bad) {          \
+    backward_##suffix(W, xT, gT, ldx, values, cols, buffer, grad_values, gxT, r0, r1, in, bad);  \
   }
 
 SPARSENAS_ENTRIES(float, CsrCols, float_csr)
@@ -228,6 +199,13 @@ SPARSENAS_ENTRIES(double, CsrCols, double_csr)
 SPARSENAS_ENTRIES(float, NmCols, float_nm)
 SPARSENAS_ENTRIES(double, NmCols, double_nm)
 #undef SPARSENAS_ENTRIES
+
+// Per-task scratch for the N:M row's columns (empty for CSR).
+template <typename Cols>
+std::vector<int32_t> row_buffer(const Cols& cols) {
+  if constexpr (Cols::kNeedsBuffer) return std::vector<int32_t>(cols.groups * cols.n);
+  return {};
+}
 
 // The compute dtype: float and double run natively, reduced precision in float32.
 at::ScalarType compute_type(at::ScalarType t) {
@@ -279,7 +257,8 @@ at::Tensor forward_impl(const char* op, const at::Tensor& x, const at::Tensor& v
     scalar_t* yp = yT.data_ptr<scalar_t>();
     at::parallel_for(0, out, grain_for(values.numel(), out, ldx), [&](int64_t r0, int64_t r1) {
       bool local_bad = false;
-      forward_entry(W, xp, ldx, vp, cols, yp, r0, r1, in, local_bad);
+      auto buffer = row_buffer(cols);
+      forward_entry(W, xp, ldx, vp, cols, buffer.data(), yp, r0, r1, in, local_bad);
       if (local_bad) bad = true;
     });
   });
@@ -323,7 +302,8 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const char* op, const at::Tenso
         const int64_t r0 = out * t / tasks, r1 = out * (t + 1) / tasks;
         scalar_t* gxp = output_mask[0] ? gxT.data_ptr<scalar_t>() + t * in * ldx : nullptr;
         bool local_bad = false;
-        backward_entry(W, xp, gp, ldx, vp, cols, gvp, gxp, r0, r1, in, local_bad);
+        auto buffer = row_buffer(cols);
+        backward_entry(W, xp, gp, ldx, vp, cols, buffer.data(), gvp, gxp, r0, r1, in, local_bad);
         if (local_bad) bad = true;
       }
     });
