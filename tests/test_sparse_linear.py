@@ -248,3 +248,26 @@ def _fields(csr, dtype=None):
 def test_bad_inputs_raise_clear_errors(device, name, call, error, match):
     with pytest.raises(error, match=match):
         call(device)
+
+
+def test_reference_fallback_without_native_kernels(monkeypatch):
+    # What SPARSENAS_DISABLE_EXTENSION=1 (or a device without kernels) runs: the references.
+    import sparsenas.sparse.ops as ops
+
+    weight, mask = random_csr(8, 12, 0.3, torch.float64, "cpu")
+    csr = CSRWeight.from_dense(weight, mask)
+    x = random_x((5, 12), torch.float64, "cpu")
+    native = (ops.sparse_linear(x, csr.row_ptr, csr.col_idx, csr.values),
+              ops.nm_linear(x, *_nm_fields(weight)), ops.nm_mask(weight, 2, 4))
+    monkeypatch.setattr(ops, "has_native_kernel", lambda op, device_type: False)
+    fallback = (ops.sparse_linear(x, csr.row_ptr, csr.col_idx, csr.values),
+                ops.nm_linear(x, *_nm_fields(weight)), ops.nm_mask(weight, 2, 4))
+    for got, want in zip(fallback, native):
+        torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match="'n'"):
+        ops.nm_mask(weight, 5, 4)
+
+
+def _nm_fields(weight):
+    nm = NMWeight.from_dense(weight, 2, 4)
+    return nm.values, nm.indices, 4
