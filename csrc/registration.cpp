@@ -21,6 +21,11 @@ TORCH_LIBRARY(sparsenas, m) {
   // ---- mask sampling (SPEC §2.3) ----
 
   // ---- sparse execution (SPEC §2.2) ----
+  m.def("sparse_linear(Tensor x, Tensor row_ptr, Tensor col_idx, Tensor values, Tensor? bias=None) -> Tensor");
+  m.def("sparse_linear_backward(Tensor grad, Tensor x, Tensor row_ptr, Tensor col_idx, Tensor values, bool[2] output_mask) -> (Tensor, Tensor)");
+  m.def("nm_linear(Tensor x, Tensor values, Tensor indices, int m, Tensor? bias=None) -> Tensor");
+  m.def("nm_linear_backward(Tensor grad, Tensor x, Tensor values, Tensor indices, int m, bool[2] output_mask) -> (Tensor, Tensor)");
+  m.def("nm_mask(Tensor weight, int n, int m) -> Tensor");
 
   // ---- NTK (SPEC §2.4) ----
 }

@@ -1,0 +1,105 @@
+"""Sparse execution ops (SPEC §2.2): public API over ``torch.ops.sparsenas.*``, fakes and
+autograd. Each call runs the native kernel when one exists for the input's device and the
+pure-PyTorch reference otherwise."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from sparsenas._extension import has_native_kernel, native
+from sparsenas.sparse import _reference
+
+
+def sparse_linear(x: Tensor, row_ptr: Tensor, col_idx: Tensor, values: Tensor,
+                  bias: Tensor | None = None) -> Tensor:
+    """y = x Wᵀ + b with W [out, in] in CSR form, skipping the zero weights.
+
+    Shapes: x [..., in], row_ptr int32 [out + 1], col_idx int32 [nnz], values [nnz] (x's dtype),
+    bias [out] -> y [..., out]. Differentiable in x, values and bias.
+    """
+    if has_native_kernel("sparse_linear", x.device.type):
+        return torch.ops.sparsenas.sparse_linear(x, row_ptr, col_idx, values, bias)
+    return _reference.sparse_linear(x, row_ptr, col_idx, values, bias)
+
+
+def nm_linear(x: Tensor, values: Tensor, indices: Tensor, m: int,
+              bias: Tensor | None = None) -> Tensor:
+    """y = x Wᵀ + b with W [out, in] in N:M form (N stored weights in every M inputs of a row).
+
+    Shapes: x [..., in], values [out, in / m * n] (x's dtype), indices uint8 [out, in / m * n]
+    (position of each value inside its group of m), bias [out] -> y [..., out]. Differentiable in
+    x, values and bias.
+    """
+    if has_native_kernel("nm_linear", x.device.type):
+        return torch.ops.sparsenas.nm_linear(x, values, indices, m, bias)
+    return _reference.nm_linear(x, values, indices, m, bias)
+
+
+def nm_mask(weight: Tensor, n: int, m: int) -> Tensor:
+    """bool [out, in]: in every group of ``m`` consecutive weights of a row (along the input
+    dimension) keep the ``n`` largest |w|; ties go to the lower index, NaN counts as largest."""
+    if has_native_kernel("nm_mask", weight.device.type):
+        return torch.ops.sparsenas.nm_mask(weight, n, m)
+    return _reference.nm_mask(weight, n, m)
+
+
+if native is not None:
+
+    @torch.library.register_fake("sparsenas::sparse_linear")
+    def _sparse_linear_fake(x, row_ptr, col_idx, values, bias=None):
+        return x.new_empty((*x.shape[:-1], row_ptr.shape[0] - 1))
+
+    @torch.library.register_fake("sparsenas::nm_linear")
+    def _nm_linear_fake(x, values, indices, m, bias=None):
+        return x.new_empty((*x.shape[:-1], values.shape[0]))
+
+    @torch.library.register_fake("sparsenas::sparse_linear_backward")
+    def _sparse_linear_backward_fake(grad, x, row_ptr, col_idx, values, output_mask):
+        return (x.new_empty(x.shape) if output_mask[0] else None,
+                values.new_empty(values.shape) if output_mask[1] else None)
+
+    @torch.library.register_fake("sparsenas::nm_linear_backward")
+    def _nm_linear_backward_fake(grad, x, values, indices, m, output_mask):
+        return (x.new_empty(x.shape) if output_mask[0] else None,
+                values.new_empty(values.shape) if output_mask[1] else None)
+
+    @torch.library.register_fake("sparsenas::nm_mask")
+    def _nm_mask_fake(weight, n, m):
+        return weight.new_empty(weight.shape, dtype=torch.bool)
+
+    def _bias_grad(ctx, grad: Tensor) -> Tensor | None:
+        if not ctx.has_bias or not ctx.needs_input_grad[-1]:
+            return None
+        return grad.reshape(-1, grad.shape[-1]).sum(0)
+
+    def _sparse_linear_setup(ctx, inputs, output):
+        x, row_ptr, col_idx, values, bias = inputs
+        ctx.save_for_backward(x, row_ptr, col_idx, values)
+        ctx.has_bias = bias is not None
+
+    def _sparse_linear_backward(ctx, grad):
+        x, row_ptr, col_idx, values = ctx.saved_tensors
+        grad_x, grad_values = torch.ops.sparsenas.sparse_linear_backward(
+            grad.contiguous(), x, row_ptr, col_idx, values,
+            [ctx.needs_input_grad[0], ctx.needs_input_grad[3]])
+        return grad_x, None, None, grad_values, _bias_grad(ctx, grad)
+
+    torch.library.register_autograd("sparsenas::sparse_linear", _sparse_linear_backward,
+                                    setup_context=_sparse_linear_setup)
+
+    def _nm_linear_setup(ctx, inputs, output):
+        x, values, indices, m, bias = inputs
+        ctx.save_for_backward(x, values, indices)
+        ctx.m = m
+        ctx.has_bias = bias is not None
+
+    def _nm_linear_backward(ctx, grad):
+        x, values, indices = ctx.saved_tensors
+        grad_x, grad_values = torch.ops.sparsenas.nm_linear_backward(
+            grad.contiguous(), x, values, indices, ctx.m,
+            [ctx.needs_input_grad[0], ctx.needs_input_grad[1]])
+        return grad_x, grad_values, None, None, _bias_grad(ctx, grad)
+
+    torch.library.register_autograd("sparsenas::nm_linear", _nm_linear_backward,
+                                    setup_context=_nm_linear_setup)
