@@ -14,6 +14,10 @@ TORCH_LIBRARY(sparsenas, m) {
   m.def("masked_linear(Tensor x, Tensor weight, Tensor mask, Tensor? bias=None, bool packed=False) -> Tensor");
 
   // ---- mask sampling (SPEC §2.3) ----
+  m.def("uniform_k_mask(Tensor k, int n, int seed, int first_candidate=0, int stream=0, bool packed=False) -> Tensor");
+  m.def("topk_mask(Tensor scores, Tensor k, bool packed=False) -> Tensor");
+  m.def("gumbel_topk_mask(Tensor weights, Tensor k, int seed, int first_candidate=0, int stream=0, bool packed=False) -> Tensor");
+  m.def("philox4x32_10(Tensor counter, Tensor key) -> Tensor");
 
   // ---- sparse execution (SPEC §2.2) ----
 
