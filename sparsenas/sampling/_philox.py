@@ -53,14 +53,14 @@ def uniform_keys(seed: int, candidates: np.ndarray, stream: int, purpose: int,
                  n: int) -> np.ndarray:
     """32-bit key of every position: word j % 4 of block j // 4. uint64 [len(candidates), n]."""
     words = candidate_blocks(seed, candidates, stream, purpose, (n + 3) // 4)
-    return words.reshape(len(candidates), -1)[:, :n]
+    return words.reshape(len(candidates), 4 * words.shape[1])[:, :n]
 
 
 def gumbel_uniforms(seed: int, candidates: np.ndarray, stream: int, n: int) -> np.ndarray:
     """The uniform in (0, 1) of every position, u = (2 b + 1) 2^-53 with b the 52 bits taken from
     words (2 (j % 2), 2 (j % 2) + 1) of block j // 2. float64 [len(candidates), n]."""
     words = candidate_blocks(seed, candidates, stream, GUMBEL_UNIFORM, (n + 1) // 2)
-    pairs = words.reshape(len(candidates), -1, 2)[:, :n]  # (high, low) per position
+    pairs = words.reshape(len(candidates), 2 * words.shape[1], 2)[:, :n]  # (high, low) per position
     bits = (pairs[..., 0] << np.uint64(20)) | (pairs[..., 1] >> np.uint64(12))
     return (np.uint64(2) * bits + np.uint64(1)).astype(np.float64) * 2.0**-53
 
