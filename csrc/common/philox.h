@@ -7,8 +7,8 @@
 // workers give the same masks. The layout (mirrored by sparsenas/sampling/_philox.py):
 //   key     = (seed mod 2^32, seed >> 32)                      (seed as an unsigned 64-bit value)
 //   counter = (block, c mod 2^32, c >> 32, purpose << 24 | stream)
-// where `block` indexes groups of positions (4 per block for 32-bit keys, 2 per block for the
-// 64-bit Gumbel uniforms) and `stream` (< 2^24) separates independent draws of one candidate,
+// where `block` indexes groups of positions (16 per block for the 8-bit primary keys of exact-k
+// sampling, 4 for 32-bit keys, 2 for the 52-bit Gumbel uniforms) and `stream` (< 2^24) separates independent draws of one candidate,
 // e.g. the layers of a network.
 //
 // Everything here that involves floating point uses only correctly rounded IEEE operations in a
@@ -59,7 +59,7 @@ SPARSENAS_HOST_DEVICE Philox4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c
 
 // What a block of random words is used for; part of the counter, so the draws never overlap.
 enum PhiloxPurpose : uint32_t {
-  kUniformKey = 0,      // exact-k uniform: primary 32-bit key of each position
+  kUniformKey = 0,      // exact-k uniform: primary 8-bit key of each position
   kUniformTieKey = 1,   // exact-k uniform: secondary key, consulted only when primary keys tie
   kGumbelUniform = 2,   // Gumbel-top-k: a 52-bit uniform per position
 };
@@ -82,11 +82,17 @@ struct CandidateStream {
     return philox4x32_10(index, c1, c2, c3, k0, k1);
   }
 
-  // The 32-bit key of position j (4 positions per block).
+  // The 32-bit key of position j: word j % 4 of block j / 4.
   SPARSENAS_HOST_DEVICE uint32_t word_at(int64_t j) const {
     return block(static_cast<uint32_t>(j >> 2)).word[j & 3];
   }
 };
+
+// Position j of a block of 8-bit keys: block j / 16, word (j / 4) % 4, byte j % 4 (lowest
+// first), i.e. the block's 16 bytes in little-endian order.
+SPARSENAS_HOST_DEVICE uint8_t byte_of(const Philox4& block, int64_t j) {
+  return static_cast<uint8_t>(block.word[(j >> 2) & 3] >> (8 * (j & 3)));
+}
 
 // ---- deterministic floating point -------------------------------------------------------------
 

@@ -30,11 +30,13 @@ __device__ __forceinline__ bool same_high_bits(key_t a, key_t b, int shift) {
   return shift >= static_cast<int>(sizeof(key_t) * 8) || (a >> shift) == (b >> shift);
 }
 
-// Exact-k uniform: key = primary Philox word << 32 | tie word. The tie word is computed only
-// where it can matter: when the comparison reaches below bit 32 and the primary word equals the
+// Exact-k uniform: key = 8-bit primary key << 32 | 32-bit tie key (40 significant bits). Half a
+// Philox block holds the primary keys of a thread's 8 positions; the tie key is computed only
+// where it can matter: when the comparison reaches below bit 32 and the primary key equals the
 // prefix's.
 struct UniformKeys {
   using key_t = uint64_t;
+  static constexpr int kBits = 40;
   uint64_t seed;
   int64_t first_candidate;
   uint32_t stream;
@@ -44,17 +46,15 @@ struct UniformKeys {
     CandidateStream primary, tie;
     int64_t n;
     __device__ void load(int64_t base, key_t keys[kPerThread], key_t prefix, int low_bit) const {
-      const Philox4 a = primary.block(static_cast<uint32_t>(base >> 2));
-      const Philox4 b = primary.block(static_cast<uint32_t>(base >> 2) + 1);
-      const uint32_t words[kPerThread] = {a.word[0], a.word[1], a.word[2], a.word[3],
-                                          b.word[0], b.word[1], b.word[2], b.word[3]};
+      const Philox4 block = primary.block(static_cast<uint32_t>(base >> 4));
 #pragma unroll
       for (int t = 0; t < kPerThread; ++t) {
+        const uint8_t key = byte_of(block, (base & 15) + t);
         uint32_t low = 0;
-        if (low_bit < 32 && words[t] == static_cast<uint32_t>(prefix >> 32) && base + t < n) {
+        if (low_bit < 32 && key == static_cast<uint8_t>(prefix >> 32) && base + t < n) {
           low = tie.word_at(base + t);
         }
-        keys[t] = (static_cast<uint64_t>(words[t]) << 32) | low;
+        keys[t] = (static_cast<uint64_t>(key) << 32) | low;
       }
     }
   };
@@ -71,6 +71,7 @@ template <typename scalar_t>
 struct ScoreKeys {
   using wide_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
   using key_t = std::conditional_t<std::is_same_v<scalar_t, double>, uint64_t, uint32_t>;
+  static constexpr int kBits = sizeof(key_t) * 8;
   const scalar_t* scores;
   int64_t n;
 
@@ -92,6 +93,7 @@ struct ScoreKeys {
 template <typename scalar_t>
 struct GumbelKeys {
   using key_t = uint64_t;
+  static constexpr int kBits = 64;
   const scalar_t* weights;
   uint64_t seed;
   int64_t first_candidate;
@@ -153,7 +155,7 @@ __global__ void __launch_bounds__(kThreads)
 select_kernel(const Keys keys_of, const int64_t* __restrict__ counts, int64_t n,
               uint8_t* __restrict__ out, bool packed) {
   using key_t = typename Keys::key_t;
-  constexpr int kBits = sizeof(key_t) * 8;
+  constexpr int kBits = Keys::kBits;  // significant bits of a key
   __shared__ unsigned histogram[256];
   __shared__ key_t chosen_prefix;
   __shared__ unsigned chosen_need, chosen_count;

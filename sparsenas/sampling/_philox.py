@@ -49,10 +49,19 @@ def candidate_blocks(seed: int, candidates: np.ndarray, stream: int, purpose: in
     return np.stack(np.broadcast_arrays(*words), axis=-1)
 
 
-def uniform_keys(seed: int, candidates: np.ndarray, stream: int, purpose: int,
-                 n: int) -> np.ndarray:
-    """32-bit key of every position: word j % 4 of block j // 4. uint64 [len(candidates), n]."""
-    words = candidate_blocks(seed, candidates, stream, purpose, (n + 3) // 4)
+def uniform_primary_keys(seed: int, candidates: np.ndarray, stream: int, n: int) -> np.ndarray:
+    """8-bit primary key of every exact-k position: byte j % 4 (lowest first) of word
+    (j // 4) % 4 of block j // 16. uint64 [len(candidates), n]."""
+    words = candidate_blocks(seed, candidates, stream, UNIFORM_KEY, (n + 15) // 16)
+    shifts = np.arange(0, 32, 8, dtype=np.uint64)
+    octets = (words[..., None] >> shifts) & np.uint64(0xFF)
+    return octets.reshape(len(candidates), 16 * words.shape[1])[:, :n]
+
+
+def uniform_tie_keys(seed: int, candidates: np.ndarray, stream: int, n: int) -> np.ndarray:
+    """32-bit tie key of every exact-k position: word j % 4 of block j // 4.
+    uint64 [len(candidates), n]."""
+    words = candidate_blocks(seed, candidates, stream, UNIFORM_TIE_KEY, (n + 3) // 4)
     return words.reshape(len(candidates), 4 * words.shape[1])[:, :n]
 
 

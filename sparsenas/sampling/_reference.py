@@ -79,8 +79,8 @@ def uniform_k_mask(k: Tensor, n: int, seed: int, first_candidate: int = 0, strea
     rows = k.shape[0]
     _check_candidates(op, first_candidate, rows, stream)
     candidates = _candidates(first_candidate, rows)
-    primary = _philox.uniform_keys(seed, candidates, stream, _philox.UNIFORM_KEY, n)
-    tie = _philox.uniform_keys(seed, candidates, stream, _philox.UNIFORM_TIE_KEY, n)
+    primary = _philox.uniform_primary_keys(seed, candidates, stream, n)
+    tie = _philox.uniform_tie_keys(seed, candidates, stream, n)
     position = np.broadcast_to(np.arange(n), primary.shape)
     order = np.lexsort((position, tie, primary), axis=-1)
     return _mask_from_order(torch.from_numpy(order).to(k.device), k, packed)
