@@ -19,6 +19,10 @@ TORCH_LIBRARY(sparsenas, m) {
   m.def("masked_conv2d_backward(Tensor grad, Tensor x, Tensor weight, Tensor mask, int[]? bias_sizes, int[2] stride, int[2] padding, int[2] dilation, int groups, bool packed, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
 
   // ---- mask sampling (SPEC §2.3) ----
+  m.def("uniform_k_mask(Tensor k, int n, int seed, int first_candidate=0, int stream=0, bool packed=False) -> Tensor");
+  m.def("topk_mask(Tensor scores, Tensor k, bool packed=False) -> Tensor");
+  m.def("gumbel_topk_mask(Tensor weights, Tensor k, int seed, int first_candidate=0, int stream=0, bool packed=False) -> Tensor");
+  m.def("philox4x32_10(Tensor counter, Tensor key) -> Tensor");
 
   // ---- sparse execution (SPEC §2.2) ----
   m.def("sparse_linear(Tensor x, Tensor row_ptr, Tensor col_idx, Tensor values, Tensor? bias=None) -> Tensor");
