@@ -112,7 +112,7 @@ __global__ void masked_block_kernel(const scalar_t* __restrict__ a, const scalar
       __syncthreads();
     }
     if (!active) continue;
-    const int64_t k_count = min<int64_t>(kChunk, p - k0);
+    const int64_t k_count = p - k0 < kChunk ? p - k0 : int64_t{kChunk};
     if (sum_outputs) {
       for (int64_t o = 0; o < O; ++o) {
         const scalar_t* bi = b + (i * O + o) * p + k0;

@@ -270,8 +270,7 @@ def _add_block(kernel: Tensor, a: Tensor, b: Tensor, factor: Tensor | None, use_
     n, T, d = a.shape
     S, p = b.shape[2], b.shape[3]
     if not use_weight:
-        a = a[..., :0]
-        factor = None
+        a, d, factor = a[..., :0], 0, None
     if mode == "diagonal":
         kernel.add_(_diagonal_block(a, b, factor, use_bias, kernel.dtype))
         return
@@ -281,10 +280,7 @@ def _add_block(kernel: Tensor, a: Tensor, b: Tensor, factor: Tensor | None, use_
         weights = factor if factor.dtype == torch.bool else factor.to(kernel.dtype).square()
         ntk_masked_block_(kernel, a[:, 0], b[:, 0], weights, use_bias, sum_outputs)
         return
-    width = (S * p * d) if sum_outputs else (p * d)
-    gram_cost = (n * T) ** 2 * (d + p * (1 if sum_outputs else S * S))
-    materialise_cost = n * T * S * p * d + rows * rows * width
-    if factor is not None or (materialise_cost < gram_cost and n * S * p * d <= _MATERIALISE_BUDGET):
+    if factor is not None or _prefer_materialised(n, T, S, d, p, sum_outputs):
         grads = torch.einsum("ntsp,ntd->nspd", b.to(kernel.dtype), a.to(kernel.dtype))
         if factor is not None:
             grads = grads * factor.to(kernel.dtype)
@@ -295,6 +291,16 @@ def _add_block(kernel: Tensor, a: Tensor, b: Tensor, factor: Tensor | None, use_
             kernel.addmm_(bias_grads, bias_grads.T)
         return
     ntk_gram_block_(kernel, a.reshape(n * T, d), b.reshape(n * T, S, p), T, use_bias, sum_outputs)
+
+
+def _prefer_materialised(n: int, T: int, S: int, d: int, p: int, sum_outputs: bool) -> bool:
+    """Whether per-example gradients (cost n·T·S·p·d + Gram of them) beat the Gram route
+    (cost (n·T)²(d + p·S²), or (n·T)²(d + p·S) summing outputs) within the memory budget."""
+    rows = n if sum_outputs else n * S
+    width = (S * p * d) if sum_outputs else (p * d)
+    gram_cost = (n * T) ** 2 * (d + p * (S if sum_outputs else S * S))
+    materialise_cost = n * T * S * p * d + rows * rows * width
+    return materialise_cost < gram_cost and n * S * p * d <= _MATERIALISE_BUDGET
 
 
 def _diagonal_block(a: Tensor, b: Tensor, factor: Tensor | None, use_bias: bool,
