@@ -32,6 +32,8 @@ TORCH_LIBRARY(sparsenas, m) {
   m.def("nm_mask(Tensor weight, int n, int m) -> Tensor");
 
   // ---- NTK (SPEC §2.4) ----
+  m.def("ntk_gram_block_(Tensor(a!) out, Tensor a, Tensor b, int rows_per_example=1, bool bias=True, bool sum_outputs=False) -> ()");
+  m.def("ntk_masked_block_(Tensor(a!) out, Tensor a, Tensor b, Tensor mask, bool bias=True, bool sum_outputs=False) -> ()");
 }
 
 namespace py = pybind11;

@@ -1,1 +1,27 @@
-"""Empirical NTK, NTK metrics and Label-Gradient Alignment."""
+"""Empirical NTK, NTK metrics and Label-Gradient Alignment.
+
+Importing this package registers the NTK proxies (:mod:`sparsenas.ntk.proxies`).
+"""
+
+from sparsenas.ntk import proxies
+from sparsenas.ntk.empirical import MODES, empirical_ntk
+from sparsenas.ntk.kernels import ntk_gram_block_, ntk_masked_block_
+from sparsenas.ntk.metrics import (
+    class_balanced_indices,
+    condition_number,
+    eigen_score,
+    frobenius_norm,
+    kendall_tau,
+    label_gradient_alignment,
+    mean_entry,
+    ntk_regression_accuracy,
+    spearman_rho,
+    trace,
+)
+
+__all__ = [
+    "MODES", "class_balanced_indices", "condition_number", "eigen_score", "empirical_ntk",
+    "frobenius_norm", "kendall_tau", "label_gradient_alignment", "mean_entry",
+    "ntk_gram_block_", "ntk_masked_block_", "ntk_regression_accuracy", "proxies",
+    "spearman_rho", "trace",
+]
