@@ -1,0 +1,5 @@
+"""Results store: one SQLite database per study, crash-safe and shared by concurrent workers."""
+
+from sparsenas.store.sqlite_store import Store, StoreError, TrialRecord
+
+__all__ = ["Store", "StoreError", "TrialRecord"]
