@@ -131,12 +131,14 @@ class _EpochProgress(TrainerHook):
 
 class RandomSearchStudy:
     def __init__(self, config: RandomSearchConfig, store: Store, progress: bool | None = None,
-                 poll_seconds: float = 0.5) -> None:
+                 poll_seconds: float = 0.5, data: Dataset | None = None) -> None:
+        """``data``: the study's dataset if already loaded (else loaded on first use);
+        ``progress``: tqdm bars on (True), off (False) or only on a terminal (None)."""
         self.config = config
         self.store = store
         self.progress = progress
         self.poll_seconds = poll_seconds
-        self._data: Dataset | None = None
+        self._data = data
 
     @property
     def data(self) -> Dataset:
