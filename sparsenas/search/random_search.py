@@ -40,7 +40,7 @@ class RandomSearchConfig:
     sparsities: tuple[float, ...] = (0.5, 0.75, 0.9, 0.95)
     num_candidates: int = 16
     num_random: int = 8
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     proxy: str | None = None
     search_epochs: int = 3
     proxy_batch_size: int = 256
