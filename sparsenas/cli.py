@@ -114,6 +114,9 @@ def _add_random_search(commands: argparse._SubParsersAction) -> None:
                      help="directory of the table, plots and exports")
     run.add_argument("--store", type=Path, default=None,
                      help="the study's SQLite store (default: OUT/study.sqlite)")
+    run.add_argument("--save-models", action="store_true",
+                     help="save the trained search-selected and dense networks as safetensors "
+                          "under OUT/checkpoints")
     run.add_argument("--resume", action="store_true",
                      help="continue the study in the store (also: join it as another worker)")
     p.set_defaults(handler=_random_search)
@@ -150,7 +153,8 @@ def _random_search(args: argparse.Namespace) -> int:
         if not args.resume and store.study_config() is not None:
             raise ValueError(f"store {str(store_path)!r} already holds a study: pass --resume to "
                              f"continue it, or choose another --out / --store")
-        RandomSearchStudy(config, store, data=data).run()
+        checkpoints = args.out / "checkpoints" if args.save_models else None
+        RandomSearchStudy(config, store, data=data, checkpoint_dir=checkpoints).run()
         paths = write_report(store, args.out)
         table = paths["table"].read_text()
     print(table)

@@ -18,7 +18,8 @@ from sparsenas.proxies import register_proxy
 from sparsenas.search import NodeSpace, RandomSearchConfig, RandomSearchStudy, derive_seed
 from sparsenas.search.random_search import plan_units
 from sparsenas.search.report import epochs_to_fraction, summarize, write_report
-from sparsenas.store import Store
+from sparsenas.store import Store, load_checkpoint
+from sparsenas.train import TrainConfig, Trainer
 
 TINY = dict(widths=(16, 16), sparsities=(0.5, 0.9), num_candidates=3, num_random=2,
             seeds=(0, 1), search_epochs=1, epochs=3, batch_size=128)
@@ -35,13 +36,14 @@ def _results(store: Store) -> dict[str, tuple]:
             for t in store.trials()}
 
 
-def _run_in_process(path: Path, **overrides) -> tuple[dict, str]:
+def _run_in_process(path: Path, checkpoint_dir: Path | None = None,
+                    **overrides) -> tuple[dict, str]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the CLI runs, so results match bit for bit
     try:
         with Store(path) as store:
             RandomSearchStudy(RandomSearchConfig(**{**TINY, **overrides}), store,
-                              progress=False).run()
+                              progress=False, checkpoint_dir=checkpoint_dir).run()
             return _results(store), summarize(store).table()
     finally:
         torch.set_num_threads(threads)
@@ -102,8 +104,8 @@ def _index_sum_proxy(model, x, y) -> float:
 
 
 def test_proxy_scoring_picks_the_best_proxy_score(tmp_path):
-    _run_in_process(tmp_path / "proxy.sqlite", proxy="test-first-layer-index-sum", seeds=(0,),
-                    sparsities=(0.5,))
+    _run_in_process(tmp_path / "proxy.sqlite", checkpoint_dir=tmp_path / "checkpoints",
+                    proxy="test-first-layer-index-sum", seeds=(0,), sparsities=(0.5,))
     with Store(tmp_path / "proxy.sqlite") as store:
         candidates = store.trials(kind="search")
         assert [t.epochs for t in candidates] == [[], [], []]
@@ -113,6 +115,17 @@ def test_proxy_scoring_picks_the_best_proxy_score(tmp_path):
         chosen = next(t for t in store.trials(kind="final") if t.config["role"] == "search")
         best = max(candidates, key=lambda t: t.final["score"])
         assert chosen.config["mask"] == best.config["mask"]
+        study = RandomSearchStudy(RandomSearchConfig(**TINY), store)
+    # The saved network is the trained finalist: same mask, same test accuracy.
+    state, metadata = load_checkpoint(
+        tmp_path / "checkpoints" / "seed=0_s=0.5_search-best.safetensors")
+    assert metadata["trial"] == chosen.key
+    network = study.parent(0)
+    network.load_state_dict(state)
+    assert space.encode(network.state_dict()[name] for name in
+                        ("body.4.mask", "body.8.mask")) == chosen.config["mask"]
+    _, test_acc = Trainer(TrainConfig()).evaluate(network, study.data.x_test, study.data.y_test)
+    assert test_acc[0] == pytest.approx(chosen.final["test_acc"], abs=1e-9)
 
 
 def test_units_plan():
@@ -123,7 +136,7 @@ def test_units_plan():
     assert epochs_to_fraction([0.5, 0.9, 0.96, 1.0]) == 3
 
 
-def test_kill_9_mid_study_then_resume(tmp_path, reference):
+def test_kill_9_mid_study_then_resume(tmp_path, capsys, reference):
     store_path = tmp_path / "study.sqlite"
     flags = [*TINY_FLAGS, "--out", str(tmp_path / "out"), "--store", str(store_path)]
     victim = _cli("random-search", *flags)
@@ -144,11 +157,10 @@ def test_kill_9_mid_study_then_resume(tmp_path, reference):
         units_before = store.finished_units()
     assert 1 <= len(units_before) < UNITS, "the run was not interrupted mid-study"
 
-    refused = _cli("random-search", *flags)  # a store in use needs --resume: one line, no traceback
-    _, err = refused.communicate(timeout=300)
-    assert refused.returncode == 1
-    assert err.strip() == (f"sparsenas: error: store {str(store_path)!r} already holds a study: "
-                           f"pass --resume to continue it, or choose another --out / --store")
+    assert main(["random-search", *flags]) == 1  # a store in use needs --resume
+    assert capsys.readouterr().err.strip() == (
+        f"sparsenas: error: store {str(store_path)!r} already holds a study: pass --resume to "
+        f"continue it, or choose another --out / --store")
     resumed = _cli("random-search", *flags, "--resume")
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err

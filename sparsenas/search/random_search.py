@@ -15,9 +15,11 @@ resumes at the first unfinished unit with identical results.
 from __future__ import annotations
 
 import copy
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -26,7 +28,7 @@ from sparsenas.data import Dataset, load_dataset
 from sparsenas.models import CandidateBatch, NodeMaskedNet, create_model
 from sparsenas.proxies import get_proxy
 from sparsenas.search.space import NodeSpace, derive_seed
-from sparsenas.store import Store, TrialRecord
+from sparsenas.store import Store, TrialRecord, save_checkpoint
 from sparsenas.train import EpochMetrics, TrainConfig, Trainer, TrainerHook
 
 
@@ -131,9 +133,13 @@ class _EpochProgress(TrainerHook):
 
 class RandomSearchStudy:
     def __init__(self, config: RandomSearchConfig, store: Store, progress: bool | None = None,
-                 poll_seconds: float = 0.5, data: Dataset | None = None) -> None:
+                 poll_seconds: float = 0.5, data: Dataset | None = None,
+                 checkpoint_dir: str | Path | None = None) -> None:
         """``data``: the study's dataset if already loaded (else loaded on first use);
-        ``progress``: tqdm bars on (True), off (False) or only on a terminal (None)."""
+        ``progress``: tqdm bars on (True), off (False) or only on a terminal (None);
+        ``checkpoint_dir``: where to save the fully trained search-selected and dense networks
+        (safetensors, one file per trial key), if anywhere."""
+        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self.config = config
         self.store = store
         self.progress = progress
@@ -274,9 +280,16 @@ class RandomSearchStudy:
         layer_masks.append([torch.ones(n, dtype=torch.bool) for n in parent.layer_sizes])
         stacked = [torch.stack(per_layer) for per_layer in zip(*layer_masks)]
         trainer = Trainer(c.train_config(), hooks)
-        result = trainer.fit(CandidateBatch(parent, stacked), self.data,
-                             seed=derive_seed("final-batches", unit.seed))
+        batch = CandidateBatch(parent, stacked)
+        result = trainer.fit(batch, self.data, seed=derive_seed("final-batches", unit.seed))
         seconds = result.seconds / len(roles)
+        if self.checkpoint_dir is not None:
+            for i, (key, config) in enumerate(roles):
+                if config["role"] in ("search", "dense"):
+                    save_checkpoint(self.checkpoint_dir / f"{key.replace('/', '_')}.safetensors",
+                                    batch.candidate_state_dict(i),
+                                    {"trial": key, "config": json.dumps(config),
+                                     "study": json.dumps(c.identity())})
         return [TrialRecord(key=key, kind="final", seed=unit.seed, config=config,
                             epochs=result.candidate_history(i), final=result.candidate_final(i),
                             seconds=seconds)
