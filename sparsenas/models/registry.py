@@ -28,7 +28,8 @@ def create_model(name: str, **kwargs) -> nn.Module:
     try:
         constructor = _MODELS[name]
     except KeyError:
-        raise ValueError(f"create_model(): unknown model {name!r}; known: {list_models()}") from None
+        raise ValueError(f"create_model(): unknown model {name!r}; "
+                         f"known: {list_models()}") from None
     return constructor(**kwargs)
 
 

@@ -18,7 +18,7 @@ import copy
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -86,10 +86,6 @@ class RandomSearchConfig:
                            optimizer=self.optimizer, momentum=self.momentum,
                            weight_decay=self.weight_decay, schedule=self.schedule,
                            patience=self.patience, device=self.device, amp=self.amp)
-
-    @classmethod
-    def option_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
 
 
 @dataclass(frozen=True)
@@ -166,9 +162,6 @@ class RandomSearchStudy:
         if not isinstance(model, NodeMaskedNet):
             raise ValueError(f"model {c.model!r} has no node space")
         return model
-
-    def space(self, seed: int, sparsity: float) -> NodeSpace:
-        return NodeSpace(self.parent(seed).layer_sizes, sparsity)
 
     def run(self) -> None:
         """Runs (or resumes) every unfinished unit; returns when all are finished, whichever

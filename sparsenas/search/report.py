@@ -138,13 +138,16 @@ def write_report(store: Store, out_dir: str | Path) -> dict[str, Path]:
              "convergence_plot": out / "convergence.png"}
     _atomic_write_text(paths["table"], summary.table())
     csv_lines = ["sparsity,role,n,test_acc_mean,test_acc_std,epochs_to_95_mean,p_value"]
-    csv_lines.append(f"0,dense,{len(summary.dense.test_acc)},{summary.dense.mean:.6f},"
-                     f"{summary.dense.std:.6f},{np.mean(summary.dense.epochs_to_95 or [math.nan]):.3f},")
+
+    def csv_row(sparsity: str, role: str, group: Group, p_value: str) -> str:
+        speed = np.mean(group.epochs_to_95) if group.epochs_to_95 else math.nan
+        return (f"{sparsity},{role},{len(group.test_acc)},{group.mean:.6f},{group.std:.6f},"
+                f"{speed:.3f},{p_value}")
+
+    csv_lines.append(csv_row("0", "dense", summary.dense, ""))
     for row in summary.rows:
         for role, group in (("search", row.search), ("random", row.random)):
-            csv_lines.append(f"{row.sparsity:g},{role},{len(group.test_acc)},{group.mean:.6f},"
-                             f"{group.std:.6f},{np.mean(group.epochs_to_95 or [math.nan]):.3f},"
-                             f"{row.p_value:.6g}")
+            csv_lines.append(csv_row(f"{row.sparsity:g}", role, group, f"{row.p_value:.6g}"))
     _atomic_write_text(paths["summary_csv"], "\n".join(csv_lines) + "\n")
     for name, export in (("trials_csv", store.export_csv), ("trials_jsonl", store.export_jsonl)):
         tmp = paths[name].with_name(f".{paths[name].name}.{os.getpid()}.tmp")

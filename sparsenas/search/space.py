@@ -41,10 +41,6 @@ class NodeSpace:
         return sample_node_masks(self.layer_sizes, self.sparsities, num_candidates, seed,
                                  first_candidate)
 
-    def dense(self, num_candidates: int = 1) -> list[Tensor]:
-        """The parent itself: every node kept."""
-        return [torch.ones(num_candidates, n, dtype=torch.bool) for n in self.layer_sizes]
-
     def mutate(self, masks: Sequence[Tensor], seed: int, swaps: int = 1) -> list[Tensor]:
         """A neighbour of one candidate (bool [n_l] per layer): ``swaps`` times, a kept node of
         a random layer is exchanged with a dropped one, so every layer keeps its node count."""
