@@ -1,0 +1,26 @@
+"""Datasets for the search runtime: an embedded default (scikit-learn's 8x8 digits), synthetic data,
+and loaders for MNIST / CIFAR-10 from local files. Nothing is downloaded."""
+
+from sparsenas.data.datasets import (
+    Dataset,
+    DatasetError,
+    list_datasets,
+    load_cifar10,
+    load_dataset,
+    load_digits,
+    load_mnist,
+    load_synthetic,
+    read_idx,
+)
+
+__all__ = [
+    "Dataset",
+    "DatasetError",
+    "list_datasets",
+    "load_cifar10",
+    "load_dataset",
+    "load_digits",
+    "load_mnist",
+    "load_synthetic",
+    "read_idx",
+]

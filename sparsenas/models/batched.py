@@ -1,0 +1,210 @@
+"""K candidates of one parent trained together: per-candidate weights [K, ...] from one shared
+initialisation θ0, run through the K-candidate masked ops.
+
+Candidate k's node masks are expanded to weight masks: in layer l, row o (and bias o) is masked
+when node o of layer l is off, and column i when input node i (node i of layer l - 1) is off; the
+NodeMask layers stay in place, so a switched-off node also leaves BatchNorm and the activation at
+exactly zero. Candidate k therefore computes what the parent computes with candidate k's node
+masks set (in train and eval mode), and its gradients are the ones that network would get: the
+candidates' parameters are disjoint, so summing their losses trains each one independently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sparsenas.models.networks import NodeMaskedNet
+from sparsenas.nn import NodeMask
+from sparsenas.ops import masked_conv2d, masked_linear
+
+
+def weight_masks(out_nodes: Tensor | None, in_nodes: Tensor | None, weight_shape: Sequence[int],
+                 num_candidates: int) -> Tensor:
+    """bool [K, *weight_shape]: row o kept iff out_nodes[k, o], column i iff in_nodes[k, i]
+    (None = all nodes kept). Extra trailing weight dims (conv kernels) are broadcast."""
+    out_features, in_features, *kernel = weight_shape
+    mask = torch.ones(num_candidates, out_features, in_features, dtype=torch.bool)
+    if out_nodes is not None:
+        mask = mask & out_nodes.cpu()[:, :, None]
+    if in_nodes is not None:
+        mask = mask & in_nodes.cpu()[:, None, :]
+    return mask.view(num_candidates, out_features, in_features, *[1] * len(kernel)).expand(
+        num_candidates, out_features, in_features, *kernel).contiguous()
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return x.dtype
+
+
+class _CandidateLinear(nn.Module):
+    def __init__(self, layer: nn.Linear, out_nodes: Tensor | None, in_nodes: Tensor | None,
+                 num_candidates: int) -> None:
+        super().__init__()
+        k = num_candidates
+        self.weight = nn.Parameter(layer.weight.detach().expand(k, -1, -1).clone())
+        self.register_buffer("weight_mask", weight_masks(out_nodes, in_nodes,
+                                                         layer.weight.shape, k))
+        self.bias = (nn.Parameter(layer.bias.detach().expand(k, -1).clone())
+                     if layer.bias is not None else None)
+        self.register_buffer("bias_mask", torch.ones(k, layer.out_features, dtype=torch.bool)
+                             if out_nodes is None else out_nodes.clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        dtype = _compute_dtype(x)
+        bias = None if self.bias is None else (self.bias * self.bias_mask).to(dtype)
+        return masked_linear(x.to(dtype), self.weight.to(dtype), self.weight_mask, bias)
+
+
+class _CandidateConv2d(nn.Module):
+    def __init__(self, layer: nn.Conv2d, out_nodes: Tensor | None, in_nodes: Tensor | None,
+                 num_candidates: int) -> None:
+        super().__init__()
+        if layer.groups != 1 or layer.padding_mode != "zeros" or isinstance(layer.padding, str):
+            raise ValueError("CandidateBatch: only Conv2d with groups=1, zero padding and numeric "
+                             "padding is supported")
+        k = num_candidates
+        self.stride, self.padding, self.dilation = layer.stride, layer.padding, layer.dilation
+        self.weight = nn.Parameter(layer.weight.detach().expand(k, *layer.weight.shape).clone())
+        self.register_buffer("weight_mask", weight_masks(out_nodes, in_nodes,
+                                                         layer.weight.shape, k))
+        self.bias = (nn.Parameter(layer.bias.detach().expand(k, -1).clone())
+                     if layer.bias is not None else None)
+        self.register_buffer("bias_mask", torch.ones(k, layer.out_channels, dtype=torch.bool)
+                             if out_nodes is None else out_nodes.clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        dtype = _compute_dtype(x)
+        bias = None if self.bias is None else (self.bias * self.bias_mask).to(dtype)
+        return masked_conv2d(x.to(dtype), self.weight.to(dtype), self.weight_mask, bias,
+                             self.stride, self.padding, self.dilation)
+
+
+class _CandidateBatchNorm(nn.Module):
+    """K independent BatchNorms: x [K, N, C, ...] normalised as one BatchNorm over K * C
+    features, which keeps each candidate's statistics its own."""
+
+    def __init__(self, layer: nn.modules.batchnorm._BatchNorm, num_candidates: int) -> None:
+        super().__init__()
+        if not (layer.affine and layer.track_running_stats):
+            raise ValueError("CandidateBatch: BatchNorm needs affine=True and "
+                             "track_running_stats=True")
+        k = num_candidates
+        self.eps, self.momentum = layer.eps, layer.momentum
+        self.weight = nn.Parameter(layer.weight.detach().expand(k, -1).clone())
+        self.bias = nn.Parameter(layer.bias.detach().expand(k, -1).clone())
+        self.register_buffer("running_mean", layer.running_mean.expand(k, -1).clone())
+        self.register_buffer("running_var", layer.running_var.expand(k, -1).clone())
+        self.register_buffer("num_batches_tracked", layer.num_batches_tracked.clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        k, n = x.shape[:2]
+        features = x.transpose(0, 1).reshape(n, -1, *x.shape[3:])
+        if self.training:
+            self.num_batches_tracked.add_(1)
+        momentum = self.momentum
+        if momentum is None:
+            momentum = 1.0 / float(self.num_batches_tracked)
+        out = F.batch_norm(features, self.running_mean.view(-1), self.running_var.view(-1),
+                           self.weight.reshape(-1), self.bias.reshape(-1), self.training,
+                           momentum, self.eps)
+        return out.reshape(n, k, *x.shape[2:]).transpose(0, 1)
+
+
+class _PerExample(nn.Module):
+    """Applies a per-example module (pooling, flatten) to x [K, N, ...]."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.module(x.flatten(0, 1))
+        return out.unflatten(0, x.shape[:2])
+
+
+_ELEMENTWISE = (nn.ReLU, nn.Identity)
+_PER_EXAMPLE = (nn.Flatten, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
+
+
+class CandidateBatch(nn.Module):
+    """K candidates of ``parent`` (a :class:`NodeMaskedNet`), each starting from the parent's
+    current weights θ0, with candidate k's node masks ``[m[k] for m in node_masks]``.
+
+    Shapes: ``node_masks`` one bool [K, n_l] per NodeMask layer; forward x [N, ...] (one batch
+    shared by all candidates) -> logits [K, N, classes].
+    """
+
+    def __init__(self, parent: NodeMaskedNet, node_masks: Sequence[Tensor]) -> None:
+        super().__init__()
+        sizes = parent.layer_sizes
+        if len(node_masks) != len(sizes):
+            raise ValueError(f"CandidateBatch(): argument 'node_masks' must hold {len(sizes)} "
+                             f"layer masks, got {len(node_masks)}")
+        k = node_masks[0].shape[0] if node_masks else 1
+        for layer, (mask, n) in enumerate(zip(node_masks, sizes)):
+            if mask.dtype != torch.bool or tuple(mask.shape) != (k, n):
+                raise ValueError(f"CandidateBatch(): argument 'node_masks'[{layer}] must be bool "
+                                 f"[{k}, {n}], got {tuple(mask.shape)} {mask.dtype}")
+        self.num_candidates = k
+        self._parent_keys = list(parent.state_dict())
+        modules = list(parent.body)
+        device = next(parent.parameters()).device
+        masks = [m.to(device) for m in node_masks]
+        # The node mask that follows each module's output (the next NodeMask before the next
+        # weighted layer) and the one on its input.
+        layers: list[nn.Module] = []
+        mask_index, in_nodes = 0, None
+        for position, module in enumerate(modules):
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                out_nodes = self._next_node_mask(modules, position, masks, mask_index)
+                wrap = _CandidateLinear if isinstance(module, nn.Linear) else _CandidateConv2d
+                layers.append(wrap(module, out_nodes, in_nodes, k))
+            elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                layers.append(_CandidateBatchNorm(module, k))
+            elif isinstance(module, NodeMask):
+                node_mask = NodeMask(module.num_nodes, module.dim)
+                node_mask.set_mask(masks[mask_index])
+                layers.append(node_mask)
+                in_nodes = masks[mask_index]
+                mask_index += 1
+            elif isinstance(module, _ELEMENTWISE):
+                layers.append(module)
+            elif isinstance(module, _PER_EXAMPLE):
+                layers.append(_PerExample(module))
+            else:
+                raise ValueError(f"CandidateBatch: unsupported layer {type(module).__name__}")
+        self.body = nn.Sequential(*layers).to(device)
+
+    @staticmethod
+    def _next_node_mask(modules: list[nn.Module], position: int, masks: Sequence[Tensor],
+                        mask_index: int) -> Tensor | None:
+        for module in modules[position + 1:]:
+            if isinstance(module, NodeMask):
+                return masks[mask_index]
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                return None
+        return None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x.unsqueeze(0).expand(self.num_candidates, *x.shape).contiguous())
+
+    def candidate_state_dict(self, index: int) -> dict[str, Tensor]:
+        """Candidate ``index`` as a state dict of the parent (node masks included): loading it
+        into the parent gives the single network this candidate is."""
+        state: dict[str, Tensor] = {}
+        for key, value in self.body.state_dict().items():
+            if key.endswith(("weight_mask", "bias_mask")):
+                continue
+            parent_key = "body." + key.replace(".module.", ".")
+            state[parent_key] = value if key.endswith("num_batches_tracked") else value[index]
+        missing = set(self._parent_keys) - set(state)
+        if missing:
+            raise RuntimeError(f"candidate_state_dict(): no value for {sorted(missing)}")
+        return {key: state[key].detach().clone() for key in self._parent_keys}

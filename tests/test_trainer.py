@@ -1,0 +1,88 @@
+"""The Trainer: K candidates trained together equal the same candidates trained one by one."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from sparsenas.data import load_dataset
+from sparsenas.models import CandidateBatch, create_model
+from sparsenas.sampling import sample_node_masks
+from sparsenas.train import TrainConfig, Trainer, TrainerHook
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset("synthetic", seed=0, num_examples=300)
+
+
+def _parent():
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return create_model("mlp", input_shape=(1, 8, 8), num_classes=10, hidden=(24, 16))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_candidates_together_equal_candidates_alone(data, device, optimizer):
+    config = TrainConfig(epochs=2, batch_size=32, lr=0.01, optimizer=optimizer,
+                         device=str(device))
+    parent = _parent()
+    masks = sample_node_masks(parent.layer_sizes, 0.5, 3, seed=5)
+    together = Trainer(config).fit(CandidateBatch(parent, masks), data, seed=11)
+    assert together.num_candidates == 3
+    for k in range(3):
+        single = copy.deepcopy(parent)
+        single.set_candidate([m[k] for m in masks])
+        alone = Trainer(config).fit(single, data, seed=11)
+        assert alone.num_candidates == 1
+        for mine, theirs in zip(together.history, alone.history):
+            assert mine.val_loss[k] == pytest.approx(theirs.val_loss[0], rel=1e-4, abs=1e-5)
+            assert mine.train_loss[k] == pytest.approx(theirs.train_loss[0], rel=1e-4, abs=1e-5)
+        assert together.test_acc[k] == pytest.approx(alone.test_acc[0], abs=1.5 / 60)
+    history = together.candidate_history(1)
+    assert [row["epoch"] for row in history] == [1, 2] and isinstance(history[0]["val_acc"], float)
+    assert together.candidate_final(1)["test_acc"] == together.test_acc[1]
+
+
+def test_same_seed_same_run(data):
+    config = TrainConfig(epochs=2, batch_size=32)
+    first = Trainer(config).fit(_parent(), data, seed=3)
+    second = Trainer(config).fit(_parent(), data, seed=3)
+    other = Trainer(config).fit(_parent(), data, seed=4)
+    assert [h.val_loss for h in first.history] == [h.val_loss for h in second.history]
+    assert [h.train_loss for h in first.history] != [h.train_loss for h in other.history]
+
+
+def test_early_stopping_and_hooks(data):
+    calls = []
+
+    class Recorder(TrainerHook):
+        def on_train_start(self, trainer, model):
+            calls.append("start")
+
+        def on_epoch_end(self, trainer, model, metrics):
+            calls.append(metrics.epoch)
+
+    # A learning rate this small leaves validation accuracy flat: patience 1 stops at epoch 2.
+    flat = TrainConfig(epochs=5, lr=1e-12, schedule="constant", patience=1)
+    result = Trainer(flat, hooks=[Recorder()]).fit(_parent(), data, seed=0)
+    assert result.stopped_early and len(result.history) == 2 and calls == ["start", 1, 2]
+
+    class StopAfterFirst(TrainerHook):
+        def on_epoch_end(self, trainer, model, metrics):
+            trainer.stop_requested = True
+
+    result = Trainer(TrainConfig(epochs=5), hooks=[StopAfterFirst()]).fit(_parent(), data, seed=0)
+    assert len(result.history) == 1 and result.stopped_early
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"epochs": 0}, "epochs"), ({"batch_size": 1}, "batch_size"), ({"lr": 0.0}, "lr"),
+    ({"optimizer": "lbfgs"}, "optimizer"), ({"schedule": "step"}, "schedule"),
+    ({"patience": 0}, "patience"),
+])
+def test_bad_config(options, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**options)
