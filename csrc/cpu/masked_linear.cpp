@@ -102,6 +102,22 @@ void mask_multiply(const cpu::Kernels& kern, const void* src, int64_t src_ld, co
   });
 }
 
+// x [K, rows, in] as opmath [K, rows, in_stride], zero padded (the fused kernels' layout).
+at::Tensor padded_opmath_rows(const at::Tensor& x3) {
+  const int64_t in = x3.size(2);
+  const int64_t in_stride = (in + cpu::kFusedAlign - 1) / cpu::kFusedAlign * cpu::kFusedAlign;
+  auto buffer = at::empty({x3.size(0), x3.size(1), in_stride},
+                          x3.options().dtype(at::toOpMathType(x3.scalar_type())));
+  buffer.narrow(2, 0, in).copy_(x3);
+  if (in_stride > in) buffer.narrow(2, in, in_stride - in).zero_();
+  return buffer;
+}
+
+// grad [K, rows, out] as opmath [K, out, rows] (the fused gradient kernels' layout).
+at::Tensor transposed_opmath(const at::Tensor& g3) {
+  return g3.to(at::toOpMathType(g3.scalar_type())).transpose(1, 2).contiguous();
+}
+
 at::Tensor masked_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& mask,
                              const c10::optional<at::Tensor>& bias, bool packed) {
   const auto g = check_masked_linear("masked_linear", x, weight, mask, bias, packed);
@@ -121,9 +137,8 @@ at::Tensor masked_linear_cpu(const at::Tensor& x, const at::Tensor& weight, cons
   auto x3 = x.contiguous().view({K, rows, in});
 
   if (rows <= kFusedMaxRows) {
-    const int64_t in_stride = (in + cpu::kFusedAlign - 1) / cpu::kFusedAlign * cpu::kFusedAlign;
-    auto xbuf = at::zeros({K, rows, in_stride}, x.options().dtype(at::toOpMathType(x.scalar_type())));
-    xbuf.narrow(2, 0, in).copy_(x3);
+    auto xbuf = padded_opmath_rows(x3);
+    const int64_t in_stride = xbuf.size(2);
     const int64_t blocks = (out_f + cpu::kFusedOutBlock - 1) / cpu::kFusedOutBlock;
     const cpu::FusedForwardArgs args{xbuf.const_data_ptr(), w.tensor.const_data_ptr(),
                                      w.candidate_stride, m.tensor.const_data_ptr(),
@@ -174,6 +189,20 @@ at::Tensor masked_linear_grad_input_cpu(const at::Tensor& grad, const at::Tensor
   const auto m = mask_operand(mask, g, packed);
   const auto& kern = kernels(grad.scalar_type(), mask_kind(mask, packed));
   auto g3 = grad.contiguous().view({K, rows, out_f});
+  if (rows <= kFusedMaxRows) {
+    auto grad_t = transposed_opmath(g3);
+    const int64_t col_blocks = (in + kern.grad_input_block_cols - 1) / kern.grad_input_block_cols;
+    const cpu::FusedGradInputArgs args{grad_t.const_data_ptr(), w.tensor.const_data_ptr(),
+                                       w.candidate_stride, m.tensor.const_data_ptr(),
+                                       m.candidate_stride, m.ld, result.data_ptr(), rows, in,
+                                       out_f, col_blocks};
+    const int64_t grain =
+        std::max<int64_t>(1, 65536 / (kern.grad_input_block_cols * out_f * std::max<int64_t>(rows, 1)));
+    at::parallel_for(0, K * col_blocks, grain, [&](int64_t begin, int64_t end) {
+      kern.fused_grad_input(args, begin, end);
+    });
+    return result.view(shape);
+  }
   // Column tiles of the masked weight: [out, cols], each a complete GEMM over out.
   const int64_t tile_cols = tile_extent(out_f, in);
   auto tile = at::empty({out_f, tile_cols}, grad.options());
@@ -220,6 +249,20 @@ std::tuple<at::Tensor, at::Tensor> masked_linear_grad_weight_cpu(
   const auto& by_weight = kernels(x.scalar_type(), MaskKind::kSoft);
   auto x3 = x.contiguous().view({K, rows, in});
   auto g3 = grad.contiguous().view({K, rows, out_f});
+  if (rows <= kFusedMaxRows) {
+    auto xbuf = padded_opmath_rows(x3);
+    auto grad_t = transposed_opmath(g3);
+    const cpu::FusedGradWeightArgs args{
+        xbuf.const_data_ptr(), grad_t.const_data_ptr(), w.tensor.const_data_ptr(),
+        w.candidate_stride, m.tensor.const_data_ptr(), m.candidate_stride, m.ld,
+        weight_grad ? grad_weight.data_ptr() : nullptr, mask_grad ? grad_mask.data_ptr() : nullptr,
+        K, rows, in, xbuf.size(2), out_f, !g.weight_per_candidate};
+    const int64_t items = g.weight_per_candidate ? K * out_f : out_f;
+    const int64_t work_per_item = (g.weight_per_candidate ? 1 : K) * in * std::max<int64_t>(rows, 1);
+    at::parallel_for(0, items, std::max<int64_t>(1, 65536 / work_per_item),
+                     [&](int64_t begin, int64_t end) { by_mask.fused_grad_weight(args, begin, end); });
+    return {grad_weight, grad_mask};
+  }
   // A sum over candidates of a reduced dtype is kept in float and rounded once at the end.
   const bool opmath_sum = shared_sum && K > 1 && at::toOpMathType(x.scalar_type()) != x.scalar_type();
   auto sum = opmath_sum ? at::empty({out_f, in}, x.options().dtype(at::kFloat)) : grad_weight;

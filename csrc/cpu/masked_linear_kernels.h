@@ -53,12 +53,58 @@ struct FusedForwardArgs {
 };
 using FusedForwardFn = void (*)(const FusedForwardArgs&, int64_t begin, int64_t end);
 
+// grad_input[k, r, c] = sum_o grad[k, r, o] * weight[k, o, c] * mask[k, o, c] for the blocks
+// idx in [begin, end) of column blocks (idx = k * col_blocks + block). grad_t is the gradient
+// transposed, opmath [K, out, rows].
+struct FusedGradInputArgs {
+  const void* grad_t;
+  const void* weight;
+  int64_t weight_stride;
+  const void* mask;
+  int64_t mask_stride;
+  int64_t mask_ld;
+  void* out;
+  int64_t rows;
+  int64_t in;
+  int64_t out_features;
+  int64_t col_blocks;
+};
+using FusedGradInputFn = void (*)(const FusedGradInputArgs&, int64_t begin, int64_t end);
+
+// For the items idx in [begin, end) (output rows o, or k * out + o per candidate when the weight
+// is not shared), with G[k] = grad_t[k] x[k] (grad_t opmath [K, out, rows], x opmath
+// [K, rows, in_stride] zero padded): grad_weight[o] = sum_k G[k, o] * mask[k, o] (shared) or
+// grad_weight[k, o] = G[k, o] * mask[k, o]; grad_mask[k, o] = G[k, o] * weight[k, o].
+// A null grad_weight / grad_mask is not computed.
+struct FusedGradWeightArgs {
+  const void* x;
+  const void* grad_t;
+  const void* weight;
+  int64_t weight_stride;
+  const void* mask;
+  int64_t mask_stride;
+  int64_t mask_ld;
+  void* grad_weight;
+  void* grad_mask;
+  int64_t candidates;
+  int64_t rows;
+  int64_t in;
+  int64_t in_stride;
+  int64_t out_features;
+  bool weight_shared;
+};
+using FusedGradWeightFn = void (*)(const FusedGradWeightArgs&, int64_t begin, int64_t end);
+
 constexpr int64_t kFusedOutBlock = 4;
-constexpr int64_t kFusedAlign = 16;
+// Row stride of the opmath x buffers, in elements: whole blocks of the widest vector loop.
+constexpr int64_t kFusedAlign = 64;
 
 struct Kernels {
   MaskMultiplyFn mask_multiply;
   FusedForwardFn fused_forward;
+  FusedGradInputFn fused_grad_input;
+  FusedGradWeightFn fused_grad_weight;
+  int64_t grad_input_block_cols;  // columns per block of fused_grad_input
 };
 
 namespace DEFAULT {

@@ -9,7 +9,6 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
-#include <array>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -21,61 +20,114 @@ namespace {
 
 using at::vec::Vectorized;
 
-// lut[b][j] = bit j of b, so that a byte of a packed mask multiplies 8 columns with one vector op.
-template <typename acc_t>
-const std::array<std::array<acc_t, 8>, 256>& bit_lut() {
-  static const auto lut = [] {
-    std::array<std::array<acc_t, 8>, 256> t{};
-    for (int b = 0; b < 256; ++b)
-      for (int j = 0; j < 8; ++j) t[b][j] = acc_t((b >> j) & 1);
-    return t;
-  }();
-  return lut;
+template <typename scalar_t, MaskKind kind>
+inline at::opmath_type<scalar_t> mask_scalar(const void* mask, int64_t c) {
+  using acc_t = at::opmath_type<scalar_t>;
+  if constexpr (kind == MaskKind::kByte) {
+    return acc_t(static_cast<const uint8_t*>(mask)[c]);
+  } else if constexpr (kind == MaskKind::kBits) {
+    return acc_t((static_cast<const uint8_t*>(mask)[c >> 3] >> (c & 7)) & 1);
+  } else {
+    return acc_t(static_cast<const scalar_t*>(mask)[c]);
+  }
 }
 
-template <typename scalar_t, typename acc_t>
-inline void to_opmath(const scalar_t* src, int64_t n, acc_t* dst) {
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    std::memcpy(dst, src, n * sizeof(acc_t));
-  } else {
-    using VecS = Vectorized<scalar_t>;
-    using VecF = Vectorized<float>;
-    int64_t c = 0;
-    for (; c + VecS::size() <= n; c += VecS::size()) {
-      auto [lo, hi] = at::vec::convert_to_float<scalar_t>(VecS::loadu(src + c));
-      lo.store(dst + c);
-      hi.store(dst + c + VecF::size());
+// The 0 / 1 multipliers of a byte or bit mask for the lanes [c, c + size) (for bits, c is a
+// multiple of the lane count, so the lanes start on a byte or nibble).
+template <typename acc_t, MaskKind kind>
+inline Vectorized<acc_t> mask_vector(const uint8_t* m, int64_t c) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<acc_t, float>) {
+    if constexpr (kind == MaskKind::kByte) {
+      const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(m + c));
+      return Vectorized<float>(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes)));
+    } else {
+      uint16_t bits;
+      std::memcpy(&bits, m + (c >> 3), sizeof(bits));
+      return Vectorized<float>(_mm512_maskz_mov_ps(bits, _mm512_set1_ps(1.0f)));
     }
-    for (; c < n; ++c) dst[c] = acc_t(src[c]);
   }
+#elif defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<acc_t, float>) {
+    if constexpr (kind == MaskKind::kByte) {
+      const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(m + c));
+      return Vectorized<float>(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes)));
+    } else {
+      const __m256i lane_bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+      const __m256i byte = _mm256_set1_epi32(m[c >> 3]);
+      const __m256i set = _mm256_cmpeq_epi32(_mm256_and_si256(byte, lane_bits), lane_bits);
+      return Vectorized<float>(_mm256_and_ps(_mm256_castsi256_ps(set), _mm256_set1_ps(1.0f)));
+    }
+  }
+#endif
+  alignas(64) acc_t lanes[Vectorized<acc_t>::size()];
+  for (int64_t j = 0; j < Vectorized<acc_t>::size(); ++j)
+    lanes[j] = kind == MaskKind::kByte ? acc_t(m[c + j]) : acc_t((m[(c + j) >> 3] >> ((c + j) & 7)) & 1);
+  return Vectorized<acc_t>::loadu(lanes);
+}
+
+// src[c, c + count) in opmath (count <= lanes; lanes beyond count are 0).
+template <typename scalar_t>
+inline Vectorized<at::opmath_type<scalar_t>> load_opmath(const scalar_t* src, int64_t count) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using Vec = Vectorized<acc_t>;
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    return count == Vec::size() ? Vec::loadu(src) : Vec::loadu(src, count);
+  } else {
+    alignas(64) acc_t lanes[Vec::size()] = {};
+    for (int64_t j = 0; j < count; ++j) lanes[j] = acc_t(src[j]);
+    return Vec::loadu(lanes);
+  }
+}
+
+template <typename scalar_t>
+inline void store_scalar(const Vectorized<at::opmath_type<scalar_t>>& v, scalar_t* dst,
+                         int64_t count) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using Vec = Vectorized<acc_t>;
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    if (count == Vec::size()) v.store(dst);
+    else v.store(dst, count);
+  } else {
+    alignas(64) acc_t lanes[Vec::size()];
+    v.store(lanes);
+    for (int64_t j = 0; j < count; ++j) dst[j] = scalar_t(lanes[j]);
+  }
+}
+
+// The mask multipliers of columns [c, c + count) of one mask row.
+template <typename scalar_t, MaskKind kind>
+inline Vectorized<at::opmath_type<scalar_t>> mask_multiplier(const void* mask, int64_t c,
+                                                            int64_t count) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using Vec = Vectorized<acc_t>;
+  if constexpr (kind == MaskKind::kSoft) {
+    return load_opmath(static_cast<const scalar_t*>(mask) + c, count);
+  } else {
+    if (count == Vec::size()) return mask_vector<acc_t, kind>(static_cast<const uint8_t*>(mask), c);
+    alignas(64) acc_t lanes[Vec::size()] = {};
+    for (int64_t j = 0; j < count; ++j) lanes[j] = mask_scalar<scalar_t, kind>(mask, c + j);
+    return Vec::loadu(lanes);
+  }
+}
+
+// weight[c, c + count) * mask[c, c + count) of one row, in opmath.
+template <typename scalar_t, MaskKind kind>
+inline Vectorized<at::opmath_type<scalar_t>> masked_weight(const scalar_t* weight, const void* mask,
+                                                          int64_t c, int64_t count) {
+  return load_opmath(weight + c, count) * mask_multiplier<scalar_t, kind>(mask, c, count);
 }
 
 // dst[c] = src[c] * mask[c] in opmath for c < n.
 template <typename scalar_t, MaskKind kind>
 inline void load_masked_row(const scalar_t* src, const void* mask, int64_t n,
                             at::opmath_type<scalar_t>* dst) {
-  using acc_t = at::opmath_type<scalar_t>;
-  to_opmath(src, n, dst);
-  if constexpr (kind == MaskKind::kByte) {
-    const uint8_t* m = static_cast<const uint8_t*>(mask);
-    for (int64_t c = 0; c < n; ++c) dst[c] *= acc_t(m[c]);
-  } else if constexpr (kind == MaskKind::kBits) {
-    const uint8_t* bits = static_cast<const uint8_t*>(mask);
-    const auto& lut = bit_lut<acc_t>();
-    const int64_t full = n / 8;
-    for (int64_t b = 0; b < full; ++b) {
-      const acc_t* l = lut[bits[b]].data();
-      acc_t* d = dst + 8 * b;
-      for (int j = 0; j < 8; ++j) d[j] *= l[j];
-    }
-    for (int64_t c = 8 * full; c < n; ++c) dst[c] *= acc_t((bits[c >> 3] >> (c & 7)) & 1);
-  } else {
-    const scalar_t* m = static_cast<const scalar_t*>(mask);
-    if constexpr (std::is_same_v<scalar_t, acc_t>) {
-      for (int64_t c = 0; c < n; ++c) dst[c] *= m[c];
-    } else {
-      for (int64_t c = 0; c < n; ++c) dst[c] *= acc_t(m[c]);
-    }
+  using Vec = Vectorized<at::opmath_type<scalar_t>>;
+  for (int64_t c = 0; c < n; c += Vec::size()) {
+    const int64_t count = std::min<int64_t>(Vec::size(), n - c);
+    const auto v = masked_weight<scalar_t, kind>(src, mask, c, count);
+    if (count == Vec::size()) v.store(dst + c);
+    else v.store(dst + c, count);
   }
 }
 
@@ -88,18 +140,16 @@ inline const void* mask_at(const void* mask, int64_t offset) {
 template <typename scalar_t, MaskKind kind, typename dst_t>
 void mask_multiply_rows(const MaskMultiplyArgs& a, int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
-  std::vector<acc_t> row(a.cols);
+  using Vec = Vectorized<acc_t>;
   for (int64_t r = begin; r < end; ++r) {
-    load_masked_row<scalar_t, kind>(static_cast<const scalar_t*>(a.src) + r * a.src_ld,
-                                    mask_at<scalar_t, kind>(a.mask, r * a.mask_ld), a.cols,
-                                    row.data());
+    const scalar_t* src = static_cast<const scalar_t*>(a.src) + r * a.src_ld;
+    const void* mask = mask_at<scalar_t, kind>(a.mask, r * a.mask_ld);
     dst_t* d = static_cast<dst_t*>(a.dst) + r * a.dst_ld;
-    if (a.accumulate) {
-      for (int64_t c = 0; c < a.cols; ++c) d[c] = dst_t(acc_t(d[c]) + row[c]);
-    } else if constexpr (std::is_same_v<dst_t, acc_t>) {
-      std::memcpy(d, row.data(), a.cols * sizeof(acc_t));
-    } else {
-      for (int64_t c = 0; c < a.cols; ++c) d[c] = dst_t(row[c]);
+    for (int64_t c = 0; c < a.cols; c += Vec::size()) {
+      const int64_t count = std::min<int64_t>(Vec::size(), a.cols - c);
+      auto v = masked_weight<scalar_t, kind>(src, mask, c, count);
+      if (a.accumulate) v = v + load_opmath(d + c, count);
+      store_scalar(v, d + c, count);
     }
   }
 }
@@ -178,15 +228,137 @@ void fused_forward(const FusedForwardArgs& a, int64_t begin, int64_t end) {
   }
 }
 
+constexpr int64_t kGradInputVectors = 2;  // vectors per column block of fused_grad_input
+
+// kR gradient rows x one column block: acc[r][v] += grad_t[o, r] * masked W[o, block v], o < out.
+template <int64_t kR, typename scalar_t, MaskKind kind>
+inline void grad_input_block(const FusedGradInputArgs& a, int64_t k, int64_t r0, int64_t c0,
+                             int64_t n_cols) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t kV = kGradInputVectors;
+  Vec acc[kR][kV];
+  for (int64_t r = 0; r < kR; ++r)
+    for (int64_t v = 0; v < kV; ++v) acc[r][v] = Vec(acc_t(0));
+  int64_t counts[kV];
+  for (int64_t v = 0; v < kV; ++v)
+    counts[v] = std::clamp<int64_t>(n_cols - v * Vec::size(), 0, Vec::size());
+  const scalar_t* weight = static_cast<const scalar_t*>(a.weight) + k * a.weight_stride;
+  const acc_t* grad_t = static_cast<const acc_t*>(a.grad_t) + k * a.out_features * a.rows + r0;
+  for (int64_t o = 0; o < a.out_features; ++o) {
+    const scalar_t* w_row = weight + o * a.in;
+    const void* m_row = mask_at<scalar_t, kind>(a.mask, k * a.mask_stride + o * a.mask_ld);
+    Vec wv[kV];
+    for (int64_t v = 0; v < kV; ++v)
+      wv[v] = counts[v] > 0 ? masked_weight<scalar_t, kind>(w_row, m_row, c0 + v * Vec::size(), counts[v])
+                            : Vec(acc_t(0));
+    const acc_t* g = grad_t + o * a.rows;
+    for (int64_t r = 0; r < kR; ++r) {
+      const Vec gv(g[r]);
+      for (int64_t v = 0; v < kV; ++v) acc[r][v] = at::vec::fmadd(gv, wv[v], acc[r][v]);
+    }
+  }
+  scalar_t* out = static_cast<scalar_t*>(a.out) + (k * a.rows + r0) * a.in + c0;
+  for (int64_t r = 0; r < kR; ++r)
+    for (int64_t v = 0; v < kV; ++v)
+      if (counts[v] > 0) store_scalar(acc[r][v], out + r * a.in + v * Vec::size(), counts[v]);
+}
+
+template <typename scalar_t, MaskKind kind>
+void fused_grad_input(const FusedGradInputArgs& a, int64_t begin, int64_t end) {
+  using Vec = Vectorized<at::opmath_type<scalar_t>>;
+  // Accumulators: kR x kGradInputVectors registers (of 32 with AVX-512, 16 with AVX2).
+  constexpr int64_t kR = sizeof(Vec) >= 64 ? 8 : 4;
+  const int64_t block_cols = kGradInputVectors * Vec::size();
+  for (int64_t idx = begin; idx < end; ++idx) {
+    const int64_t k = idx / a.col_blocks;
+    const int64_t c0 = (idx % a.col_blocks) * block_cols;
+    const int64_t n_cols = std::min(block_cols, a.in - c0);
+    int64_t r0 = 0;
+    for (; r0 + kR <= a.rows; r0 += kR) grad_input_block<kR, scalar_t, kind>(a, k, r0, c0, n_cols);
+    switch (a.rows - r0) {
+      case 0: break;
+      case 1: grad_input_block<1, scalar_t, kind>(a, k, r0, c0, n_cols); break;
+      case 2: grad_input_block<2, scalar_t, kind>(a, k, r0, c0, n_cols); break;
+      case 3: grad_input_block<3, scalar_t, kind>(a, k, r0, c0, n_cols); break;
+      case 4: grad_input_block<4, scalar_t, kind>(a, k, r0, c0, n_cols); break;
+      case 5: grad_input_block<5, scalar_t, kind>(a, k, r0, c0, n_cols); break;
+      case 6: grad_input_block<6, scalar_t, kind>(a, k, r0, c0, n_cols); break;
+      default: grad_input_block<7, scalar_t, kind>(a, k, r0, c0, n_cols); break;
+    }
+  }
+}
+
+constexpr int64_t kGradWeightVectors = 4;  // independent accumulators (columns) per step
+
+template <typename scalar_t, MaskKind kind>
+void fused_grad_weight(const FusedGradWeightArgs& a, int64_t begin, int64_t end) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t kV = kGradWeightVectors;
+  // x rows are padded to kFusedAlign, so whole blocks of kV vectors can be read.
+  static_assert(kFusedAlign % (kV * Vec::size()) == 0);
+  const acc_t* x = static_cast<const acc_t*>(a.x);
+  const acc_t* grad_t = static_cast<const acc_t*>(a.grad_t);
+  const scalar_t* weight = static_cast<const scalar_t*>(a.weight);
+  scalar_t* grad_weight = static_cast<scalar_t*>(a.grad_weight);
+  scalar_t* grad_mask = static_cast<scalar_t*>(a.grad_mask);
+  for (int64_t idx = begin; idx < end; ++idx) {
+    const int64_t o = idx % a.out_features;
+    const int64_t k_begin = a.weight_shared ? 0 : idx / a.out_features;
+    const int64_t k_end = a.weight_shared ? a.candidates : k_begin + 1;
+    for (int64_t c0 = 0; c0 < a.in; c0 += kV * Vec::size()) {
+      int64_t counts[kV];
+      for (int64_t v = 0; v < kV; ++v)
+        counts[v] = std::clamp<int64_t>(a.in - c0 - v * Vec::size(), 0, Vec::size());
+      Vec total[kV];
+      for (int64_t v = 0; v < kV; ++v) total[v] = Vec(acc_t(0));
+      for (int64_t k = k_begin; k < k_end; ++k) {
+        Vec acc[kV];
+        for (int64_t v = 0; v < kV; ++v) acc[v] = Vec(acc_t(0));
+        const acc_t* g = grad_t + (k * a.out_features + o) * a.rows;
+        const acc_t* xk = x + k * a.rows * a.in_stride + c0;
+        for (int64_t r = 0; r < a.rows; ++r) {
+          const Vec gv(g[r]);
+          for (int64_t v = 0; v < kV; ++v)
+            acc[v] = at::vec::fmadd(gv, Vec::loadu(xk + r * a.in_stride + v * Vec::size()), acc[v]);
+        }
+        const scalar_t* w_row = weight + k * a.weight_stride + o * a.in;
+        const void* m_row = mask_at<scalar_t, kind>(a.mask, k * a.mask_stride + o * a.mask_ld);
+        for (int64_t v = 0; v < kV; ++v) {
+          if (counts[v] == 0) continue;
+          const int64_t c = c0 + v * Vec::size();
+          if (grad_mask != nullptr)
+            store_scalar(acc[v] * load_opmath(w_row + c, counts[v]),
+                         grad_mask + (k * a.out_features + o) * a.in + c, counts[v]);
+          if (grad_weight != nullptr) {
+            const Vec masked = acc[v] * mask_multiplier<scalar_t, kind>(m_row, c, counts[v]);
+            if (a.weight_shared) total[v] = total[v] + masked;
+            else store_scalar(masked, grad_weight + (k * a.out_features + o) * a.in + c, counts[v]);
+          }
+        }
+      }
+      if (grad_weight != nullptr && a.weight_shared)
+        for (int64_t v = 0; v < kV; ++v)
+          if (counts[v] > 0) store_scalar(total[v], grad_weight + o * a.in + c0 + v * Vec::size(), counts[v]);
+    }
+  }
+}
+
+template <typename scalar_t, MaskKind kind>
+Kernels kernels_for_kind() {
+  using Vec = Vectorized<at::opmath_type<scalar_t>>;
+  return {&mask_multiply<scalar_t, kind>, &fused_forward<scalar_t, kind>,
+          &fused_grad_input<scalar_t, kind>, &fused_grad_weight<scalar_t, kind>,
+          kGradInputVectors * Vec::size()};
+}
+
 template <typename scalar_t>
 Kernels kernels_for_dtype(MaskKind kind) {
   switch (kind) {
-    case MaskKind::kByte:
-      return {&mask_multiply<scalar_t, MaskKind::kByte>, &fused_forward<scalar_t, MaskKind::kByte>};
-    case MaskKind::kBits:
-      return {&mask_multiply<scalar_t, MaskKind::kBits>, &fused_forward<scalar_t, MaskKind::kBits>};
-    case MaskKind::kSoft:
-      return {&mask_multiply<scalar_t, MaskKind::kSoft>, &fused_forward<scalar_t, MaskKind::kSoft>};
+    case MaskKind::kByte: return kernels_for_kind<scalar_t, MaskKind::kByte>();
+    case MaskKind::kBits: return kernels_for_kind<scalar_t, MaskKind::kBits>();
+    case MaskKind::kSoft: return kernels_for_kind<scalar_t, MaskKind::kSoft>();
   }
   TORCH_CHECK(false, "masked_linear: unknown mask kind");
 }
