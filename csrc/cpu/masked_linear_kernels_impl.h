@@ -191,6 +191,40 @@ inline void dot_block(const acc_t* wm, const acc_t* x, int64_t ld, scalar_t* y, 
     for (int64_t j = 0; j < n_out; ++j) y[r * y_ld + j] = scalar_t(reduce_sum(acc[j][r]) + bias[j]);
 }
 
+// kO weight rows masked on the fly (read once, never stored) against kR x rows: for batches of
+// at most kR rows, where a masked copy in L1 would be read only once.
+template <int64_t kO, int64_t kR, typename scalar_t, MaskKind kind>
+inline void direct_block(const FusedForwardArgs& a, int64_t k, int64_t o0, int64_t n_out,
+                         const at::opmath_type<scalar_t>* x, scalar_t* y, const at::opmath_type<scalar_t>* bias) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using Vec = Vectorized<acc_t>;
+  const int64_t ld = a.in_stride;
+  const scalar_t* w_rows[kO];
+  const void* m_rows[kO];
+  for (int64_t j = 0; j < kO; ++j) {
+    const int64_t o = o0 + std::min(j, n_out - 1);  // rows past the end repeat the last one
+    w_rows[j] = static_cast<const scalar_t*>(a.weight) + k * a.weight_stride + o * a.in;
+    m_rows[j] = mask_at<scalar_t, kind>(a.mask, k * a.mask_stride + o * a.mask_ld);
+  }
+  Vec acc[kO][kR];
+  for (int64_t j = 0; j < kO; ++j)
+    for (int64_t r = 0; r < kR; ++r) acc[j][r] = Vec(acc_t(0));
+  auto step = [&](int64_t c, int64_t count) {
+    Vec xv[kR];
+    for (int64_t r = 0; r < kR; ++r) xv[r] = Vec::loadu(x + r * ld + c);
+    for (int64_t j = 0; j < kO; ++j) {
+      const Vec wv = masked_weight<scalar_t, kind>(w_rows[j], m_rows[j], c, count);
+      for (int64_t r = 0; r < kR; ++r) acc[j][r] = at::vec::fmadd(xv[r], wv, acc[j][r]);
+    }
+  };
+  const int64_t full = a.in / Vec::size() * Vec::size();
+  for (int64_t c = 0; c < full; c += Vec::size()) step(c, Vec::size());
+  if (full < a.in) step(full, a.in - full);
+  for (int64_t r = 0; r < kR; ++r)
+    for (int64_t j = 0; j < n_out; ++j)
+      y[r * a.out_features + j] = scalar_t(reduce_sum(acc[j][r]) + bias[j]);
+}
+
 template <typename scalar_t, MaskKind kind>
 void fused_forward(const FusedForwardArgs& a, int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -206,6 +240,21 @@ void fused_forward(const FusedForwardArgs& a, int64_t begin, int64_t end) {
     const int64_t k = idx / a.blocks_per_candidate;
     const int64_t o0 = (idx % a.blocks_per_candidate) * kO;
     const int64_t n_out = std::min(kO, a.out_features - o0);
+    if (a.rows <= kR) {
+      acc_t bias_block[kO] = {};
+      if (bias != nullptr)
+        for (int64_t j = 0; j < n_out; ++j) bias_block[j] = acc_t(bias[k * a.bias_stride + o0 + j]);
+      const acc_t* x = static_cast<const acc_t*>(a.x) + k * a.rows * ld;
+      scalar_t* y = static_cast<scalar_t*>(a.out) + k * a.rows * a.out_features + o0;
+      switch (a.rows) {
+        case 0: break;
+        case 1: direct_block<kO, 1, scalar_t, kind>(a, k, o0, n_out, x, y, bias_block); break;
+        case 2: direct_block<kO, 2, scalar_t, kind>(a, k, o0, n_out, x, y, bias_block); break;
+        case 3: direct_block<kO, 3, scalar_t, kind>(a, k, o0, n_out, x, y, bias_block); break;
+        default: direct_block<kO, 4, scalar_t, kind>(a, k, o0, n_out, x, y, bias_block); break;
+      }
+      continue;
+    }
     for (int64_t j = 0; j < n_out; ++j) {
       const int64_t o = o0 + j;
       load_masked_row<scalar_t, kind>(weight + k * a.weight_stride + o * a.in,
@@ -231,7 +280,7 @@ void fused_forward(const FusedForwardArgs& a, int64_t begin, int64_t end) {
 constexpr int64_t kGradInputVectors = 2;  // vectors per column block of fused_grad_input
 
 // kR gradient rows x one column block: acc[r][v] += grad_t[o, r] * masked W[o, block v], o < out.
-template <int64_t kR, typename scalar_t, MaskKind kind>
+template <int64_t kR, bool kFull, typename scalar_t, MaskKind kind>
 inline void grad_input_block(const FusedGradInputArgs& a, int64_t k, int64_t r0, int64_t c0,
                              int64_t n_cols) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -242,7 +291,7 @@ inline void grad_input_block(const FusedGradInputArgs& a, int64_t k, int64_t r0,
     for (int64_t v = 0; v < kV; ++v) acc[r][v] = Vec(acc_t(0));
   int64_t counts[kV];
   for (int64_t v = 0; v < kV; ++v)
-    counts[v] = std::clamp<int64_t>(n_cols - v * Vec::size(), 0, Vec::size());
+    counts[v] = kFull ? Vec::size() : std::clamp<int64_t>(n_cols - v * Vec::size(), 0, Vec::size());
   const scalar_t* weight = static_cast<const scalar_t*>(a.weight) + k * a.weight_stride;
   const acc_t* grad_t = static_cast<const acc_t*>(a.grad_t) + k * a.out_features * a.rows + r0;
   for (int64_t o = 0; o < a.out_features; ++o) {
@@ -250,7 +299,8 @@ inline void grad_input_block(const FusedGradInputArgs& a, int64_t k, int64_t r0,
     const void* m_row = mask_at<scalar_t, kind>(a.mask, k * a.mask_stride + o * a.mask_ld);
     Vec wv[kV];
     for (int64_t v = 0; v < kV; ++v)
-      wv[v] = counts[v] > 0 ? masked_weight<scalar_t, kind>(w_row, m_row, c0 + v * Vec::size(), counts[v])
+      wv[v] = kFull ? masked_weight<scalar_t, kind>(w_row, m_row, c0 + v * Vec::size(), Vec::size())
+            : counts[v] > 0 ? masked_weight<scalar_t, kind>(w_row, m_row, c0 + v * Vec::size(), counts[v])
                             : Vec(acc_t(0));
     const acc_t* g = grad_t + o * a.rows;
     for (int64_t r = 0; r < kR; ++r) {
@@ -264,84 +314,102 @@ inline void grad_input_block(const FusedGradInputArgs& a, int64_t k, int64_t r0,
       if (counts[v] > 0) store_scalar(acc[r][v], out + r * a.in + v * Vec::size(), counts[v]);
 }
 
-template <typename scalar_t, MaskKind kind>
-void fused_grad_input(const FusedGradInputArgs& a, int64_t begin, int64_t end) {
+template <bool kFull, typename scalar_t, MaskKind kind>
+void grad_input_rows(const FusedGradInputArgs& a, int64_t k, int64_t c0, int64_t n_cols) {
   using Vec = Vectorized<at::opmath_type<scalar_t>>;
   // Accumulators: kR x kGradInputVectors registers (of 32 with AVX-512, 16 with AVX2).
   constexpr int64_t kR = sizeof(Vec) >= 64 ? 8 : 4;
+  int64_t r0 = 0;
+  for (; r0 + kR <= a.rows; r0 += kR) grad_input_block<kR, kFull, scalar_t, kind>(a, k, r0, c0, n_cols);
+  switch (a.rows - r0) {
+    case 0: break;
+    case 1: grad_input_block<1, kFull, scalar_t, kind>(a, k, r0, c0, n_cols); break;
+    case 2: grad_input_block<2, kFull, scalar_t, kind>(a, k, r0, c0, n_cols); break;
+    case 3: grad_input_block<3, kFull, scalar_t, kind>(a, k, r0, c0, n_cols); break;
+    case 4: grad_input_block<4, kFull, scalar_t, kind>(a, k, r0, c0, n_cols); break;
+    case 5: grad_input_block<5, kFull, scalar_t, kind>(a, k, r0, c0, n_cols); break;
+    case 6: grad_input_block<6, kFull, scalar_t, kind>(a, k, r0, c0, n_cols); break;
+    default: grad_input_block<7, kFull, scalar_t, kind>(a, k, r0, c0, n_cols); break;
+  }
+}
+
+template <typename scalar_t, MaskKind kind>
+void fused_grad_input(const FusedGradInputArgs& a, int64_t begin, int64_t end) {
+  using Vec = Vectorized<at::opmath_type<scalar_t>>;
   const int64_t block_cols = kGradInputVectors * Vec::size();
   for (int64_t idx = begin; idx < end; ++idx) {
     const int64_t k = idx / a.col_blocks;
     const int64_t c0 = (idx % a.col_blocks) * block_cols;
     const int64_t n_cols = std::min(block_cols, a.in - c0);
-    int64_t r0 = 0;
-    for (; r0 + kR <= a.rows; r0 += kR) grad_input_block<kR, scalar_t, kind>(a, k, r0, c0, n_cols);
-    switch (a.rows - r0) {
-      case 0: break;
-      case 1: grad_input_block<1, scalar_t, kind>(a, k, r0, c0, n_cols); break;
-      case 2: grad_input_block<2, scalar_t, kind>(a, k, r0, c0, n_cols); break;
-      case 3: grad_input_block<3, scalar_t, kind>(a, k, r0, c0, n_cols); break;
-      case 4: grad_input_block<4, scalar_t, kind>(a, k, r0, c0, n_cols); break;
-      case 5: grad_input_block<5, scalar_t, kind>(a, k, r0, c0, n_cols); break;
-      case 6: grad_input_block<6, scalar_t, kind>(a, k, r0, c0, n_cols); break;
-      default: grad_input_block<7, scalar_t, kind>(a, k, r0, c0, n_cols); break;
-    }
+    if (n_cols == block_cols) grad_input_rows<true, scalar_t, kind>(a, k, c0, n_cols);
+    else grad_input_rows<false, scalar_t, kind>(a, k, c0, n_cols);
   }
 }
 
 constexpr int64_t kGradWeightVectors = 4;  // independent accumulators (columns) per step
 
-template <typename scalar_t, MaskKind kind>
-void fused_grad_weight(const FusedGradWeightArgs& a, int64_t begin, int64_t end) {
+// One column block [c0, c0 + kV lanes) of output row o (see fused_grad_weight).
+template <bool kFull, typename scalar_t, MaskKind kind>
+inline void grad_weight_block(const FusedGradWeightArgs& a, int64_t o, int64_t k_begin,
+                              int64_t k_end, int64_t c0) {
   using acc_t = at::opmath_type<scalar_t>;
   using Vec = Vectorized<acc_t>;
   constexpr int64_t kV = kGradWeightVectors;
-  // x rows are padded to kFusedAlign, so whole blocks of kV vectors can be read.
-  static_assert(kFusedAlign % (kV * Vec::size()) == 0);
+  int64_t counts[kV];
+  for (int64_t v = 0; v < kV; ++v)
+    counts[v] = kFull ? Vec::size() : std::clamp<int64_t>(a.in - c0 - v * Vec::size(), 0, Vec::size());
   const acc_t* x = static_cast<const acc_t*>(a.x);
   const acc_t* grad_t = static_cast<const acc_t*>(a.grad_t);
   const scalar_t* weight = static_cast<const scalar_t*>(a.weight);
   scalar_t* grad_weight = static_cast<scalar_t*>(a.grad_weight);
   scalar_t* grad_mask = static_cast<scalar_t*>(a.grad_mask);
+  Vec total[kV];
+  for (int64_t v = 0; v < kV; ++v) total[v] = Vec(acc_t(0));
+  for (int64_t k = k_begin; k < k_end; ++k) {
+    Vec acc[kV];
+    for (int64_t v = 0; v < kV; ++v) acc[v] = Vec(acc_t(0));
+    const acc_t* g = grad_t + (k * a.out_features + o) * a.rows;
+    const acc_t* xk = x + k * a.rows * a.in_stride + c0;
+    for (int64_t r = 0; r < a.rows; ++r) {
+      const Vec gv(g[r]);
+      for (int64_t v = 0; v < kV; ++v)
+        acc[v] = at::vec::fmadd(gv, Vec::loadu(xk + r * a.in_stride + v * Vec::size()), acc[v]);
+    }
+    const scalar_t* w_row = weight + k * a.weight_stride + o * a.in;
+    const void* m_row = mask_at<scalar_t, kind>(a.mask, k * a.mask_stride + o * a.mask_ld);
+    for (int64_t v = 0; v < kV; ++v) {
+      if (!kFull && counts[v] == 0) continue;
+      const int64_t c = c0 + v * Vec::size();
+      if (grad_mask != nullptr)
+        store_scalar(acc[v] * load_opmath(w_row + c, counts[v]),
+                     grad_mask + (k * a.out_features + o) * a.in + c, counts[v]);
+      if (grad_weight != nullptr) {
+        const Vec masked = acc[v] * mask_multiplier<scalar_t, kind>(m_row, c, counts[v]);
+        if (a.weight_shared) total[v] = total[v] + masked;
+        else store_scalar(masked, grad_weight + (k * a.out_features + o) * a.in + c, counts[v]);
+      }
+    }
+  }
+  if (grad_weight != nullptr && a.weight_shared)
+    for (int64_t v = 0; v < kV; ++v)
+      if (kFull || counts[v] > 0)
+        store_scalar(total[v], grad_weight + o * a.in + c0 + v * Vec::size(), counts[v]);
+}
+
+template <typename scalar_t, MaskKind kind>
+void fused_grad_weight(const FusedGradWeightArgs& a, int64_t begin, int64_t end) {
+  using Vec = Vectorized<at::opmath_type<scalar_t>>;
+  constexpr int64_t kBlock = kGradWeightVectors * Vec::size();
+  // x rows are padded to kFusedAlign, so whole blocks of kGradWeightVectors vectors can be read.
+  static_assert(kFusedAlign % kBlock == 0);
+  const int64_t full = a.in / kBlock * kBlock;
   for (int64_t idx = begin; idx < end; ++idx) {
     const int64_t o = idx % a.out_features;
     const int64_t k_begin = a.weight_shared ? 0 : idx / a.out_features;
     const int64_t k_end = a.weight_shared ? a.candidates : k_begin + 1;
-    for (int64_t c0 = 0; c0 < a.in; c0 += kV * Vec::size()) {
-      int64_t counts[kV];
-      for (int64_t v = 0; v < kV; ++v)
-        counts[v] = std::clamp<int64_t>(a.in - c0 - v * Vec::size(), 0, Vec::size());
-      Vec total[kV];
-      for (int64_t v = 0; v < kV; ++v) total[v] = Vec(acc_t(0));
-      for (int64_t k = k_begin; k < k_end; ++k) {
-        Vec acc[kV];
-        for (int64_t v = 0; v < kV; ++v) acc[v] = Vec(acc_t(0));
-        const acc_t* g = grad_t + (k * a.out_features + o) * a.rows;
-        const acc_t* xk = x + k * a.rows * a.in_stride + c0;
-        for (int64_t r = 0; r < a.rows; ++r) {
-          const Vec gv(g[r]);
-          for (int64_t v = 0; v < kV; ++v)
-            acc[v] = at::vec::fmadd(gv, Vec::loadu(xk + r * a.in_stride + v * Vec::size()), acc[v]);
-        }
-        const scalar_t* w_row = weight + k * a.weight_stride + o * a.in;
-        const void* m_row = mask_at<scalar_t, kind>(a.mask, k * a.mask_stride + o * a.mask_ld);
-        for (int64_t v = 0; v < kV; ++v) {
-          if (counts[v] == 0) continue;
-          const int64_t c = c0 + v * Vec::size();
-          if (grad_mask != nullptr)
-            store_scalar(acc[v] * load_opmath(w_row + c, counts[v]),
-                         grad_mask + (k * a.out_features + o) * a.in + c, counts[v]);
-          if (grad_weight != nullptr) {
-            const Vec masked = acc[v] * mask_multiplier<scalar_t, kind>(m_row, c, counts[v]);
-            if (a.weight_shared) total[v] = total[v] + masked;
-            else store_scalar(masked, grad_weight + (k * a.out_features + o) * a.in + c, counts[v]);
-          }
-        }
-      }
-      if (grad_weight != nullptr && a.weight_shared)
-        for (int64_t v = 0; v < kV; ++v)
-          if (counts[v] > 0) store_scalar(total[v], grad_weight + o * a.in + c0 + v * Vec::size(), counts[v]);
-    }
+    for (int64_t c0 = 0; c0 < full; c0 += kBlock)
+      grad_weight_block<true, scalar_t, kind>(a, o, k_begin, k_end, c0);
+    if (full < a.in) grad_weight_block<false, scalar_t, kind>(a, o, k_begin, k_end, full);
   }
 }
 
