@@ -12,6 +12,8 @@
 TORCH_LIBRARY(sparsenas, m) {
   // ---- masked linear / conv (SPEC §2.1) ----
   m.def("masked_linear(Tensor x, Tensor weight, Tensor mask, Tensor? bias=None, bool packed=False) -> Tensor");
+  m.def("masked_linear_grad_input(Tensor grad, Tensor weight, Tensor mask, bool packed=False) -> Tensor");
+  m.def("masked_linear_grad_weight(Tensor grad, Tensor x, Tensor weight, Tensor mask, bool packed=False, bool weight_grad=True, bool mask_grad=False) -> (Tensor, Tensor)");
 
   // masked conv2d; its backward returns (grad_x, grad_weight, grad_mask, grad_bias), each an
   // empty [0] tensor where output_mask is false.

@@ -1,82 +1,301 @@
-// CPU kernel of masked_linear. The masked weight is built one tile of output rows at a time in a
-// small buffer that stays in cache while the GEMM reads it, so no full masked copy of W is ever
-// written, and K candidates run in one call.
+// CPU kernels of masked_linear and its gradient ops. No full masked copy of W is ever written:
+// - few rows per candidate: a fused kernel streams each weight row and its mask once, keeps the
+//   masked row in L1 (opmath) and multiplies it into every x row (masked_linear_kernels_impl.h);
+// - many rows: the masked weight is built one cache-sized tile at a time and a GEMM reads it
+//   while it is still in cache (tiles of output rows for the forward and the weight gradient,
+//   tiles of input columns for the input gradient, so that every GEMM sums over its whole
+//   reduction dimension at once and the result is written, never accumulated).
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/Version.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <string>
+
+#include "common/checks.h"
+#include "cpu/masked_linear_kernels.h"
 #include "ops/masked_linear.h"
 
 namespace sparsenas {
 namespace {
 
-constexpr int64_t kRowTile = 128;
+using cpu::MaskKind;
 
-// tile[r, c] = weight[r, c] * mask[r, c] for rows [row0, row0 + tile_rows).
-template <typename scalar_t, typename mask_t>
-void fill_masked_tile(const scalar_t* weight, const mask_t* mask, scalar_t* tile, int64_t row0,
-                      int64_t tile_rows, int64_t in_features, bool packed) {
-  for (int64_t r = 0; r < tile_rows; ++r) {
-    const scalar_t* w = weight + (row0 + r) * in_features;
-    scalar_t* t = tile + r * in_features;
-    if (packed) {
-      const uint8_t* bits =
-          reinterpret_cast<const uint8_t*>(mask) + (row0 + r) * packed_width(in_features);
-      for (int64_t c = 0; c < in_features; ++c)
-        t[c] = ((bits[c >> 3] >> (c & 7)) & 1) ? w[c] : scalar_t(0);
-    } else {
-      const mask_t* m = mask + (row0 + r) * in_features;
-      for (int64_t c = 0; c < in_features; ++c) t[c] = w[c] * static_cast<scalar_t>(m[c]);
-    }
+// Up to this many x rows per candidate the fused kernel beats masked tiles + GEMM (measured with
+// benchmarks/masked_linear.py on a 1024 x 1024 layer).
+constexpr int64_t kFusedMaxRows = 24;
+// Elements of one masked tile: 256 K floats = 1 MiB, half of a typical L2.
+constexpr int64_t kTileElements = 1 << 18;
+
+const cpu::Kernels& kernels(at::ScalarType dtype, MaskKind kind) {
+  // The capability ATen itself runs at (it honours ATEN_CPU_CAPABILITY); one table per
+  // (dtype, kind), filled on first use.
+  static const std::string capability = at::get_cpu_capability();
+  auto select = [](at::ScalarType d, MaskKind k) {
+#ifdef SPARSENAS_CPU_X86
+    if (capability == "AVX512") return cpu::AVX512::kernels_for(d, k);
+    if (capability == "AVX2") return cpu::AVX2::kernels_for(d, k);
+#endif
+    return cpu::DEFAULT::kernels_for(d, k);
+  };
+  static const auto table = [&] {
+    std::array<std::array<cpu::Kernels, 3>, 4> t{};
+    const at::ScalarType dtypes[] = {at::kFloat, at::kDouble, at::kBFloat16, at::kHalf};
+    for (int d = 0; d < 4; ++d)
+      for (int k = 0; k < 3; ++k) t[d][k] = select(dtypes[d], static_cast<MaskKind>(k));
+    return t;
+  }();
+  const int d = dtype == at::kFloat ? 0 : dtype == at::kDouble ? 1 : dtype == at::kBFloat16 ? 2 : 3;
+  return table[d][static_cast<int>(kind)];
+}
+
+MaskKind mask_kind(const at::Tensor& mask, bool packed) {
+  if (packed) return MaskKind::kBits;
+  if (mask.scalar_type() == at::kBool || mask.scalar_type() == at::kByte) return MaskKind::kByte;
+  return MaskKind::kSoft;
+}
+
+// A contiguous weight or mask with its per-candidate and per-row strides (in its elements).
+struct Operand {
+  at::Tensor tensor;
+  int64_t candidate_stride;
+  int64_t ld;
+  int64_t elem_size;
+  const char* at(int64_t k, int64_t row, int64_t col) const {
+    return static_cast<const char*>(tensor.const_data_ptr()) +
+           (k * candidate_stride + row * ld + col) * elem_size;
   }
+};
+
+Operand weight_operand(const at::Tensor& weight, const MaskedLinearGeometry& g) {
+  auto w = weight.contiguous();
+  return {w, g.weight_per_candidate ? g.out_features * g.in_features : 0, g.in_features,
+          static_cast<int64_t>(w.element_size())};
+}
+
+Operand mask_operand(const at::Tensor& mask, const MaskedLinearGeometry& g, bool packed) {
+  auto m = mask.contiguous();
+  const int64_t ld = packed ? packed_width(g.in_features) : g.in_features;
+  return {m, g.candidate_form ? g.out_features * ld : 0, ld,
+          static_cast<int64_t>(m.element_size())};
+}
+
+int64_t tile_extent(int64_t other_extent, int64_t total) {
+  // A multiple of 16 (so that column tiles of a packed mask start on a byte), at least 16.
+  const int64_t n = std::max<int64_t>(16, kTileElements / std::max<int64_t>(other_extent, 1) / 16 * 16);
+  return std::min(n, total);
+}
+
+// dst rows [0, rows) (+)= src rows * mask rows, in parallel over rows.
+void mask_multiply(const cpu::Kernels& kern, const void* src, int64_t src_ld, const void* mask,
+                   int64_t mask_ld, void* dst, int64_t dst_ld, int64_t rows, int64_t cols,
+                   bool accumulate, bool dst_opmath) {
+  const cpu::MaskMultiplyArgs args{src, src_ld, mask, mask_ld, dst, dst_ld, cols, accumulate,
+                                   dst_opmath};
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(cols, 1));
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    kern.mask_multiply(args, begin, end);
+  });
+}
+
+// x [K, rows, in] as opmath [K, rows, in_stride], zero padded (the fused kernels' layout).
+at::Tensor padded_opmath_rows(const at::Tensor& x3) {
+  const int64_t in = x3.size(2);
+  const int64_t in_stride = (in + cpu::kFusedAlign - 1) / cpu::kFusedAlign * cpu::kFusedAlign;
+  auto buffer = at::empty({x3.size(0), x3.size(1), in_stride},
+                          x3.options().dtype(at::toOpMathType(x3.scalar_type())));
+  buffer.narrow(2, 0, in).copy_(x3);
+  if (in_stride > in) buffer.narrow(2, in, in_stride - in).zero_();
+  return buffer;
+}
+
+// grad [K, rows, out] as opmath [K, out, rows] (the fused gradient kernels' layout).
+at::Tensor transposed_opmath(const at::Tensor& g3) {
+  return g3.to(at::toOpMathType(g3.scalar_type())).transpose(1, 2).contiguous();
 }
 
 at::Tensor masked_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& mask,
                              const c10::optional<at::Tensor>& bias, bool packed) {
   const auto g = check_masked_linear("masked_linear", x, weight, mask, bias, packed);
-  const int64_t K = g.candidates;
-  auto x2 = x.contiguous().view({K, g.rows, g.in_features});
-  auto w = weight.contiguous();
-  auto m = mask.contiguous();
-  auto out = at::empty({K, g.rows, g.out_features}, x.options());
+  const int64_t K = g.candidates, rows = g.rows, in = g.in_features, out_f = g.out_features;
+  auto out = at::empty({K, rows, out_f}, x.options());
   if (out.numel() == 0) return out.view(g.output_shape);
-  if (g.in_features == 0) {
+  const bool has_bias = bias.has_value() && bias->defined();
+  auto b = has_bias ? bias->contiguous() : at::Tensor();
+  if (in == 0) {
     out.zero_();
-  } else {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "masked_linear_cpu", [&] {
-      auto tile = at::empty({std::min(kRowTile, g.out_features), g.in_features}, w.options());
-      auto run = [&](auto mask_tag) {
-        using mask_t = decltype(mask_tag);
-        for (int64_t k = 0; k < K; ++k) {
-          const scalar_t* wk = w.data_ptr<scalar_t>() +
-                               (g.weight_per_candidate ? k * g.out_features * g.in_features : 0);
-          const int64_t mask_stride =
-              g.out_features * (packed ? packed_width(g.in_features) : g.in_features);
-          const mask_t* mk = reinterpret_cast<const mask_t*>(m.data_ptr()) +
-                             (g.candidate_form ? k * mask_stride : 0);
-          for (int64_t row0 = 0; row0 < g.out_features; row0 += kRowTile) {
-            const int64_t rows = std::min(kRowTile, g.out_features - row0);
-            auto t = tile.narrow(0, 0, rows);
-            fill_masked_tile<scalar_t, mask_t>(wk, mk, t.data_ptr<scalar_t>(), row0, rows,
-                                               g.in_features, packed);
-            out[k].narrow(1, row0, rows).copy_(at::mm(x2[k], t.t()));
-          }
-        }
-      };
-      if (packed || m.scalar_type() == at::kByte) run(uint8_t{});
-      else if (m.scalar_type() == at::kBool) run(bool{});
-      else run(scalar_t{});
-    });
+    if (has_bias) out.add_(g.bias_per_candidate ? b.unsqueeze(1) : b.view({1, 1, out_f}));
+    return out.view(g.output_shape);
   }
-  if (bias.has_value() && bias->defined()) {
-    out.add_(g.bias_per_candidate ? bias->unsqueeze(1) : bias->view({1, 1, g.out_features}));
+  const auto w = weight_operand(weight, g);
+  const auto m = mask_operand(mask, g, packed);
+  const auto& kern = kernels(x.scalar_type(), mask_kind(mask, packed));
+  auto x3 = x.contiguous().view({K, rows, in});
+
+  if (rows <= kFusedMaxRows) {
+    auto xbuf = padded_opmath_rows(x3);
+    const int64_t in_stride = xbuf.size(2);
+    const int64_t blocks = (out_f + cpu::kFusedOutBlock - 1) / cpu::kFusedOutBlock;
+    const cpu::FusedForwardArgs args{xbuf.const_data_ptr(), w.tensor.const_data_ptr(),
+                                     w.candidate_stride, m.tensor.const_data_ptr(),
+                                     m.candidate_stride, m.ld,
+                                     has_bias ? b.const_data_ptr() : nullptr,
+                                     g.bias_per_candidate ? out_f : 0, out.data_ptr(), rows, in,
+                                     in_stride, out_f, blocks};
+    const int64_t grain =
+        std::max<int64_t>(1, 65536 / (cpu::kFusedOutBlock * in_stride * rows));
+    at::parallel_for(0, K * blocks, grain, [&](int64_t begin, int64_t end) {
+      kern.fused_forward(args, begin, end);
+    });
+    return out.view(g.output_shape);
+  }
+
+  const int64_t tile_rows = tile_extent(in, out_f);
+  auto tile = at::empty({tile_rows, in}, x.options());
+  for (int64_t k = 0; k < K; ++k) {
+    for (int64_t o0 = 0; o0 < out_f; o0 += tile_rows) {
+      const int64_t n = std::min(tile_rows, out_f - o0);
+      mask_multiply(kern, w.at(k, o0, 0), in, m.at(k, o0, 0), m.ld, tile.data_ptr(), in, n, in,
+                    false, false);
+      auto dst = out[k].narrow(1, o0, n);
+      if (has_bias) {
+        at::addmm_out(dst, (g.bias_per_candidate ? b[k] : b).narrow(0, o0, n).unsqueeze(0), x3[k],
+                      tile.narrow(0, 0, n).t());
+      } else {
+        at::mm_out(dst, x3[k], tile.narrow(0, 0, n).t());
+      }
+    }
   }
   return out.view(g.output_shape);
 }
 
+// grad_input = grad (W ⊙ M): [(K,) ..., out] -> [(K,) ..., in].
+at::Tensor masked_linear_grad_input_cpu(const at::Tensor& grad, const at::Tensor& weight,
+                                        const at::Tensor& mask, bool packed) {
+  const char* op = "masked_linear_grad_input";
+  auto g = check_masked_weight(op, "grad", grad, weight, mask, packed);
+  check_masked_rows(op, "grad", grad, g.out_features, "out_features, from weight", g);
+  const int64_t K = g.candidates, rows = g.rows, in = g.in_features, out_f = g.out_features;
+  std::vector<int64_t> shape = grad.sizes().vec();
+  shape.back() = in;
+  auto result = at::empty({K, rows, in}, grad.options());
+  if (result.numel() == 0) return result.view(shape);
+  if (out_f == 0) return result.zero_().view(shape);
+  const auto w = weight_operand(weight, g);
+  const auto m = mask_operand(mask, g, packed);
+  const auto& kern = kernels(grad.scalar_type(), mask_kind(mask, packed));
+  auto g3 = grad.contiguous().view({K, rows, out_f});
+  if (rows <= kFusedMaxRows) {
+    auto grad_t = transposed_opmath(g3);
+    const int64_t col_blocks = (in + kern.grad_input_block_cols - 1) / kern.grad_input_block_cols;
+    const cpu::FusedGradInputArgs args{grad_t.const_data_ptr(), w.tensor.const_data_ptr(),
+                                       w.candidate_stride, m.tensor.const_data_ptr(),
+                                       m.candidate_stride, m.ld, result.data_ptr(), rows, in,
+                                       out_f, col_blocks};
+    const int64_t grain =
+        std::max<int64_t>(1, 65536 / (kern.grad_input_block_cols * out_f * std::max<int64_t>(rows, 1)));
+    at::parallel_for(0, K * col_blocks, grain, [&](int64_t begin, int64_t end) {
+      kern.fused_grad_input(args, begin, end);
+    });
+    return result.view(shape);
+  }
+  // Column tiles of the masked weight: [out, cols], each a complete GEMM over out.
+  const int64_t tile_cols = tile_extent(out_f, in);
+  auto tile = at::empty({out_f, tile_cols}, grad.options());
+  const bool bits = packed;
+  for (int64_t k = 0; k < K; ++k) {
+    for (int64_t c0 = 0; c0 < in; c0 += tile_cols) {
+      const int64_t n = std::min(tile_cols, in - c0);
+      mask_multiply(kern, w.at(k, 0, c0), in, m.at(k, 0, bits ? c0 / 8 : c0), m.ld,
+                    tile.data_ptr(), tile_cols, out_f, n, false, false);
+      auto dst = result[k].narrow(1, c0, n);
+      at::mm_out(dst, g3[k], tile.narrow(1, 0, n));
+    }
+  }
+  return result.view(shape);
+}
+
+// ((grad^T x) ⊙ M summed over K when the weight is shared, (grad^T x) ⊙ W per candidate).
+std::tuple<at::Tensor, at::Tensor> masked_linear_grad_weight_cpu(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& mask,
+    bool packed, bool weight_grad, bool mask_grad) {
+  const char* op = "masked_linear_grad_weight";
+  auto g = check_masked_weight(op, "x", x, weight, mask, packed);
+  check_masked_rows(op, "x", x, g.in_features, "in_features, from weight", g);
+  check_same_dtype(op, "grad", grad, "x", x);
+  check_same_device(op, "grad", grad, "x", x);
+  TORCH_CHECK_VALUE(grad.sizes() == at::IntArrayRef(g.output_shape), op,
+                    "(): argument 'grad' must have the output's shape ",
+                    at::IntArrayRef(g.output_shape), ", got ", describe(grad));
+  TORCH_CHECK_TYPE(!mask_grad || (!packed && at::isFloatingType(mask.scalar_type())), op,
+                   "(): argument 'mask' must be a floating (soft) mask when mask_grad=True, got ",
+                   describe(mask), packed ? " (packed)" : "");
+  const int64_t K = g.candidates, rows = g.rows, in = g.in_features, out_f = g.out_features;
+  auto grad_weight = weight_grad ? at::empty(weight.sizes(), x.options()) : at::empty({0}, x.options());
+  auto grad_mask = mask_grad ? at::empty(mask.sizes(), x.options()) : at::empty({0}, x.options());
+  if (out_f == 0 || in == 0) return {grad_weight, grad_mask};
+  const bool shared_sum = weight_grad && !g.weight_per_candidate;
+  if (K == 0) {
+    grad_weight.zero_();
+    return {grad_weight, grad_mask};
+  }
+  const auto w = weight_operand(weight, g);
+  const auto m = mask_operand(mask, g, packed);
+  const auto& by_mask = kernels(x.scalar_type(), mask_kind(mask, packed));
+  const auto& by_weight = kernels(x.scalar_type(), MaskKind::kSoft);
+  auto x3 = x.contiguous().view({K, rows, in});
+  auto g3 = grad.contiguous().view({K, rows, out_f});
+  if (rows <= kFusedMaxRows) {
+    auto xbuf = padded_opmath_rows(x3);
+    auto grad_t = transposed_opmath(g3);
+    const cpu::FusedGradWeightArgs args{
+        xbuf.const_data_ptr(), grad_t.const_data_ptr(), w.tensor.const_data_ptr(),
+        w.candidate_stride, m.tensor.const_data_ptr(), m.candidate_stride, m.ld,
+        weight_grad ? grad_weight.data_ptr() : nullptr, mask_grad ? grad_mask.data_ptr() : nullptr,
+        K, rows, in, xbuf.size(2), out_f, !g.weight_per_candidate};
+    const int64_t items = g.weight_per_candidate ? K * out_f : out_f;
+    const int64_t work_per_item = (g.weight_per_candidate ? 1 : K) * in * std::max<int64_t>(rows, 1);
+    at::parallel_for(0, items, std::max<int64_t>(1, 65536 / work_per_item),
+                     [&](int64_t begin, int64_t end) { by_mask.fused_grad_weight(args, begin, end); });
+    return {grad_weight, grad_mask};
+  }
+  // A sum over candidates of a reduced dtype is kept in float and rounded once at the end.
+  const bool opmath_sum = shared_sum && K > 1 && at::toOpMathType(x.scalar_type()) != x.scalar_type();
+  auto sum = opmath_sum ? at::empty({out_f, in}, x.options().dtype(at::kFloat)) : grad_weight;
+  const int64_t tile_rows = tile_extent(in, out_f);
+  auto tile = at::empty({tile_rows, in}, x.options());
+  for (int64_t k = 0; k < K; ++k) {
+    for (int64_t o0 = 0; o0 < out_f; o0 += tile_rows) {
+      const int64_t n = std::min(tile_rows, out_f - o0);
+      auto gt = tile.narrow(0, 0, n);
+      at::mm_out(gt, g3[k].narrow(1, o0, n).t(), x3[k]);
+      if (weight_grad) {
+        const int64_t dst_k = g.weight_per_candidate ? k : 0;
+        mask_multiply(by_mask, gt.const_data_ptr(), in, m.at(k, o0, 0), m.ld,
+                      static_cast<char*>(sum.data_ptr()) + (dst_k * out_f + o0) * in * sum.element_size(),
+                      in, n, in, shared_sum && k > 0, opmath_sum);
+      }
+      if (mask_grad) {
+        mask_multiply(by_weight, gt.const_data_ptr(), in, w.at(k, o0, 0), in,
+                      static_cast<char*>(grad_mask.data_ptr()) + (k * out_f + o0) * in * grad_mask.element_size(),
+                      in, n, in, false, false);
+      }
+    }
+  }
+  if (opmath_sum) grad_weight.copy_(sum);
+  return {grad_weight, grad_mask};
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(sparsenas, CPU, m) { m.impl("masked_linear", &masked_linear_cpu); }
+TORCH_LIBRARY_IMPL(sparsenas, CPU, m) {
+  m.impl("masked_linear", &masked_linear_cpu);
+  m.impl("masked_linear_grad_input", &masked_linear_grad_input_cpu);
+  m.impl("masked_linear_grad_weight", &masked_linear_grad_weight_cpu);
+}
 
 }  // namespace sparsenas

@@ -4,13 +4,13 @@
 
 namespace sparsenas {
 
-MaskedLinearGeometry check_masked_linear(const char* op, const at::Tensor& x,
+MaskedLinearGeometry check_masked_weight(const char* op, const char* ref_arg, const at::Tensor& ref,
                                          const at::Tensor& weight, const at::Tensor& mask,
-                                         const c10::optional<at::Tensor>& bias, bool packed) {
-  check_floating(op, "x", x);
-  check_same_dtype(op, "weight", weight, "x", x);
-  check_same_device(op, "weight", weight, "x", x);
-  check_same_device(op, "mask", mask, "x", x);
+                                         bool packed) {
+  check_floating(op, ref_arg, ref);
+  check_same_dtype(op, "weight", weight, ref_arg, ref);
+  check_same_device(op, "weight", weight, ref_arg, ref);
+  check_same_device(op, "mask", mask, ref_arg, ref);
   if (packed) {
     TORCH_CHECK_TYPE(mask.scalar_type() == at::kByte, op,
                      "(): argument 'mask' must be a uint8 bit-packed mask when packed=True, got ",
@@ -24,9 +24,6 @@ MaskedLinearGeometry check_masked_linear(const char* op, const at::Tensor& x,
   TORCH_CHECK_VALUE(mask.dim() == 2 || mask.dim() == 3, op,
                     "(): argument 'mask' must be [out, in] or [K, out, in] (K candidates), got ",
                     describe(mask));
-  TORCH_CHECK_VALUE(x.dim() >= 1, op, "(): argument 'x' must have at least one dimension, got ",
-                    describe(x));
-
   MaskedLinearGeometry g;
   g.candidate_form = mask.dim() == 3;
   g.candidates = g.candidate_form ? mask.size(0) : 1;
@@ -41,14 +38,33 @@ MaskedLinearGeometry check_masked_linear(const char* op, const at::Tensor& x,
   check_size(op, "mask", mask, mask.dim() - 2, g.out_features, "out_features, from weight");
   check_size(op, "mask", mask, mask.dim() - 1, mask_cols,
              packed ? "ceil(in_features / 8), from weight" : "in_features, from weight");
-  check_size(op, "x", x, x.dim() - 1, g.in_features, "in_features, from weight");
-  if (g.candidate_form) {
-    TORCH_CHECK_VALUE(x.dim() >= 2, op,
-                      "(): argument 'x' must be [K, ..., in] with K candidate masks, got ",
-                      describe(x));
-    check_size(op, "x", x, 0, g.candidates, "K, from mask");
-  }
   g.bias_per_candidate = false;
+  g.rows = 0;
+  return g;
+}
+
+void check_masked_rows(const char* op, const char* arg, const at::Tensor& t, int64_t features,
+                       const char* what, MaskedLinearGeometry& g) {
+  TORCH_CHECK_VALUE(t.dim() >= 1, op, "(): argument '", arg,
+                    "' must have at least one dimension, got ", describe(t));
+  check_size(op, arg, t, t.dim() - 1, features, what);
+  if (g.candidate_form) {
+    TORCH_CHECK_VALUE(t.dim() >= 2, op, "(): argument '", arg,
+                      "' must be [K, ..., features] with K candidate masks, got ", describe(t));
+    check_size(op, arg, t, 0, g.candidates, "K, from mask");
+  }
+  int64_t rows = 1;
+  for (int64_t d = g.candidate_form ? 1 : 0; d < t.dim() - 1; ++d) rows *= t.size(d);
+  g.rows = rows;
+  g.output_shape = t.sizes().vec();
+  g.output_shape.back() = g.out_features;
+}
+
+MaskedLinearGeometry check_masked_linear(const char* op, const at::Tensor& x,
+                                         const at::Tensor& weight, const at::Tensor& mask,
+                                         const c10::optional<at::Tensor>& bias, bool packed) {
+  MaskedLinearGeometry g = check_masked_weight(op, "x", x, weight, mask, packed);
+  check_masked_rows(op, "x", x, g.in_features, "in_features, from weight", g);
   if (bias.has_value() && bias->defined()) {
     const at::Tensor& b = *bias;
     check_same_dtype(op, "bias", b, "x", x);
@@ -60,11 +76,6 @@ MaskedLinearGeometry check_masked_linear(const char* op, const at::Tensor& x,
     if (g.bias_per_candidate) check_size(op, "bias", b, 0, g.candidates, "K, from mask");
     check_size(op, "bias", b, b.dim() - 1, g.out_features, "out_features, from weight");
   }
-  g.output_shape = x.sizes().vec();
-  g.output_shape.back() = g.out_features;
-  int64_t rows = 1;
-  for (int64_t d = g.candidate_form ? 1 : 0; d < x.dim() - 1; ++d) rows *= x.size(d);
-  g.rows = rows;
   return g;
 }
 

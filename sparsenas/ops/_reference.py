@@ -43,7 +43,7 @@ def masked_linear(
         return torch.nn.functional.linear(x, masked_weight, bias)
     if masked_weight.dim() == 2:
         masked_weight = masked_weight.expand(mask.shape[0], -1, -1)
-    rows = x.reshape(x.shape[0], -1, x.shape[-1])
+    rows = x.reshape(x.shape[0], math.prod(x.shape[1:-1]), x.shape[-1])
     out = torch.bmm(rows, masked_weight.transpose(1, 2))
     if bias is not None:
         out = out + (bias.unsqueeze(1) if bias.dim() == 2 else bias)

@@ -1,6 +1,8 @@
-"""Masked linear and conv ops: public API, fake kernels and autograd."""
+"""Masked linear op: public API, fake kernels and autograd."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -20,54 +22,99 @@ def masked_linear(
                        bias [out] or [K, out] -> [K, ..., out]
 
     ``mask`` is bool or uint8 (a fixed mask), floating with the weight's dtype (a soft mask that
-    receives gradients), or with ``packed=True`` a uint8 bit-packed mask from :func:`pack_mask`
-    whose last dimension is ceil(in / 8).
+    receives gradients: ∂L/∂M = ∂L/∂(W ⊙ M) ⊙ W), or with ``packed=True`` a uint8 bit-packed mask
+    from :func:`pack_mask` whose last dimension is ceil(in / 8). The weight gradient is masked
+    (∂L/∂W = ∂L/∂(W ⊙ M) ⊙ M, summed over the K candidates when the weight is shared).
     """
     if has_native_kernel("masked_linear", x.device.type):
         return torch.ops.sparsenas.masked_linear(x, weight, mask, bias, packed)
     return _reference.masked_linear(x, weight, mask, bias, packed)
 
 
+def _differentiable_backward(
+    grad: Tensor, x: Tensor, weight: Tensor, mask: Tensor, packed: bool,
+    needs: tuple[bool, bool, bool],
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """The gradients of x, weight and mask from differentiable torch ops (for double backward)."""
+    effective_mask = _reference.dense_mask(mask, weight.shape[-1], weight.dtype, packed)
+    masked_weight = weight * effective_mask
+    if mask.dim() == 3:
+        rows = x.reshape(x.shape[0], math.prod(x.shape[1:-1]), x.shape[-1])
+        grad_rows = grad.reshape(grad.shape[0], math.prod(grad.shape[1:-1]), grad.shape[-1])
+    else:
+        rows = x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
+        grad_rows = grad.reshape(math.prod(grad.shape[:-1]), grad.shape[-1])
+    grad_x = (grad_rows @ masked_weight).reshape(x.shape) if needs[0] else None
+    grad_effective = grad_rows.transpose(-1, -2) @ rows
+    grad_weight = None
+    if needs[1]:
+        grad_weight = grad_effective * effective_mask
+        if grad_weight.dim() > weight.dim():
+            grad_weight = grad_weight.sum(0)
+    grad_mask = grad_effective * weight if needs[2] else None
+    return grad_x, grad_weight, grad_mask
+
+
+def _check_same_device(op: str, reference: str, tensors: dict[str, Tensor | None]) -> None:
+    """The device check of the native kernels, for the fakes (a meta tensor among CPU ones sends
+    the call to the fake)."""
+    device = tensors[reference].device
+    for name, tensor in tensors.items():
+        if tensor is not None and tensor.device != device:
+            raise ValueError(f"{op}(): argument '{name}' must be on the same device as "
+                             f"'{reference}' ({device}), got device {tensor.device}")
+
+
 if native is not None:
 
     @torch.library.register_fake("sparsenas::masked_linear")
     def _masked_linear_fake(x, weight, mask, bias=None, packed=False):
+        _check_same_device("masked_linear", "x", dict(x=x, weight=weight, mask=mask, bias=bias))
         return x.new_empty((*x.shape[:-1], weight.shape[-2]))
+
+    @torch.library.register_fake("sparsenas::masked_linear_grad_input")
+    def _masked_linear_grad_input_fake(grad, weight, mask, packed=False):
+        _check_same_device("masked_linear_grad_input", "grad",
+                           dict(grad=grad, weight=weight, mask=mask))
+        return grad.new_empty((*grad.shape[:-1], weight.shape[-1]))
+
+    @torch.library.register_fake("sparsenas::masked_linear_grad_weight")
+    def _masked_linear_grad_weight_fake(grad, x, weight, mask, packed=False, weight_grad=True,
+                                        mask_grad=False):
+        _check_same_device("masked_linear_grad_weight", "x",
+                           dict(x=x, grad=grad, weight=weight, mask=mask))
+        return (x.new_empty(weight.shape if weight_grad else (0,)),
+                x.new_empty(mask.shape if mask_grad else (0,)))
 
     def _masked_linear_setup(ctx, inputs, output):
         x, weight, mask, bias, packed = inputs
         ctx.save_for_backward(x, weight, mask)
         ctx.packed = packed
-        ctx.bias_shape = None if bias is None else bias.shape
+        ctx.bias_per_candidate = bias is not None and bias.dim() == 2
 
     def _masked_linear_backward(ctx, grad):
         x, weight, mask = ctx.saved_tensors
-        effective_mask = _reference.dense_mask(mask, weight.shape[-1], weight.dtype, ctx.packed)
-        candidate_form = mask.dim() == 3
-        if candidate_form:
-            rows = x.reshape(x.shape[0], -1, x.shape[-1])
-            grad_rows = grad.reshape(grad.shape[0], -1, grad.shape[-1])
-            grad_effective = grad_rows.transpose(1, 2) @ rows
+        # needs_input_grad has no entry for an absent bias.
+        needs_x, needs_weight, needs_mask, needs_bias = (*ctx.needs_input_grad, False, False)[:4]
+        if torch.is_grad_enabled():
+            # create_graph=True: the native gradient ops have no derivatives of their own.
+            grad_x, grad_weight, grad_mask = _differentiable_backward(
+                grad, x, weight, mask, ctx.packed, (needs_x, needs_weight, needs_mask))
         else:
-            rows = x.reshape(-1, x.shape[-1])
-            grad_rows = grad.reshape(-1, grad.shape[-1])
-            grad_effective = grad_rows.t() @ rows
-        grad_x = grad_weight = grad_mask = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            grad_x = masked_linear(grad, weight.transpose(-1, -2).contiguous(),
-                                   effective_mask.transpose(-1, -2).contiguous())
-        if ctx.needs_input_grad[1]:
-            if candidate_form and weight.dim() == 2:
-                grad_weight = (grad_effective * effective_mask).sum(0)
+            grad_x = grad_weight = grad_mask = None
+            if needs_x:
+                grad_x = torch.ops.sparsenas.masked_linear_grad_input(grad, weight, mask, ctx.packed)
+            if needs_weight or needs_mask:
+                weight_part, mask_part = torch.ops.sparsenas.masked_linear_grad_weight(
+                    grad, x, weight, mask, ctx.packed, needs_weight, needs_mask)
+                grad_weight = weight_part if needs_weight else None
+                grad_mask = mask_part if needs_mask else None
+        grad_bias = None
+        if needs_bias:
+            if ctx.bias_per_candidate:
+                grad_bias = grad.flatten(1, -2).sum(1) if grad.dim() > 2 else grad
             else:
-                grad_weight = grad_effective * effective_mask
-        if ctx.needs_input_grad[2]:
-            grad_mask = grad_effective * weight
-        if ctx.bias_shape is not None and ctx.needs_input_grad[3]:
-            if candidate_form and len(ctx.bias_shape) == 2:
-                grad_bias = grad_rows.sum(1)
-            else:
-                grad_bias = grad_rows.reshape(-1, grad.shape[-1]).sum(0)
+                grad_bias = grad.reshape(math.prod(grad.shape[:-1]), grad.shape[-1]).sum(0)
         return grad_x, grad_weight, grad_mask, grad_bias, None
 
     torch.library.register_autograd(

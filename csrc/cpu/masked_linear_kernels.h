@@ -1,0 +1,123 @@
+#pragma once
+// Inner loops of the masked_linear CPU kernels. They are compiled once per CPU capability
+// (masked_linear_kernels_{default,avx2,avx512}.cpp include masked_linear_kernels_impl.h with
+// CPU_CAPABILITY set, as ATen does for its own kernels) and csrc/cpu/masked_linear.cpp picks the
+// best one the machine supports at run time.
+
+#include <c10/core/ScalarType.h>
+
+#include <cstdint>
+
+namespace sparsenas::cpu {
+
+// How a mask is stored: bytes (bool / uint8 0-1), bits (packed, 1 bit per column) or soft
+// (floating, the weight's dtype).
+enum class MaskKind { kByte, kBits, kSoft };
+
+// dst[r, c] (+)= src[r, c] * mask[r, c] for rows r in [begin, end) and c < cols. The mask of row r
+// starts at mask + r * mask_ld elements of its kind (bytes for kByte / kBits); a bit-packed row
+// starts at bit 0 of its first byte. src is the op's dtype, dst the op's dtype or, when
+// dst_opmath, its opmath dtype (float for bfloat16 / float16: a sum over candidates stays exact).
+struct MaskMultiplyArgs {
+  const void* src;
+  int64_t src_ld;
+  const void* mask;
+  int64_t mask_ld;
+  void* dst;
+  int64_t dst_ld;
+  int64_t cols;
+  bool accumulate;
+  bool dst_opmath;
+};
+using MaskMultiplyFn = void (*)(const MaskMultiplyArgs&, int64_t begin, int64_t end);
+
+// y[k, r, o] = sum_c x[k, r, c] * weight[k, o, c] * mask[k, o, c] (+ bias[k, o]) for the blocks
+// idx in [begin, end) of kFusedOutBlock output rows (idx = k * blocks_per_candidate + block).
+// x is opmath [K, rows, in_stride] with zero columns beyond in; in_stride is a multiple of
+// kFusedAlign. A stride of 0 shares weight / mask / bias between candidates.
+struct FusedForwardArgs {
+  const void* x;
+  const void* weight;
+  int64_t weight_stride;
+  const void* mask;
+  int64_t mask_stride;
+  int64_t mask_ld;
+  const void* bias;  // nullptr: no bias
+  int64_t bias_stride;
+  void* out;
+  int64_t rows;
+  int64_t in;
+  int64_t in_stride;
+  int64_t out_features;
+  int64_t blocks_per_candidate;
+};
+using FusedForwardFn = void (*)(const FusedForwardArgs&, int64_t begin, int64_t end);
+
+// grad_input[k, r, c] = sum_o grad[k, r, o] * weight[k, o, c] * mask[k, o, c] for the blocks
+// idx in [begin, end) of column blocks (idx = k * col_blocks + block). grad_t is the gradient
+// transposed, opmath [K, out, rows].
+struct FusedGradInputArgs {
+  const void* grad_t;
+  const void* weight;
+  int64_t weight_stride;
+  const void* mask;
+  int64_t mask_stride;
+  int64_t mask_ld;
+  void* out;
+  int64_t rows;
+  int64_t in;
+  int64_t out_features;
+  int64_t col_blocks;
+};
+using FusedGradInputFn = void (*)(const FusedGradInputArgs&, int64_t begin, int64_t end);
+
+// For the items idx in [begin, end) (output rows o, or k * out + o per candidate when the weight
+// is not shared), with G[k] = grad_t[k] x[k] (grad_t opmath [K, out, rows], x opmath
+// [K, rows, in_stride] zero padded): grad_weight[o] = sum_k G[k, o] * mask[k, o] (shared) or
+// grad_weight[k, o] = G[k, o] * mask[k, o]; grad_mask[k, o] = G[k, o] * weight[k, o].
+// A null grad_weight / grad_mask is not computed.
+struct FusedGradWeightArgs {
+  const void* x;
+  const void* grad_t;
+  const void* weight;
+  int64_t weight_stride;
+  const void* mask;
+  int64_t mask_stride;
+  int64_t mask_ld;
+  void* grad_weight;
+  void* grad_mask;
+  int64_t candidates;
+  int64_t rows;
+  int64_t in;
+  int64_t in_stride;
+  int64_t out_features;
+  bool weight_shared;
+};
+using FusedGradWeightFn = void (*)(const FusedGradWeightArgs&, int64_t begin, int64_t end);
+
+constexpr int64_t kFusedOutBlock = 4;
+// Row stride of the opmath x buffers, in elements: whole blocks of the widest vector loop.
+constexpr int64_t kFusedAlign = 64;
+
+struct Kernels {
+  MaskMultiplyFn mask_multiply;
+  FusedForwardFn fused_forward;
+  FusedGradInputFn fused_grad_input;
+  FusedGradWeightFn fused_grad_weight;
+  int64_t grad_input_block_cols;  // columns per block of fused_grad_input
+};
+
+namespace DEFAULT {
+Kernels kernels_for(c10::ScalarType dtype, MaskKind kind);
+}
+#if defined(__x86_64__) && defined(__GNUC__)
+#define SPARSENAS_CPU_X86 1
+namespace AVX2 {
+Kernels kernels_for(c10::ScalarType dtype, MaskKind kind);
+}
+namespace AVX512 {
+Kernels kernels_for(c10::ScalarType dtype, MaskKind kind);
+}
+#endif
+
+}  // namespace sparsenas::cpu

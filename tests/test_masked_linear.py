@@ -1,0 +1,313 @@
+"""masked_linear: forward and every gradient against the reference, opcheck, gradcheck,
+torch.compile, and a table of bad inputs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sparsenas._extension import has_native_kernel
+from sparsenas.ops import _reference, masked_linear, pack_mask
+
+DTYPES = [torch.float32, torch.float64, torch.bfloat16]
+MASK_FORMATS = ["bool", "uint8", "soft", "packed"]
+# Forms: (K candidates or None, weight per candidate, bias per candidate).
+FORMS = {"single": (None, False, False), "shared": (3, False, False),
+         "per_candidate": (2, True, True)}
+TOLERANCE = {torch.float32: dict(atol=2e-4, rtol=2e-4), torch.float64: dict(atol=1e-10, rtol=1e-10),
+             torch.bfloat16: dict(atol=4e-2, rtol=3e-2)}
+
+
+def make_inputs(device, dtype, mask_format, rows, in_features, out_features, form, *, bias=True,
+                seed=0, requires_grad=False):
+    """Random (x, weight, mask, bias, packed) for a form of FORMS; x rows has shape ``rows``."""
+    K, weight_per_candidate, bias_per_candidate = FORMS[form]
+    gen = torch.Generator().manual_seed(seed)
+    lead = () if K is None else (K,)
+    x = torch.randn(*lead, *rows, in_features, generator=gen, dtype=torch.float64)
+    weight = torch.randn(*(lead if weight_per_candidate else ()), out_features, in_features,
+                         generator=gen, dtype=torch.float64) / math.sqrt(max(in_features, 1))
+    keep = torch.rand(*lead, out_features, in_features, generator=gen) < 0.6
+    b = None
+    if bias:
+        b = torch.randn(*(lead if bias_per_candidate else ()), out_features, generator=gen,
+                        dtype=torch.float64)
+    packed = mask_format == "packed"
+    if mask_format == "bool":
+        mask = keep
+    elif mask_format == "uint8":
+        mask = keep.to(torch.uint8)
+    elif mask_format == "soft":
+        mask = (torch.rand(keep.shape, generator=gen, dtype=torch.float64) * keep).to(dtype)
+    else:
+        mask = pack_mask(keep)
+    tensors = [t.to(dtype) if t.is_floating_point() else t for t in (x, weight, b)]
+    x, weight, b = (None if t is None else t.to(device).requires_grad_(requires_grad)
+                    for t in tensors)
+    mask = mask.to(device)
+    if mask_format == "soft":
+        mask.requires_grad_(requires_grad)
+    return x, weight, mask, b, packed
+
+
+def reference_float64(x, weight, mask, bias, packed):
+    """The reference on float64 copies, with gradients to the float64 leaves."""
+    leaves = [None if t is None else t.detach().double().requires_grad_(t.requires_grad)
+              if t.is_floating_point() else t for t in (x, weight, mask, bias)]
+    return _reference.masked_linear(*leaves, packed), leaves
+
+
+def assert_matches_reference(x, weight, mask, bias, packed):
+    out = masked_linear(x, weight, mask, bias, packed=packed)
+    expected, leaves = reference_float64(x, weight, mask, bias, packed)
+    assert out.shape == expected.shape and out.dtype == x.dtype
+    tol = TOLERANCE[x.dtype]
+    torch.testing.assert_close(out.double(), expected, **tol)
+    inputs = [t for t in (x, weight, mask, bias) if t is not None and t.requires_grad]
+    if not inputs:
+        return
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1),
+                           dtype=torch.float64)
+    grads = torch.autograd.grad(out, inputs, grad_out.to(out.device, out.dtype))
+    ref_inputs = [leaf for t, leaf in zip((x, weight, mask, bias), leaves)
+                  if t is not None and t.requires_grad]
+    ref_grads = torch.autograd.grad(expected, ref_inputs, grad_out.to(expected.device))
+    scale = max(1.0, math.sqrt(max(out.numel() // max(out.shape[-1], 1), 1)))
+    for grad, ref_grad in zip(grads, ref_grads):
+        assert grad.shape == ref_grad.shape and grad.dtype == x.dtype
+        torch.testing.assert_close(grad.double(), ref_grad, atol=tol["atol"] * scale,
+                                   rtol=tol["rtol"])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mask_format", MASK_FORMATS)
+@pytest.mark.parametrize("form", list(FORMS))
+@pytest.mark.parametrize("rows,in_features,out_features",
+                         [((3,), 13, 9), ((2, 5), 64, 33), ((40,), 70, 21)])
+def test_forward_and_gradients_match_reference(device, dtype, mask_format, form, rows, in_features,
+                                               out_features):
+    args = make_inputs(device, dtype, mask_format, rows, in_features, out_features, form,
+                       requires_grad=True)
+    assert_matches_reference(*args)
+
+
+@pytest.mark.parametrize("mask_format", MASK_FORMATS)
+@pytest.mark.parametrize("form", ["single", "shared"])
+def test_several_cache_tiles(device, mask_format, form):
+    # Large enough for several weight tiles (forward / weight gradient) and several column tiles
+    # of the input gradient, the last one partial and not byte aligned.
+    args = make_inputs(device, torch.float32, mask_format, (33,), 2053, 300, form,
+                       requires_grad=True)
+    assert_matches_reference(*args)
+
+
+@pytest.mark.parametrize("rows", [(1,), (4,), (16,), (24,), (25,)])
+def test_fused_and_tiled_paths_agree_at_the_switch(device, rows):
+    assert_matches_reference(*make_inputs(device, torch.float32, "packed", rows, 129, 67, "shared",
+                                          requires_grad=True))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_forward(device, dtype):
+    x, weight, mask, bias, packed = make_inputs(device, dtype, "bool", (5,), 40, 12, "single")
+    out = masked_linear(x, weight, mask, bias)
+    expected, _ = reference_float64(x, weight, mask, bias, packed)
+    torch.testing.assert_close(out.double(), expected, atol=4e-2, rtol=3e-2)
+
+
+@pytest.mark.parametrize("mask_format", ["bool", "soft", "packed"])
+@pytest.mark.parametrize("form", ["single", "per_candidate"])
+def test_non_contiguous_inputs(device, mask_format, form):
+    x, weight, mask, bias, packed = make_inputs(device, torch.float32, mask_format, (6,), 24, 10,
+                                                form)
+    # Same values, other strides: x and weight transposed in memory, the mask a slice of a wider
+    # tensor, the bias a strided view.
+    x_nc = x.transpose(-1, -2).contiguous().transpose(-1, -2).requires_grad_()
+    weight_nc = weight.transpose(-1, -2).contiguous().transpose(-1, -2).requires_grad_()
+    wide = torch.zeros(*mask.shape[:-1], mask.shape[-1] + 3, dtype=mask.dtype, device=device)
+    wide[..., : mask.shape[-1]] = mask
+    mask_nc = wide[..., : mask.shape[-1]]
+    if mask_format == "soft":
+        mask_nc.requires_grad_()
+    bias_nc = torch.stack([bias, bias], -1)[..., 0].requires_grad_()
+    assert not (x_nc.is_contiguous() or weight_nc.is_contiguous() or mask_nc.is_contiguous()
+                or bias_nc.is_contiguous())
+    assert_matches_reference(x_nc, weight_nc, mask_nc, bias_nc, packed)
+
+
+@pytest.mark.parametrize("mask_format", ["bool", "packed", "soft"])
+@pytest.mark.parametrize("rows,in_features,out_features,form",
+                         [((0,), 8, 5, "single"), ((4,), 0, 5, "single"), ((4,), 8, 0, "single"),
+                          ((0,), 8, 5, "shared"), ((3,), 0, 5, "per_candidate"),
+                          ((3,), 8, 0, "shared")])
+def test_empty_inputs(device, mask_format, rows, in_features, out_features, form):
+    args = make_inputs(device, torch.float32, mask_format, rows, in_features, out_features, form,
+                       requires_grad=True)
+    assert_matches_reference(*args)
+
+
+def test_zero_candidates(device):
+    x = torch.randn(0, 3, 8, device=device, requires_grad=True)
+    weight = torch.randn(5, 8, device=device, requires_grad=True)
+    mask = torch.ones(0, 5, 8, dtype=torch.bool, device=device)
+    out = masked_linear(x, weight, mask)
+    assert out.shape == (0, 3, 5)
+    out.sum().backward()
+    assert torch.equal(weight.grad, torch.zeros_like(weight))
+    assert x.grad.shape == x.shape
+
+
+def test_candidates_equal_separate_calls(device):
+    x, weight, mask, bias, packed = make_inputs(device, torch.float32, "packed", (7,), 50, 20,
+                                                "shared")
+    out = masked_linear(x, weight, mask, bias, packed=packed)
+    for k in range(x.shape[0]):
+        single = masked_linear(x[k], weight, mask[k], bias, packed=packed)
+        torch.testing.assert_close(out[k], single)
+
+
+def test_weight_gradient_is_masked(device):
+    x, weight, mask, bias, _ = make_inputs(device, torch.float32, "bool", (5,), 16, 8, "single",
+                                           requires_grad=True)
+    masked_linear(x, weight, mask, bias).square().sum().backward()
+    assert torch.all(weight.grad[~mask] == 0)
+    assert torch.any(weight.grad[mask] != 0)
+
+
+def native_op_cases(device):
+    cases = []
+    for mask_format in MASK_FORMATS:
+        for form in FORMS:
+            x, weight, mask, bias, packed = make_inputs(device, torch.float32, mask_format, (3,), 11,
+                                                        6, form, requires_grad=True)
+            cases.append((x, weight, mask, bias, packed))
+    return cases
+
+
+@pytest.mark.skipif(not has_native_kernel("masked_linear", "cpu"), reason="extension not built")
+def test_opcheck_native_ops(device):
+    for x, weight, mask, bias, packed in native_op_cases(device):
+        torch.library.opcheck(torch.ops.sparsenas.masked_linear.default,
+                              (x, weight, mask, bias, packed))
+        grad = torch.randn(*x.shape[:-1], weight.shape[-2], device=device)
+        with torch.no_grad():
+            torch.library.opcheck(torch.ops.sparsenas.masked_linear_grad_input.default,
+                                  (grad, weight, mask, packed))
+            soft = mask.is_floating_point()
+            torch.library.opcheck(torch.ops.sparsenas.masked_linear_grad_weight.default,
+                                  (grad, x, weight, mask, packed, True, soft))
+            torch.library.opcheck(torch.ops.sparsenas.masked_linear_grad_weight.default,
+                                  (grad, x, weight, mask, packed, False, False))
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+def test_gradcheck_float64(device, form):
+    x, weight, mask, bias, _ = make_inputs(device, torch.float64, "soft", (2, 3), 5, 4, form,
+                                           requires_grad=True)
+
+    def fn(x, weight, mask, bias):
+        return masked_linear(x, weight, mask, bias)
+
+    assert torch.autograd.gradcheck(fn, (x, weight, mask, bias))
+    assert torch.autograd.gradgradcheck(fn, (x, weight, mask, bias))
+
+
+def test_double_backward_with_fixed_mask(device):
+    x, weight, mask, bias, packed = make_inputs(device, torch.float64, "packed", (4,), 10, 3,
+                                                "shared", requires_grad=True)
+    assert torch.autograd.gradgradcheck(
+        lambda x, weight, bias: masked_linear(x, weight, mask, bias, packed=packed),
+        (x, weight, bias))
+
+
+def test_torch_compile_fullgraph_forward_and_backward(device):
+    torch.manual_seed(0)
+
+    class TwoLayer(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.first = torch.nn.Linear(12, 16)
+            self.second = torch.nn.Linear(16, 4)
+            self.register_buffer("first_mask", torch.rand(16, 12) < 0.5)
+            self.register_buffer("second_mask", pack_mask(torch.rand(4, 16) < 0.5))
+
+        def forward(self, x):
+            hidden = F.relu(masked_linear(x, self.first.weight, self.first_mask, self.first.bias))
+            return masked_linear(hidden, self.second.weight, self.second_mask, self.second.bias,
+                                 packed=True)
+
+    model = TwoLayer().to(device)
+    x = torch.randn(8, 12, device=device)
+    expected = model(x)
+    expected.square().sum().backward()
+    expected_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    out = compiled(x)
+    out.square().sum().backward()
+    torch.testing.assert_close(out, expected)
+    for param, grad in zip(model.parameters(), expected_grads):
+        torch.testing.assert_close(param.grad, grad)
+
+
+def bad_inputs(device):
+    x = torch.randn(4, 6, device=device)
+    weight = torch.randn(3, 6, device=device)
+    mask = torch.ones(3, 6, dtype=torch.bool, device=device)
+    bias = torch.randn(3, device=device)
+    kx = torch.randn(2, 4, 6, device=device)
+    kmask = torch.ones(2, 3, 6, dtype=torch.bool, device=device)
+    meta = torch.device("meta")
+    return [
+        ("x last dim", (torch.randn(4, 5, device=device), weight, mask, bias, False),
+         ValueError, "'x'"),
+        ("weight 1-D", (x, torch.randn(6, device=device), mask, None, False), ValueError,
+         "'weight'"),
+        ("mask shape", (x, weight, mask[:, :5], None, False), ValueError, "'mask'"),
+        ("mask 4-D", (x, weight, mask.expand(1, 1, 3, 6), None, False), ValueError, "'mask'"),
+        ("mask K vs x K", (kx, weight, torch.ones(3, 3, 6, dtype=torch.bool, device=device), None,
+                           False), ValueError, "'x'"),
+        ("weight K", (kx, torch.randn(3, 3, 6, device=device), kmask, None, False), ValueError,
+         "'weight'"),
+        ("bias K", (kx, weight, kmask, torch.randn(3, 3, device=device), False), ValueError,
+         "'bias'"),
+        ("bias size", (x, weight, mask, torch.randn(4, device=device), False), ValueError,
+         "'bias'"),
+        ("weight on meta", (x, weight.to(meta), mask, None, False), ValueError, "'weight'"),
+        ("mask on meta", (x, weight, mask.to(meta), None, False), ValueError, "'mask'"),
+        ("mask int32", (x, weight, mask.int(), None, False), TypeError, "'mask'"),
+        ("soft mask dtype", (x, weight, mask.double(), None, False), TypeError, "'mask'"),
+        ("integer x", (x.long(), weight.long(), mask, None, False), TypeError, "'x'"),
+        ("weight dtype", (x, weight.double(), mask, None, False), TypeError, "'weight'"),
+        ("bias dtype", (x, weight, mask, bias.double(), False), TypeError, "'bias'"),
+        ("packed width", (x, weight, torch.zeros(3, 2, dtype=torch.uint8, device=device), None,
+                          True), ValueError, "'mask'"),
+        ("packed bool", (x, weight, mask, None, True), TypeError, "'mask'"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(bad_inputs(torch.device("cpu")))))
+def test_bad_inputs_raise_clear_errors(device, case):
+    name, args, error, argument = bad_inputs(device)[case]
+    with pytest.raises(error, match=argument):
+        masked_linear(*args[:4], packed=args[4])
+
+
+@pytest.mark.skipif(not has_native_kernel("masked_linear", "cpu"), reason="extension not built")
+def test_gradient_ops_reject_bad_inputs(device):
+    x = torch.randn(4, 6, device=device)
+    weight = torch.randn(3, 6, device=device)
+    mask = torch.ones(3, 6, dtype=torch.bool, device=device)
+    grad = torch.randn(4, 3, device=device)
+    ops = torch.ops.sparsenas
+    with pytest.raises(ValueError, match="'grad'"):
+        ops.masked_linear_grad_input(torch.randn(4, 5, device=device), weight, mask)
+    with pytest.raises(ValueError, match="'grad'"):
+        ops.masked_linear_grad_weight(torch.randn(4, 5, device=device), x, weight, mask)
+    with pytest.raises(TypeError, match="'mask'"):
+        ops.masked_linear_grad_weight(grad, x, weight, mask, False, True, True)
+    with pytest.raises(TypeError, match="'grad'"):
+        ops.masked_linear_grad_input(grad.long(), weight, mask)
