@@ -50,8 +50,16 @@ def _run_in_process(path: Path, checkpoint_dir: Path | None = None,
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> tuple[dict, str]:
-    return _run_in_process(tmp_path_factory.mktemp("reference") / "study.sqlite")
+def reference_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("reference") / "study.sqlite"
+    _run_in_process(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(reference_path) -> tuple[dict, str]:
+    with Store(reference_path) as store:
+        return _results(store), summarize(store).table()
 
 
 def _cli(*args: str, **kwargs) -> subprocess.Popen:
@@ -182,8 +190,6 @@ def test_two_workers_share_one_store(tmp_path, reference):
         assert worker.returncode == 0, err
     with Store(store_path) as store:
         assert _results(store) == reference[0]
-        owners = [row[0] for row in store._db.execute("SELECT owner FROM units")]
-    assert len(owners) == UNITS
     for i in range(2):
         assert (tmp_path / f"out{i}" / "summary.md").read_text() == reference[1]
 
@@ -218,8 +224,12 @@ def test_cli_runtime_errors(tmp_path, capsys, argv, message):
     assert not (tmp_path / "out").exists()  # nothing written before the inputs are checked
 
 
-def test_cli_report_and_info(tmp_path, capsys, reference):
+def test_cli_report_and_info(tmp_path, capsys, reference, reference_path):
     assert main(["report", "--store", str(tmp_path / "missing.sqlite")]) == 1
     assert "does not exist" in capsys.readouterr().err
+    assert main(["report", "--store", str(reference_path), "--out", str(tmp_path / "r")]) == 0
+    assert (tmp_path / "r" / "summary.md").read_text() == reference[1]
+    assert (tmp_path / "r" / "convergence.png").stat().st_size > 0
+    assert reference[1] in capsys.readouterr().out
     assert main(["info"]) == 0
     assert "ops (cpu / cuda):" in capsys.readouterr().out
