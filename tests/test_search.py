@@ -136,6 +136,32 @@ def test_proxy_scoring_picks_the_best_proxy_score(tmp_path):
     assert test_acc[0] == pytest.approx(chosen.final["test_acc"], abs=1e-9)
 
 
+def test_global_budget_space():
+    space = NodeSpace([10, 7, 5], 0.6, budget="global")
+    masks = space.sample(8, seed=1)
+    per_layer = torch.stack([m.sum(1) for m in masks], 1)  # [candidates, layers]
+    assert sum(space.kept) == 9
+    assert (per_layer.sum(1) == 9).all() and (per_layer >= 1).all()
+    assert len({tuple(row.tolist()) for row in per_layer}) > 1  # allocations differ
+    again = space.sample(3, seed=1, first_candidate=5)
+    assert all(torch.equal(a[5:], b) for a, b in zip(masks, again))
+    candidate = [m[0] for m in masks]
+    for seed in range(5):
+        mutated = space.mutate(candidate, seed=seed, swaps=4)
+        counts = [int(m.sum()) for m in mutated]
+        assert sum(counts) == 9 and min(counts) >= 1
+    with pytest.raises(ValueError, match="budget"):
+        NodeSpace([10], 0.5, budget="per-network")
+
+
+def test_global_budget_study(tmp_path):
+    results, table = _run_in_process(tmp_path / "global.sqlite", budget="global", seeds=(0,),
+                                     sparsities=(0.75,))
+    kept = [r[3]["kept"] for r in results.values() if r[3]["role"] != "dense"]
+    assert kept and all(sum(k) == 8 and min(k) >= 1 for k in kept)
+    assert "global node budget" in table and "| 0.75 | 8 in all |" in table
+
+
 def test_units_plan():
     units = plan_units(RandomSearchConfig(**TINY))
     assert [u.key for u in units][:3] == ["seed=0/s=0.5/search", "seed=0/s=0.9/search",
