@@ -78,7 +78,7 @@ class StudySummary:
                                                                   f"training (val acc)"
         lines = [
             f"Random search over node masks: {c['dataset']}, {c['model']} {c['widths']}, "
-            f"{c['budget']} node budget, {c['num_candidates']} candidates scored by {scorer}, "
+            f"{c.get('budget', 'layer')} node budget, {c['num_candidates']} candidates scored by {scorer}, "
             f"{c['num_random']} random masks, {c['epochs']} epochs, seeds {c['seeds']} "
             f"({self.seeds_finished} finished).",
             "",
