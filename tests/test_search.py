@@ -170,6 +170,7 @@ def test_units_plan():
     assert epochs_to_fraction([0.5, 0.9, 0.96, 1.0]) == 3
 
 
+@pytest.mark.slow  # starts the CLI twice (interpreter and torch start-up dominate)
 def test_kill_9_mid_study_then_resume(tmp_path, capsys, reference):
     store_path = tmp_path / "study.sqlite"
     flags = [*TINY_FLAGS, "--out", str(tmp_path / "out"), "--store", str(store_path)]
@@ -207,6 +208,7 @@ def test_kill_9_mid_study_then_resume(tmp_path, capsys, reference):
     assert "summary.md" in out and "accuracy_vs_sparsity.png" in out
 
 
+@pytest.mark.slow  # starts two CLI workers
 def test_two_workers_share_one_store(tmp_path, reference):
     store_path = tmp_path / "shared.sqlite"
     workers = [_cli("random-search", *TINY_FLAGS, "--out", str(tmp_path / f"out{i}"),
