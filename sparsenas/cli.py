@@ -82,6 +82,9 @@ def _add_random_search(commands: argparse._SubParsersAction) -> None:
     search = p.add_argument_group("search")
     search.add_argument("--sparsities", type=_sparsities, default=d.sparsities,
                         help="node sparsity grid, each in [0, 1)")
+    search.add_argument("--budget", choices=("layer", "global"), default=d.budget,
+                        help="layer: every layer keeps round((1-s) n_l) nodes; global: the "
+                             "network keeps that many in all, spread over layers at random")
     search.add_argument("--num-candidates", type=_positive, default=d.num_candidates,
                         help="masks the search samples and scores per seed and sparsity (N)")
     search.add_argument("--num-random", type=_positive, default=d.num_random,
@@ -140,7 +143,7 @@ def _random_search(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown proxy {args.proxy!r}; known: {list_proxies()}")
     config = RandomSearchConfig(
         dataset=args.dataset, data_root=args.data_root, data_seed=args.data_seed,
-        model=args.model, widths=args.widths, sparsities=args.sparsities,
+        model=args.model, widths=args.widths, sparsities=args.sparsities, budget=args.budget,
         num_candidates=args.num_candidates, num_random=args.num_random, seeds=args.seeds,
         proxy=args.proxy, search_epochs=args.search_epochs,
         proxy_batch_size=args.proxy_batch_size, epochs=args.epochs, batch_size=args.batch_size,

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from sparsenas.data import Dataset, load_dataset
 from sparsenas.models import CandidateBatch, NodeMaskedNet, create_model
 from sparsenas.proxies import get_proxy
-from sparsenas.search.space import NodeSpace, derive_seed
+from sparsenas.search.space import BUDGETS, NodeSpace, derive_seed
 from sparsenas.store import Store, TrialRecord, save_checkpoint
 from sparsenas.train import EpochMetrics, TrainConfig, Trainer, TrainerHook
 
@@ -40,6 +40,7 @@ class RandomSearchConfig:
     model: str = "mlp"
     widths: tuple[int, ...] = (128, 128)
     sparsities: tuple[float, ...] = (0.5, 0.75, 0.9, 0.95)
+    budget: str = "layer"
     num_candidates: int = 16
     num_random: int = 8
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
@@ -70,6 +71,8 @@ class RandomSearchConfig:
             raise ValueError("num_candidates, num_random and search_epochs must be >= 1")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct and non-empty, got {self.seeds}")
+        if self.budget not in BUDGETS:
+            raise ValueError(f"budget must be one of {BUDGETS}, got {self.budget!r}")
         if not self.widths or min(self.widths) < 1:
             raise ValueError(f"widths must be positive, got {self.widths}")
         self.train_config()  # validates the training options
@@ -201,7 +204,7 @@ class RandomSearchStudy:
     def _search(self, unit: Unit, hooks: Sequence[TrainerHook]) -> list[TrialRecord]:
         c = self.config
         parent = self.parent(unit.seed)
-        space = NodeSpace(parent.layer_sizes, unit.sparsity)
+        space = NodeSpace(parent.layer_sizes, unit.sparsity, c.budget)
         masks = space.sample(c.num_candidates, derive_seed("search", unit.seed, unit.sparsity))
         start = time.perf_counter()
         if c.proxy is None:
@@ -219,7 +222,8 @@ class RandomSearchStudy:
         return [TrialRecord(
             key=f"{unit.key}/{i:04d}", kind="search", seed=unit.seed,
             config={"sparsity": unit.sparsity, "role": "candidate", "index": i,
-                    "mask": space.encode([m[i] for m in masks])},
+                    "mask": space.encode([m[i] for m in masks]),
+                    "kept": [int(m[i].sum()) for m in masks]},
             epochs=histories[i], final=scores[i], seconds=seconds)
             for i in range(c.num_candidates)]
 
@@ -255,21 +259,24 @@ class RandomSearchStudy:
         roles: list[tuple[str, dict]] = []  # (trial key, trial config) per candidate
         layer_masks: list[list[torch.Tensor]] = []  # per candidate: bool [n_l] per layer
         for s in c.sparsities:
-            space = NodeSpace(parent.layer_sizes, s)
+            space = NodeSpace(parent.layer_sizes, s, c.budget)
             encoded, search_final = self._best_search_mask(unit.seed, s)
+            best = space.decode(encoded)
             roles.append((f"seed={unit.seed}/s={_s(s)}/search-best",
                           {"sparsity": s, "role": "search", "index": 0, "mask": encoded,
+                           "kept": [int(m.sum()) for m in best],
                            "search_score": search_final["score"]}))
-            layer_masks.append(space.decode(encoded))
+            layer_masks.append(best)
             randoms = space.sample(c.num_random, derive_seed("random", unit.seed, s))
             for i in range(c.num_random):
                 candidate = [m[i] for m in randoms]
                 roles.append((f"seed={unit.seed}/s={_s(s)}/random/{i:04d}",
                               {"sparsity": s, "role": "random", "index": i,
-                               "mask": space.encode(candidate)}))
+                               "mask": space.encode(candidate),
+                               "kept": [int(m.sum()) for m in candidate]}))
                 layer_masks.append(candidate)
         roles.append((f"seed={unit.seed}/dense", {"sparsity": 0.0, "role": "dense", "index": 0,
-                                                  "mask": None}))
+                                                  "mask": None, "kept": parent.layer_sizes}))
         layer_masks.append([torch.ones(n, dtype=torch.bool) for n in parent.layer_sizes])
         stacked = [torch.stack(per_layer) for per_layer in zip(*layer_masks)]
         trainer = Trainer(c.train_config(), hooks)

@@ -49,7 +49,7 @@ class Group:
 @dataclass
 class Row:
     sparsity: float
-    kept: list[int]
+    kept: list[int] | str
     search: Group
     random: Group
     p_value: float
@@ -78,8 +78,9 @@ class StudySummary:
                                                                   f"training (val acc)"
         lines = [
             f"Random search over node masks: {c['dataset']}, {c['model']} {c['widths']}, "
-            f"{c['num_candidates']} candidates scored by {scorer}, {c['num_random']} random "
-            f"masks, {c['epochs']} epochs, seeds {c['seeds']} ({self.seeds_finished} finished).",
+            f"{c.get('budget', 'layer')} node budget, {c['num_candidates']} candidates scored by {scorer}, "
+            f"{c['num_random']} random masks, {c['epochs']} epochs, seeds {c['seeds']} "
+            f"({self.seeds_finished} finished).",
             "",
             "| sparsity | kept nodes | search-selected test acc % | random test acc % | "
             "Welch t-test p | epochs to 95% (search / random) |",
@@ -112,8 +113,9 @@ def summarize(store: Store) -> StudySummary:
         p_value = math.nan
         if len(a) >= 2 and len(b) >= 2 and (np.ptp(a) > 0 or np.ptp(b) > 0):
             p_value = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
-        rows.append(Row(s, [kept_nodes(w, s) for w in config["widths"]], search[s], random[s],
-                        p_value))
+        kept = [kept_nodes(w, s) for w in config["widths"]]
+        rows.append(Row(s, kept if config.get("budget", "layer") == "layer" else
+                        f"{sum(kept)} in all", search[s], random[s], p_value))
     return StudySummary(config, rows, dense, seeds_finished=len(dense.test_acc))
 
 

@@ -20,12 +20,25 @@ def derive_seed(*parts: object) -> int:
     return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
-class NodeSpace:
-    """Node masks of a parent with ``layer_sizes`` nodes per masked layer, each layer keeping
-    exactly ``kept_nodes(n_l, s_l)`` nodes at sparsity ``s`` (one value, or one per layer for a
-    per-layer budget)."""
+BUDGETS = ("layer", "global")
 
-    def __init__(self, layer_sizes: Sequence[int], sparsity: float | Sequence[float]) -> None:
+
+class NodeSpace:
+    """Node masks of a parent with ``layer_sizes`` nodes per masked layer at sparsity ``s`` (one
+    value, or one per layer).
+
+    ``budget="layer"``: every layer keeps exactly ``kept_nodes(n_l, s_l)`` nodes.
+    ``budget="global"``: the network keeps exactly ``sum_l kept_nodes(n_l, s_l)`` nodes, at least
+    one per layer, spread over the layers at random (the per-layer allocation is part of what a
+    search explores).
+    """
+
+    def __init__(self, layer_sizes: Sequence[int], sparsity: float | Sequence[float],
+                 budget: str = "layer") -> None:
+        if budget not in BUDGETS:
+            raise ValueError(f"NodeSpace(): argument 'budget' must be one of {BUDGETS}, got "
+                             f"{budget!r}")
+        self.budget = budget
         self.layer_sizes = [int(n) for n in layer_sizes]
         sparsities = ([float(sparsity)] * len(self.layer_sizes)
                       if isinstance(sparsity, (int, float)) else [float(s) for s in sparsity])
@@ -38,14 +51,46 @@ class NodeSpace:
     def sample(self, num_candidates: int, seed: int, first_candidate: int = 0) -> list[Tensor]:
         """Candidates ``first_candidate ..`` as one bool [B, n_l] per layer; candidate i depends
         only on (seed, i)."""
-        return sample_node_masks(self.layer_sizes, self.sparsities, num_candidates, seed,
-                                 first_candidate)
+        if self.budget == "layer":
+            return sample_node_masks(self.layer_sizes, self.sparsities, num_candidates, seed,
+                                     first_candidate)
+        masks = [torch.zeros(num_candidates, n, dtype=torch.bool) for n in self.layer_sizes]
+        offsets = torch.tensor([0, *self.layer_sizes]).cumsum(0)
+        total = sum(self.kept)
+        for row in range(num_candidates):
+            generator = torch.Generator().manual_seed(
+                derive_seed("global", seed, first_candidate + row))
+            flat = torch.zeros(int(offsets[-1]), dtype=torch.bool)
+            for layer, n in enumerate(self.layer_sizes):  # one node per layer, so none is cut off
+                flat[offsets[layer] + torch.randint(n, (1,), generator=generator)] = True
+            rest = (~flat).nonzero().flatten()
+            flat[rest[torch.randperm(len(rest), generator=generator)[:total - len(masks)]]] = True
+            for layer in range(len(masks)):
+                masks[layer][row] = flat[offsets[layer]:offsets[layer + 1]]
+        return masks
 
     def mutate(self, masks: Sequence[Tensor], seed: int, swaps: int = 1) -> list[Tensor]:
-        """A neighbour of one candidate (bool [n_l] per layer): ``swaps`` times, a kept node of
-        a random layer is exchanged with a dropped one, so every layer keeps its node count."""
+        """A neighbour of one candidate (bool [n_l] per layer): ``swaps`` times, a kept node is
+        exchanged with a dropped one of the same layer (``budget="layer"``: every layer keeps its
+        node count) or of any layer (``budget="global"``: the total is kept, and every layer
+        keeps at least one node)."""
         generator = torch.Generator().manual_seed(seed)
         result = [m.clone() for m in masks]
+        if self.budget == "global":
+            flat = torch.cat(result)
+            owner = torch.cat([torch.full((n,), layer) for layer, n in
+                               enumerate(self.layer_sizes)])
+            for _ in range(swaps):
+                counts = torch.bincount(owner[flat], minlength=len(result))
+                removable = (flat & (counts[owner] > 1)).nonzero().flatten()
+                dropped = (~flat).nonzero().flatten()
+                if len(removable) == 0 or len(dropped) == 0:
+                    break
+                draw = torch.randint(len(removable), (1,), generator=generator)
+                flat[removable[int(draw)]] = False
+                flat[dropped[int(torch.randint(len(dropped), (1,), generator=generator))]] = True
+            return list(flat.split(self.layer_sizes))
+
         movable = [layer for layer, m in enumerate(result) if 0 < int(m.sum()) < len(m)]
         if not movable:
             return result
