@@ -109,5 +109,6 @@ def select_for_mask(mask: Tensor, batch: int, crossovers: Crossovers | None = No
         sparsity = 1.0 - float(mask.any(1).float().mean())
     else:
         sparsity = 1.0 - float(mask.float().mean())
-    return select_execution(min(sparsity, 1.0 - 1e-9) if mask.any() else 1.0 - 1e-9, structure,
-                            batch, mask.shape[1], mask.shape[0], crossovers)
+    # An all-False mask (sparsity 1) is the sparsest case the selector knows: just below 1.
+    return select_execution(min(sparsity, 1.0 - 1e-9), structure, batch, mask.shape[1],
+                            mask.shape[0], crossovers)
