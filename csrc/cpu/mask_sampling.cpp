@@ -151,8 +151,11 @@ SPARSENAS_ALWAYS_INLINE void select_smallest(const key_t* keys, int64_t n, int64
     uint64_t words[4];
     std::memcpy(words, flags + i, 32);
     if ((words[0] | words[1] | words[2] | words[3]) == 0) continue;
-    for (int64_t t = i; t < i + 32; ++t) {
-      if (flags[t]) boundary.push_back({keys[t], 0, t});
+    for (int w = 0; w < 4; ++w) {
+      for (uint64_t bits = words[w]; bits != 0; bits &= bits - 1) {  // flag bytes are 0 or 1
+        const int64_t t = i + 8 * w + (__builtin_ctzll(bits) >> 3);
+        boundary.push_back({keys[t], 0, t});
+      }
     }
   }
   while (boundary.size() > kSortBelow && shift > 0) {
