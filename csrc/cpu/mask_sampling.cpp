@@ -40,6 +40,45 @@ SPARSENAS_ALWAYS_INLINE void fill_uniform_keys(uint8_t* __restrict out, int64_t 
   }
 }
 
+// All four words of blocks [0, blocks) of one candidate's stream, in block order.
+SPARSENAS_ALWAYS_INLINE void fill_words_body(uint32_t* __restrict out, int64_t blocks,
+                                             const CandidateStream stream) {
+  for (int64_t b = 0; b < blocks; ++b) {
+    const Philox4 r = philox4x32_10(static_cast<uint32_t>(b), stream.c1, stream.c2, stream.c3,
+                                    stream.k0, stream.k1);
+    for (int w = 0; w < 4; ++w) out[4 * b + w] = r.word[w];
+  }
+}
+
+void fill_words_portable(uint32_t* out, int64_t blocks, const CandidateStream stream) {
+  fill_words_body(out, blocks, stream);
+}
+
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+bool cpu_has_avx512() {
+  static const bool avx512 = __builtin_cpu_supports("avx512f") &&
+                             __builtin_cpu_supports("avx512dq") &&
+                             __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+  return avx512;
+}
+
+__attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,prefer-vector-width=512"))) void
+fill_words_avx512(uint32_t* out, int64_t blocks, const CandidateStream stream) {
+  fill_words_body(out, blocks, stream);
+}
+
+// Integer work only: the floating-point Gumbel keys stay in the portable build, whose operations
+// (no fused multiply-add) match the reference bit for bit.
+void fill_words(uint32_t* out, int64_t blocks, const CandidateStream stream) {
+  if (cpu_has_avx512()) fill_words_avx512(out, blocks, stream);
+  else fill_words_portable(out, blocks, stream);
+}
+#else
+void fill_words(uint32_t* out, int64_t blocks, const CandidateStream stream) {
+  fill_words_portable(out, blocks, stream);
+}
+#endif
+
 template <typename key_t>
 struct Entry {
   key_t key;
@@ -51,7 +90,8 @@ template <typename key_t>
 struct Workspace {
   std::vector<key_t> keys;
   std::vector<Entry<key_t>> boundary;
-  std::vector<uint8_t> flags;  // positions in the bucket of the cut
+  std::vector<uint32_t> words;  // Philox output of the row
+  std::vector<uint8_t> flags;   // positions in the bucket of the cut
   std::vector<uint8_t> row;    // the 0/1 row before packing
 };
 
@@ -258,10 +298,7 @@ uniform_row_avx512(const CandidateStream& primary, const UniformTieKey& tie, int
 
 void uniform_row(const CandidateStream& primary, const UniformTieKey& tie, int64_t n, int64_t k,
                  Workspace<uint8_t>& ws, uint8_t* row) {
-  static const bool avx512 = __builtin_cpu_supports("avx512f") &&
-                             __builtin_cpu_supports("avx512dq") &&
-                             __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
-  if (avx512) uniform_row_avx512(primary, tie, n, k, ws, row);
+  if (cpu_has_avx512()) uniform_row_avx512(primary, tie, n, k, ws, row);
   else uniform_row_portable(primary, tie, n, k, ws, row);
 }
 #else
@@ -324,13 +361,13 @@ at::Tensor gumbel_topk_mask_cpu(const at::Tensor& weights, const at::Tensor& k, 
       const scalar_t* w = data + r * n;
       const CandidateStream draws(seed, static_cast<uint64_t>(first_candidate + r), stream,
                                   kGumbelUniform);
-      for (int64_t j = 0; j < n; j += 2) {
-        const Philox4 bits = draws.block(static_cast<uint32_t>(j >> 1));
-        ws.keys[j] = ~ordered_key(gumbel_key(bits.word[0], bits.word[1], static_cast<double>(w[j])));
-        if (j + 1 < n) {
-          ws.keys[j + 1] =
-              ~ordered_key(gumbel_key(bits.word[2], bits.word[3], static_cast<double>(w[j + 1])));
-        }
+      // Position j draws words 2j and 2j + 1: words 2 (j % 2) and 2 (j % 2) + 1 of block j / 2.
+      const int64_t blocks = (n + 1) / 2;
+      ws.words.resize(4 * blocks);
+      fill_words(ws.words.data(), blocks, draws);
+      const uint32_t* words = ws.words.data();
+      for (int64_t j = 0; j < n; ++j) {
+        ws.keys[j] = ~ordered_key(gumbel_key(words[2 * j], words[2 * j + 1], static_cast<double>(w[j])));
       }
       select_smallest(ws.keys.data(), n, k_row[r], NoTieKey{}, ws, row);
     });
