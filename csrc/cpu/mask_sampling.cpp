@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <bit>
 #include <cstring>
 #include <iterator>
 #include <tuple>
@@ -124,8 +125,9 @@ constexpr size_t kSortBelow = 32;
 // select, 8 bits at a time: the first pass runs over the row, later ones only over the bucket
 // that holds the cut, until it is small enough to sort.
 template <typename key_t, typename TieFn>
-SPARSENAS_ALWAYS_INLINE void select_smallest(const key_t* keys, int64_t n, int64_t k, const TieFn& tie,
-                     Workspace<key_t>& ws, uint8_t* __restrict out) {
+SPARSENAS_ALWAYS_INLINE void select_smallest(const key_t* keys, int64_t n, int64_t k,
+                                             const TieFn& tie, Workspace<key_t>& ws,
+                                             uint8_t* __restrict out) {
   if (k == 0 || k == n) {
     std::memset(out, k == 0 ? 0 : 1, n);
     return;
@@ -193,7 +195,7 @@ SPARSENAS_ALWAYS_INLINE void select_smallest(const key_t* keys, int64_t n, int64
     if ((words[0] | words[1] | words[2] | words[3]) == 0) continue;
     for (int w = 0; w < 4; ++w) {
       for (uint64_t bits = words[w]; bits != 0; bits &= bits - 1) {  // flag bytes are 0 or 1
-        const int64_t t = i + 8 * w + (__builtin_ctzll(bits) >> 3);
+        const int64_t t = i + 8 * w + (std::countr_zero(bits) >> 3);
         boundary.push_back({keys[t], 0, t});
       }
     }
