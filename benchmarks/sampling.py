@@ -11,6 +11,7 @@ the fastest baseline's time over ours (> 1: we are faster).
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Callable
 
 import torch
@@ -127,9 +128,11 @@ def main() -> None:
         rows += bench_uniform(64, 65536, 6554, device, min_run_time)
         rows += bench_topk(1024, 4096, 2048, device, min_run_time)
         rows += bench_gumbel(1024, 4096, 205, device, min_run_time)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     notes = ("speedup_vs_fastest_baseline = fastest baseline time / method time, same problem, same "
              f"run, {torch.get_num_threads()} torch thread(s) for every method. SPEC §6 target for "
-             "exact-k 1024 x 4096 on CPU: >= 10.")
+             f"exact-k 1024 x 4096 on CPU: >= 10. Machine load average at the end: {load:.1f} "
+             f"on {os.cpu_count()} cores (a shared machine: timings of parallel methods suffer most).")
     name = "sampling" + ("_quick" if args.quick else "")
     if args.threads is not None:
         name += f"_{args.threads}thread"
