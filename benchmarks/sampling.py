@@ -11,6 +11,7 @@ the fastest baseline's time over ours (> 1: we are faster).
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Callable
 
 import torch
@@ -112,8 +113,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="two problem sizes, short timings")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads for every method (default: torch's choice)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     min_run_time = 0.05 if args.quick else 0.3
     rows: list[dict] = []
     rows += bench_uniform(1024, 4096, 2048, device, min_run_time)
@@ -123,9 +128,15 @@ def main() -> None:
         rows += bench_uniform(64, 65536, 6554, device, min_run_time)
         rows += bench_topk(1024, 4096, 2048, device, min_run_time)
         rows += bench_gumbel(1024, 4096, 205, device, min_run_time)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     notes = ("speedup_vs_fastest_baseline = fastest baseline time / method time, same problem, same "
-             "run. SPEC §6 target for exact-k 1024 x 4096 on CPU: >= 10.")
-    path = write_results("sampling" + ("_quick" if args.quick else ""), device, rows, COLUMNS, notes)
+             f"run, {torch.get_num_threads()} torch thread(s) for every method. SPEC §6 target for "
+             f"exact-k 1024 x 4096 on CPU: >= 10. Machine load average at the end: {load:.1f} "
+             f"on {os.cpu_count()} cores (a shared machine: timings of parallel methods suffer most).")
+    name = "sampling" + ("_quick" if args.quick else "")
+    if args.threads is not None:
+        name += f"_{args.threads}thread"
+    path = write_results(name, device, rows, COLUMNS, notes)
     print(f"results: {path}")
 
 

@@ -113,8 +113,9 @@ def test_gumbel_native_matches_reference(device, rows, n, dtype):
         assert torch.equal(native.cpu(), _reference.gumbel_topk_mask(weights, k, -5, 40, 9, packed))
 
 
-def test_uniform_tie_keys_decide_equal_primary_keys():
-    # 2^17 positions: about one pair of equal 32-bit primary keys per row, resolved by tie keys.
+def test_uniform_wide_rows_match_reference():
+    # 2^17 positions: ~512 positions share each 8-bit primary key, so the cut is decided by the
+    # tie keys of a large group.
     k = torch.tensor([1 << 16, 1 << 15, 3])
     n = 1 << 17
     assert torch.equal(torch.ops.sparsenas.uniform_k_mask(k, n, 11, 0, 0, False),

@@ -2,8 +2,10 @@
 // Batched mask sampling (SPEC §2.3): B rows of n positions, k_r of them selected in row r.
 //
 //   uniform_k_mask(k [B], n, seed, first_candidate, stream, packed): k_r positions uniformly at
-//       random; row r is candidate first_candidate + r, selected = the k_r smallest of the keys
-//       (Philox primary key, Philox tie key, position) of sparsenas/common/philox.h.
+//       random; row r is candidate first_candidate + r, selected = the k_r smallest in the order
+//       (8-bit primary key, 32-bit tie key, position), the keys being Philox draws of
+//       (seed, candidate, stream) as laid out in csrc/common/philox.h. Every k-subset is equally
+//       likely up to ties of the 40 random bits (probability ~ n^2 / 2^41 per row).
 //   topk_mask(scores [B, n], k [B], packed): the k_r largest scores, ties to the lower position,
 //       NaN above +inf.
 //   gumbel_topk_mask(weights [B, n], k [B], seed, first_candidate, stream, packed): k_r positions

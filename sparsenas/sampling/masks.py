@@ -68,7 +68,8 @@ def uniform_k_masks(
     device: torch.device | str = "cpu",
 ) -> Tensor:
     """Masks of B = ``num_candidates`` rows of ``n`` positions with exactly k ones per row, each
-    k-subset equally likely.
+    k-subset equally likely (positions are ranked by 40 random bits each; an exact tie, about
+    n^2 / 2^41 per row, goes to the lower position).
 
     Shapes: k int or integer tensor [B] (one count per row) -> bool [B, n], or uint8
     [B, ceil(n / 8)] with ``packed``. Row r is candidate ``first_candidate + r`` and depends only on
