@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     batches = [1, 16] if args.quick else [1, 4, 16, 64, 256]
     candidate_batches = [1] if args.quick else [1, 4, 16]
     min_run_time = 0.05 if args.quick else 0.2
-    rounds = 1 if args.quick else 3
+    rounds = 1 if args.quick else 5
     rows = []
     for batch in batches:
         rows += _measure("1 mask", batch, *_single_mask_methods(batch, device), device,
@@ -146,7 +146,11 @@ def main(argv: list[str] | None = None) -> None:
                  f"mask density {DENSITY}. 'vs floor': time / dense F.conv2d (1 mask) or / the "
                  f"loop over K (K masks); 'speedup vs baseline': F.conv2d(x, w*mask) time / "
                  f"method time (1 mask), loop-over-K time / method time (K masks). fwd+bwd "
-                 f"computes the gradients of x and w.")
+                 f"computes the gradients of x and w. Each time is the best of {rounds} alternating "
+                 f"rounds of medians (the machine is shared). 'peak MiB' is the harness's "
+                 f"profiler-based figure, which counts an allocation once per enclosing op, so "
+                 f"methods with deeper op nesting (the custom op's autograd wrapper) read higher "
+                 f"than what they allocate.")
         path = write_results("masked_conv2d", device, rows,
                              ["form", "pass", "batch", "method", "ms", "vs floor",
                               "speedup vs baseline", "peak MiB"], notes)
