@@ -194,6 +194,15 @@ def test_gradcheck_float64(device, candidates):
     assert torch.autograd.gradcheck(lambda *t: masked_conv2d(*t, *geometry), tensors)
 
 
+def test_double_backward_raises_instead_of_returning_wrong_values(device):
+    x, weight, mask, bias, geometry = _inputs(CONFIGS[0], device, torch.float64, "soft")
+    x.requires_grad_(), weight.requires_grad_()
+    out = masked_conv2d(x, weight, mask, bias, *geometry)
+    (grad_x,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
+    with pytest.raises(NotImplementedError, match="double backward"):
+        grad_x.sum().backward()
+
+
 def _opcheck_samples(device):
     samples = []
     small, grouped = (1, 2, 4, 4, 2, 2, 2, 1, 1, 1, 1), (1, 4, 5, 4, 4, 3, 2, 2, (1, 0), 1, 2)
