@@ -10,6 +10,16 @@ import torch
 from sparsenas._extension import has_native_kernel
 from sparsenas.ops import _reference, masked_conv2d, pack_mask
 
+
+@pytest.fixture(autouse=True)
+def _exact_float32_convolutions():
+    # cuDNN may run float32 convolutions in TF32 (10-bit mantissa); the comparisons here are
+    # between different convolution calls, so they need full float32 on both sides.
+    previous = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = previous
+
 # (N, C, H, W, out, kh, kw, stride, padding, dilation, groups)
 CONFIGS = [
     (2, 4, 8, 8, 6, 3, 3, 1, 1, 1, 1),
@@ -192,6 +202,15 @@ def test_gradcheck_float64(device, candidates):
                                               bias_per_candidate=candidates is not None)
     tensors = [t.requires_grad_() for t in (x, weight, mask, bias)]
     assert torch.autograd.gradcheck(lambda *t: masked_conv2d(*t, *geometry), tensors)
+
+
+def test_double_backward_raises_instead_of_returning_wrong_values(device):
+    x, weight, mask, bias, geometry = _inputs(CONFIGS[0], device, torch.float64, "soft")
+    x.requires_grad_(), weight.requires_grad_()
+    out = masked_conv2d(x, weight, mask, bias, *geometry)
+    (grad_x,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
+    with pytest.raises(NotImplementedError, match="double backward"):
+        grad_x.sum().backward()
 
 
 def _opcheck_samples(device):

@@ -9,6 +9,16 @@ from torch import nn
 from sparsenas.nn import MaskedConv2d, MaskedLinear, convert_to_dense, convert_to_masked
 
 
+@pytest.fixture(autouse=True)
+def _exact_float32_convolutions():
+    # cuDNN may run float32 convolutions in TF32 (10-bit mantissa); the comparisons here are
+    # between different convolution calls, so they need full float32 on both sides.
+    previous = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = previous
+
+
 def _random_mask(shape, seed=0, device="cpu"):
     return (torch.rand(shape, generator=torch.Generator().manual_seed(seed)) < 0.5).to(device)
 

@@ -279,15 +279,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backwar
   at::Tensor grad_x = empty, grad_weight = empty, grad_mask = empty, grad_bias = empty;
   const auto blocks = conv_blocks(g);
   const bool single_block = blocks.size() == 1 && blocks[0].in_count == g.in_channels;
-  if (need_x) grad_x = single_block ? at::empty(x.sizes(), x.options()) : at::zeros(x.sizes(), x.options());
+  // With a single block of the single form, grad_x is the convolution's own result (no copy).
+  const bool has_work = (need_x || need_effective) && !blocks.empty() && g.batch > 0 && K > 0;
+  const bool grad_x_in_place = has_work && single_block && !g.candidate_form;
+  if (need_x && !grad_x_in_place)
+    grad_x = single_block ? at::empty(x.sizes(), x.options()) : at::zeros(x.sizes(), x.options());
   if (need_w) grad_weight = at::zeros(weight.sizes(), weight.options());
   if (need_m) grad_mask = at::zeros(mask.sizes(), weight.options());
 
-  if ((need_x || need_effective) && !blocks.empty() && g.batch > 0 && K > 0) {
+  if (has_work) {
     const auto views = candidate_views(g, weight, mask, packed);
     const auto x_k = g.candidate_form ? x : x.unsqueeze(0);
     const auto grad_k = g.candidate_form ? grad : grad.unsqueeze(0);
-    const auto grad_x_k = !need_x ? empty : g.candidate_form ? grad_x : grad_x.unsqueeze(0);
+    const auto grad_x_k = !need_x || grad_x_in_place ? empty
+                          : g.candidate_form           ? grad_x
+                                                       : grad_x.unsqueeze(0);
     const auto grad_weight_k =
         !need_w ? empty : grad_weight.view({g.weight_per_candidate ? K : 1, g.out_channels, g.fan_in});
     const auto grad_mask_k = !need_m ? empty : grad_mask.view({K, g.out_channels, g.fan_in});
@@ -299,7 +305,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backwar
       const auto gk = grad_k.select(0, k);
       at::Tensor effective;  // ∂L/∂W_eff of candidate k, [out, C / groups, kh, kw]
       if (need_x) {
-        const auto gxk = grad_x_k.select(0, k);
+        const auto gxk = grad_x_in_place ? empty : grad_x_k.select(0, k);
         for (const auto& b : blocks) {
           auto block = workspace.narrow(0, 0, b.rows);
           kernels.fill_masked_rows(wk, mk, packed, b.row0, block);
@@ -311,6 +317,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backwar
               c10::nullopt, stride, padding, dilation, false, {0, 0}, b.conv_groups,
               {true, with_effective, false});
           if (with_effective) effective = std::get<1>(grads);
+          if (grad_x_in_place) {
+            grad_x = std::get<0>(grads).contiguous();
+            continue;
+          }
           auto target = b.in_count == g.in_channels ? gxk : gxk.narrow(1, b.in0, b.in_count);
           if (single_block) target.copy_(std::get<0>(grads));
           else target.add_(std::get<0>(grads));

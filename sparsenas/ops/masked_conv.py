@@ -97,3 +97,13 @@ if native is not None:
     torch.library.register_autograd(
         "sparsenas::masked_conv2d", _masked_conv2d_backward, setup_context=_masked_conv2d_setup
     )
+
+    def _masked_conv2d_double_backward(ctx, *grads):
+        # Without this, autograd would differentiate through the kernel's inner aten calls only
+        # and return silently wrong second derivatives.
+        raise NotImplementedError(
+            "masked_conv2d(): double backward (differentiating gradients taken with "
+            "create_graph=True) is not supported")
+
+    torch.library.register_autograd("sparsenas::masked_conv2d_backward",
+                                    _masked_conv2d_double_backward)
