@@ -44,8 +44,8 @@ def time_call(fn: Callable[[], object], device: torch.device, min_run_time: floa
 
 
 def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> int:
-    """Peak bytes allocated during one call: CUDA allocator peak on GPU; on CPU the peak of
-    torch's CPU allocations as seen by the profiler's memory tracking."""
+    """Peak bytes allocated during one call: the CUDA allocator's peak on GPU; on CPU the running
+    sum of every profiler event's own (self) allocations and frees, in time order."""
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -58,11 +58,9 @@ def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> int:
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     peak = current = 0
-    events = sorted(
-        (e for e in prof.events() if e.cpu_memory_usage != 0), key=lambda e: e.time_range.start
-    )
-    for event in events:
-        current += event.cpu_memory_usage
+    # Self (not inclusive) usage: an allocation made inside nested ops is counted once.
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        current += event.self_cpu_memory_usage
         peak = max(peak, current)
     return peak
 
