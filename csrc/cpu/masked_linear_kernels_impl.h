@@ -277,7 +277,7 @@ void fused_forward(const FusedForwardArgs& a, int64_t begin, int64_t end) {
   }
 }
 
-constexpr int64_t kGradInputVectors = 2;  // vectors per column block of fused_grad_input
+constexpr int64_t kGradInputVectors = 4;  // vectors per column block of fused_grad_input
 
 // kR gradient rows x one column block: acc[r][v] += grad_t[o, r] * masked W[o, block v], o < out.
 template <int64_t kR, bool kFull, typename scalar_t, MaskKind kind>
@@ -318,7 +318,7 @@ template <bool kFull, typename scalar_t, MaskKind kind>
 void grad_input_rows(const FusedGradInputArgs& a, int64_t k, int64_t c0, int64_t n_cols) {
   using Vec = Vectorized<at::opmath_type<scalar_t>>;
   // Accumulators: kR x kGradInputVectors registers (of 32 with AVX-512, 16 with AVX2).
-  constexpr int64_t kR = sizeof(Vec) >= 64 ? 8 : 4;
+  constexpr int64_t kR = sizeof(Vec) >= 64 ? 6 : 2;
   int64_t r0 = 0;
   for (; r0 + kR <= a.rows; r0 += kR) grad_input_block<kR, kFull, scalar_t, kind>(a, k, r0, c0, n_cols);
   switch (a.rows - r0) {
@@ -327,9 +327,7 @@ void grad_input_rows(const FusedGradInputArgs& a, int64_t k, int64_t c0, int64_t
     case 2: grad_input_block<2, kFull, scalar_t, kind>(a, k, r0, c0, n_cols); break;
     case 3: grad_input_block<3, kFull, scalar_t, kind>(a, k, r0, c0, n_cols); break;
     case 4: grad_input_block<4, kFull, scalar_t, kind>(a, k, r0, c0, n_cols); break;
-    case 5: grad_input_block<5, kFull, scalar_t, kind>(a, k, r0, c0, n_cols); break;
-    case 6: grad_input_block<6, kFull, scalar_t, kind>(a, k, r0, c0, n_cols); break;
-    default: grad_input_block<7, kFull, scalar_t, kind>(a, k, r0, c0, n_cols); break;
+    default: grad_input_block<5, kFull, scalar_t, kind>(a, k, r0, c0, n_cols); break;
   }
 }
 
