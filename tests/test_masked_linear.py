@@ -4,6 +4,10 @@ torch.compile, and a table of bad inputs."""
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -104,8 +108,10 @@ def test_several_cache_tiles(device, mask_format, form):
     assert_matches_reference(*args)
 
 
-@pytest.mark.parametrize("rows", [(1,), (4,), (16,), (24,), (25,)])
+@pytest.mark.parametrize("rows", [(1,), (4,), (16,), (17,), (300,)])
 def test_fused_and_tiled_paths_agree_at_the_switch(device, rows):
+    # Direct and buffered fused forward, the weight gradient's switch to tiles at 16 rows and
+    # the forward's chunks of 128 rows.
     assert_matches_reference(*make_inputs(device, torch.float32, "packed", rows, 129, 67, "shared",
                                           requires_grad=True))
 
@@ -147,6 +153,23 @@ def test_empty_inputs(device, mask_format, rows, in_features, out_features, form
     args = make_inputs(device, torch.float32, mask_format, rows, in_features, out_features, form,
                        requires_grad=True)
     assert_matches_reference(*args)
+
+
+@pytest.mark.skipif(not has_native_kernel("masked_linear", "cpu"), reason="extension not built")
+def test_portable_kernels_without_simd():
+    # ATen's capability picks the kernels; the portable ones switch to tiles + GEMM beyond 16 rows.
+    code = (
+        "import torch, sys; sys.path.insert(0, 'tests');"
+        "from test_masked_linear import make_inputs, assert_matches_reference\n"
+        "for mask_format in ('bool', 'packed', 'soft'):\n"
+        "    for rows in ((3,), (40,)):\n"
+        "        assert_matches_reference(*make_inputs('cpu', torch.float32, mask_format, rows, 70,"
+        " 21, 'shared', requires_grad=True))\n"
+        "print(torch.backends.cpu.get_cpu_capability())")
+    env = dict(os.environ, ATEN_CPU_CAPABILITY="default")
+    out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True,
+                         text=True, cwd=Path(__file__).resolve().parent.parent).stdout
+    assert out.strip().endswith("DEFAULT")
 
 
 def test_zero_candidates(device):

@@ -14,6 +14,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <limits>
 #include <string>
 
 #include "common/checks.h"
@@ -25,9 +26,17 @@ namespace {
 
 using cpu::MaskKind;
 
-// Up to this many x rows per candidate the fused kernel beats masked tiles + GEMM (measured with
-// benchmarks/masked_linear.py on a 1024 x 1024 layer).
-constexpr int64_t kFusedMaxRows = 24;
+// Up to this many rows per candidate the fused kernels beat masked tiles + GEMM (measured on a
+// 1024 x 1024 layer with benchmarks/masked_linear.py and per-op timings): with AVX2 / AVX-512
+// kernels the fused forward and input gradient run near the FMA peak and beat the BLAS at every
+// batch size; the weight gradient is an outer product, which the GEMM does better beyond 16 rows.
+// The portable kernels switch to tiles + GEMM early.
+int64_t fused_max_rows(const cpu::Kernels& kern) {
+  return kern.vectorized ? std::numeric_limits<int64_t>::max() : 16;
+}
+constexpr int64_t kFusedGradWeightMaxRows = 16;
+// The fused forward runs over chunks of this many x rows, whose opmath copy stays in L2.
+constexpr int64_t kFusedChunkRows = 128;
 // Elements of one masked tile: 256 K floats = 1 MiB, half of a typical L2.
 constexpr int64_t kTileElements = 1 << 18;
 
@@ -102,10 +111,12 @@ void mask_multiply(const cpu::Kernels& kern, const void* src, int64_t src_ld, co
   });
 }
 
-// x [K, rows, in] as opmath [K, rows, in_stride], zero padded (the fused kernels' layout).
+// x [K, rows, in] (contiguous) as opmath [K, rows, in_stride], zero padded (the fused kernels'
+// layout); x itself when it already is.
 at::Tensor padded_opmath_rows(const at::Tensor& x3) {
   const int64_t in = x3.size(2);
   const int64_t in_stride = (in + cpu::kFusedAlign - 1) / cpu::kFusedAlign * cpu::kFusedAlign;
+  if (in_stride == in && at::toOpMathType(x3.scalar_type()) == x3.scalar_type()) return x3;
   auto buffer = at::empty({x3.size(0), x3.size(1), in_stride},
                           x3.options().dtype(at::toOpMathType(x3.scalar_type())));
   buffer.narrow(2, 0, in).copy_(x3);
@@ -136,21 +147,39 @@ at::Tensor masked_linear_cpu(const at::Tensor& x, const at::Tensor& weight, cons
   const auto& kern = kernels(x.scalar_type(), mask_kind(mask, packed));
   auto x3 = x.contiguous().view({K, rows, in});
 
-  if (rows <= kFusedMaxRows) {
+  if (rows <= fused_max_rows(kern)) {
     auto xbuf = padded_opmath_rows(x3);
     const int64_t in_stride = xbuf.size(2);
     const int64_t blocks = (out_f + cpu::kFusedOutBlock - 1) / cpu::kFusedOutBlock;
-    const cpu::FusedForwardArgs args{xbuf.const_data_ptr(), w.tensor.const_data_ptr(),
-                                     w.candidate_stride, m.tensor.const_data_ptr(),
-                                     m.candidate_stride, m.ld,
-                                     has_bias ? b.const_data_ptr() : nullptr,
-                                     g.bias_per_candidate ? out_f : 0, out.data_ptr(), rows, in,
-                                     in_stride, out_f, blocks};
-    const int64_t grain =
-        std::max<int64_t>(1, 65536 / (cpu::kFusedOutBlock * in_stride * rows));
-    at::parallel_for(0, K * blocks, grain, [&](int64_t begin, int64_t end) {
-      kern.fused_forward(args, begin, end);
-    });
+    auto run = [&](const cpu::FusedForwardArgs& args, int64_t items, int64_t chunk_rows) {
+      const int64_t grain =
+          std::max<int64_t>(1, 65536 / (cpu::kFusedOutBlock * in_stride * std::max<int64_t>(chunk_rows, 1)));
+      at::parallel_for(0, items, grain, [&](int64_t begin, int64_t end) {
+        kern.fused_forward(args, begin, end);
+      });
+    };
+    const char* bias_data = has_bias ? static_cast<const char*>(b.const_data_ptr()) : nullptr;
+    const int64_t bias_stride = g.bias_per_candidate ? out_f : 0;
+    if (rows <= kFusedChunkRows) {
+      run({xbuf.const_data_ptr(), w.tensor.const_data_ptr(), w.candidate_stride,
+           m.tensor.const_data_ptr(), m.candidate_stride, m.ld, bias_data, bias_stride,
+           out.data_ptr(), rows, in, in_stride, out_f, blocks},
+          K * blocks, rows);
+      return out.view(g.output_shape);
+    }
+    // Chunks of rows, one candidate at a time: each chunk's x stays in L2 while every masked
+    // weight row is multiplied into it.
+    for (int64_t k = 0; k < K; ++k) {
+      for (int64_t r0 = 0; r0 < rows; r0 += kFusedChunkRows) {
+        const int64_t n = std::min(kFusedChunkRows, rows - r0);
+        run({static_cast<const char*>(xbuf.const_data_ptr()) + (k * rows + r0) * in_stride * xbuf.element_size(),
+             w.at(k, 0, 0), 0, m.at(k, 0, 0), 0, m.ld,
+             bias_data ? bias_data + k * bias_stride * b.element_size() : nullptr, 0,
+             static_cast<char*>(out.data_ptr()) + (k * rows + r0) * out_f * out.element_size(), n,
+             in, in_stride, out_f, blocks},
+            blocks, n);
+      }
+    }
     return out.view(g.output_shape);
   }
 
@@ -189,7 +218,7 @@ at::Tensor masked_linear_grad_input_cpu(const at::Tensor& grad, const at::Tensor
   const auto m = mask_operand(mask, g, packed);
   const auto& kern = kernels(grad.scalar_type(), mask_kind(mask, packed));
   auto g3 = grad.contiguous().view({K, rows, out_f});
-  if (rows <= kFusedMaxRows) {
+  if (rows <= fused_max_rows(kern)) {
     auto grad_t = transposed_opmath(g3);
     const int64_t col_blocks = (in + kern.grad_input_block_cols - 1) / kern.grad_input_block_cols;
     const cpu::FusedGradInputArgs args{grad_t.const_data_ptr(), w.tensor.const_data_ptr(),
@@ -249,7 +278,7 @@ std::tuple<at::Tensor, at::Tensor> masked_linear_grad_weight_cpu(
   const auto& by_weight = kernels(x.scalar_type(), MaskKind::kSoft);
   auto x3 = x.contiguous().view({K, rows, in});
   auto g3 = grad.contiguous().view({K, rows, out_f});
-  if (rows <= kFusedMaxRows) {
+  if (rows <= kFusedGradWeightMaxRows) {
     auto xbuf = padded_opmath_rows(x3);
     auto grad_t = transposed_opmath(g3);
     const cpu::FusedGradWeightArgs args{

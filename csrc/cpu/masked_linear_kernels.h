@@ -105,6 +105,7 @@ struct Kernels {
   FusedGradInputFn fused_grad_input;
   FusedGradWeightFn fused_grad_weight;
   int64_t grad_input_block_cols;  // columns per block of fused_grad_input
+  bool vectorized;                // AVX2 / AVX-512 (false: the portable build)
 };
 
 namespace DEFAULT {

@@ -416,7 +416,13 @@ Kernels kernels_for_kind() {
   using Vec = Vectorized<at::opmath_type<scalar_t>>;
   return {&mask_multiply<scalar_t, kind>, &fused_forward<scalar_t, kind>,
           &fused_grad_input<scalar_t, kind>, &fused_grad_weight<scalar_t, kind>,
-          kGradInputVectors * Vec::size()};
+          kGradInputVectors * Vec::size(),
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+          true
+#else
+          false
+#endif
+  };
 }
 
 template <typename scalar_t>
