@@ -300,6 +300,8 @@ def bad_inputs(device):
         ("mask int32", (x, weight, mask.int(), None, False), TypeError, "'mask'"),
         ("soft mask dtype", (x, weight, mask.double(), None, False), TypeError, "'mask'"),
         ("integer x", (x.long(), weight.long(), mask, None, False), TypeError, "'x'"),
+        ("float8 x", (x.to(torch.float8_e4m3fn), weight.to(torch.float8_e4m3fn), mask, None,
+                      False), TypeError, "'x'"),
         ("weight dtype", (x, weight.double(), mask, None, False), TypeError, "'weight'"),
         ("bias dtype", (x, weight, mask, bias.double(), False), TypeError, "'bias'"),
         ("packed width", (x, weight, torch.zeros(3, 2, dtype=torch.uint8, device=device), None,

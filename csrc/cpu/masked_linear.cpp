@@ -26,14 +26,16 @@ namespace {
 
 using cpu::MaskKind;
 
-// Up to this many rows per candidate the fused kernels beat masked tiles + GEMM (measured on a
-// 1024 x 1024 layer with benchmarks/masked_linear.py and per-op timings): with AVX2 / AVX-512
-// kernels the fused forward and input gradient run near the FMA peak and beat the BLAS at every
-// batch size; the weight gradient is an outer product, which the GEMM does better beyond 16 rows.
-// The portable kernels switch to tiles + GEMM early.
-int64_t fused_max_rows(const cpu::Kernels& kern) {
+// Up to these many rows per candidate the fused kernels beat masked tiles + GEMM (measured on a
+// 1024 x 1024 layer with benchmarks/masked_linear.py and per-op timings). With AVX2 / AVX-512
+// the fused forward runs near the FMA peak and beats the BLAS at every batch size; the fused
+// input gradient re-reads its weight strip from L2 for every few rows and loses beyond a few
+// hundred rows; the fused weight gradient (an outer product per output row) wins up to 16 rows
+// when it reads one candidate's x per row. The portable kernels switch to tiles + GEMM early.
+int64_t fused_forward_max_rows(const cpu::Kernels& kern) {
   return kern.vectorized ? std::numeric_limits<int64_t>::max() : 16;
 }
+int64_t fused_grad_input_max_rows(const cpu::Kernels& kern) { return kern.vectorized ? 256 : 16; }
 constexpr int64_t kFusedGradWeightMaxRows = 16;
 // The fused forward runs over chunks of this many x rows, whose opmath copy stays in L2.
 constexpr int64_t kFusedChunkRows = 128;
@@ -147,7 +149,7 @@ at::Tensor masked_linear_cpu(const at::Tensor& x, const at::Tensor& weight, cons
   const auto& kern = kernels(x.scalar_type(), mask_kind(mask, packed));
   auto x3 = x.contiguous().view({K, rows, in});
 
-  if (rows <= fused_max_rows(kern)) {
+  if (rows <= fused_forward_max_rows(kern)) {
     auto xbuf = padded_opmath_rows(x3);
     const int64_t in_stride = xbuf.size(2);
     const int64_t blocks = (out_f + cpu::kFusedOutBlock - 1) / cpu::kFusedOutBlock;
@@ -218,7 +220,7 @@ at::Tensor masked_linear_grad_input_cpu(const at::Tensor& grad, const at::Tensor
   const auto m = mask_operand(mask, g, packed);
   const auto& kern = kernels(grad.scalar_type(), mask_kind(mask, packed));
   auto g3 = grad.contiguous().view({K, rows, out_f});
-  if (rows <= fused_max_rows(kern)) {
+  if (rows <= fused_grad_input_max_rows(kern)) {
     auto grad_t = transposed_opmath(g3);
     const int64_t col_blocks = (in + kern.grad_input_block_cols - 1) / kern.grad_input_block_cols;
     const cpu::FusedGradInputArgs args{grad_t.const_data_ptr(), w.tensor.const_data_ptr(),
@@ -278,7 +280,8 @@ std::tuple<at::Tensor, at::Tensor> masked_linear_grad_weight_cpu(
   const auto& by_weight = kernels(x.scalar_type(), MaskKind::kSoft);
   auto x3 = x.contiguous().view({K, rows, in});
   auto g3 = grad.contiguous().view({K, rows, out_f});
-  if (rows <= kFusedGradWeightMaxRows) {
+  // A weight shared by K > 1 candidates would make every output row read all K candidates' x.
+  if (rows <= kFusedGradWeightMaxRows && (K == 1 || g.weight_per_candidate)) {
     auto xbuf = padded_opmath_rows(x3);
     auto grad_t = transposed_opmath(g3);
     const cpu::FusedGradWeightArgs args{
