@@ -1,7 +1,8 @@
 // CPU kernels of masked_linear and its gradient ops. No full masked copy of W is ever written:
-// - few rows per candidate: a fused kernel streams each weight row and its mask once, keeps the
-//   masked row in L1 (opmath) and multiplies it into every x row (masked_linear_kernels_impl.h);
-// - many rows: the masked weight is built one cache-sized tile at a time and a GEMM reads it
+// - fused kernels (masked_linear_kernels_impl.h, SIMD per CPU capability) stream each weight
+//   row and its mask once, apply the mask in registers / L1 (opmath) and multiply it into the x
+//   (or gradient) rows; which row counts they serve is set below, by measurement;
+// - otherwise the masked weight is built one cache-sized tile at a time and a GEMM reads it
 //   while it is still in cache (tiles of output rows for the forward and the weight gradient,
 //   tiles of input columns for the input gradient, so that every GEMM sums over its whole
 //   reduction dimension at once and the result is written, never accumulated).
@@ -14,6 +15,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <limits>
 #include <string>
 
@@ -237,11 +239,11 @@ at::Tensor masked_linear_grad_input_cpu(const at::Tensor& grad, const at::Tensor
   // Column tiles of the masked weight: [out, cols], each a complete GEMM over out.
   const int64_t tile_cols = tile_extent(out_f, in);
   auto tile = at::empty({out_f, tile_cols}, grad.options());
-  const bool bits = packed;
   for (int64_t k = 0; k < K; ++k) {
     for (int64_t c0 = 0; c0 < in; c0 += tile_cols) {
       const int64_t n = std::min(tile_cols, in - c0);
-      mask_multiply(kern, w.at(k, 0, c0), in, m.at(k, 0, bits ? c0 / 8 : c0), m.ld,
+      // A packed row's column c0 (a multiple of 16) starts at byte c0 / 8.
+      mask_multiply(kern, w.at(k, 0, c0), in, m.at(k, 0, packed ? c0 / 8 : c0), m.ld,
                     tile.data_ptr(), tile_cols, out_f, n, false, false);
       auto dst = result[k].narrow(1, c0, n);
       at::mm_out(dst, g3[k], tile.narrow(1, 0, n));
