@@ -31,14 +31,12 @@ using cpu::MaskKind;
 // Up to these many rows per candidate the fused kernels beat masked tiles + GEMM (measured on a
 // 1024 x 1024 layer with benchmarks/masked_linear.py and per-op timings). With AVX2 / AVX-512
 // the fused forward runs near the FMA peak and beats the BLAS at every batch size; the fused
-// input gradient re-reads its weight strip from L2 for every few rows and loses beyond a few
-// hundred rows; the fused weight gradient (an outer product per output row) wins up to 16 rows
-// when it reads one candidate's x per row. The portable kernels switch to tiles + GEMM early.
+// gradients re-read a weight strip or x from cache for every few rows and are kept to a few
+// hundred rows. The portable kernels switch to tiles + GEMM early.
 int64_t fused_forward_max_rows(const cpu::Kernels& kern) {
   return kern.vectorized ? std::numeric_limits<int64_t>::max() : 16;
 }
-int64_t fused_grad_input_max_rows(const cpu::Kernels& kern) { return kern.vectorized ? 256 : 16; }
-constexpr int64_t kFusedGradWeightMaxRows = 16;
+int64_t fused_grad_max_rows(const cpu::Kernels& kern) { return kern.vectorized ? 256 : 16; }
 // The fused forward runs over chunks of this many x rows, whose opmath copy stays in L2.
 constexpr int64_t kFusedChunkRows = 128;
 // Elements of one masked tile: 256 K floats = 1 MiB, half of a typical L2.
@@ -222,7 +220,7 @@ at::Tensor masked_linear_grad_input_cpu(const at::Tensor& grad, const at::Tensor
   const auto m = mask_operand(mask, g, packed);
   const auto& kern = kernels(grad.scalar_type(), mask_kind(mask, packed));
   auto g3 = grad.contiguous().view({K, rows, out_f});
-  if (rows <= fused_grad_input_max_rows(kern)) {
+  if (rows <= fused_grad_max_rows(kern)) {
     auto grad_t = transposed_opmath(g3);
     const int64_t col_blocks = (in + kern.grad_input_block_cols - 1) / kern.grad_input_block_cols;
     const cpu::FusedGradInputArgs args{grad_t.const_data_ptr(), w.tensor.const_data_ptr(),
@@ -283,17 +281,17 @@ std::tuple<at::Tensor, at::Tensor> masked_linear_grad_weight_cpu(
   auto x3 = x.contiguous().view({K, rows, in});
   auto g3 = grad.contiguous().view({K, rows, out_f});
   // A weight shared by K > 1 candidates would make every output row read all K candidates' x.
-  if (rows <= kFusedGradWeightMaxRows && (K == 1 || g.weight_per_candidate)) {
+  if (rows <= fused_grad_max_rows(by_mask) && (K == 1 || g.weight_per_candidate)) {
     auto xbuf = padded_opmath_rows(x3);
     auto grad_t = transposed_opmath(g3);
     const cpu::FusedGradWeightArgs args{
         xbuf.const_data_ptr(), grad_t.const_data_ptr(), w.tensor.const_data_ptr(),
         w.candidate_stride, m.tensor.const_data_ptr(), m.candidate_stride, m.ld,
         weight_grad ? grad_weight.data_ptr() : nullptr, mask_grad ? grad_mask.data_ptr() : nullptr,
-        K, rows, in, xbuf.size(2), out_f, !g.weight_per_candidate};
-    const int64_t items = g.weight_per_candidate ? K * out_f : out_f;
-    const int64_t work_per_item = (g.weight_per_candidate ? 1 : K) * in * std::max<int64_t>(rows, 1);
-    at::parallel_for(0, items, std::max<int64_t>(1, 65536 / work_per_item),
+        rows, in, xbuf.size(2), out_f};
+    const int64_t blocks = (out_f + cpu::kFusedGradWeightRows - 1) / cpu::kFusedGradWeightRows;
+    const int64_t work_per_item = cpu::kFusedGradWeightRows * in * std::max<int64_t>(rows, 1);
+    at::parallel_for(0, K * blocks, std::max<int64_t>(1, 65536 / work_per_item),
                      [&](int64_t begin, int64_t end) { by_mask.fused_grad_weight(args, begin, end); });
     return {grad_weight, grad_mask};
   }
