@@ -1,7 +1,8 @@
 // CPU kernels of masked_linear and its gradient ops. No full masked copy of W is ever written:
-// - few rows per candidate: a fused kernel streams each weight row and its mask once, keeps the
-//   masked row in L1 (opmath) and multiplies it into every x row (masked_linear_kernels_impl.h);
-// - many rows: the masked weight is built one cache-sized tile at a time and a GEMM reads it
+// - fused kernels (masked_linear_kernels_impl.h, SIMD per CPU capability) stream each weight
+//   row and its mask once, apply the mask in registers / L1 (opmath) and multiply it into the x
+//   (or gradient) rows; which row counts they serve is set below, by measurement;
+// - otherwise the masked weight is built one cache-sized tile at a time and a GEMM reads it
 //   while it is still in cache (tiles of output rows for the forward and the weight gradient,
 //   tiles of input columns for the input gradient, so that every GEMM sums over its whole
 //   reduction dimension at once and the result is written, never accumulated).
@@ -14,6 +15,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
+#include <limits>
 #include <string>
 
 #include "common/checks.h"
@@ -25,9 +28,17 @@ namespace {
 
 using cpu::MaskKind;
 
-// Up to this many x rows per candidate the fused kernel beats masked tiles + GEMM (measured with
-// benchmarks/masked_linear.py on a 1024 x 1024 layer).
-constexpr int64_t kFusedMaxRows = 24;
+// Up to these many rows per candidate the fused kernels beat masked tiles + GEMM (measured on a
+// 1024 x 1024 layer with benchmarks/masked_linear.py and per-op timings). With AVX2 / AVX-512
+// the fused forward runs near the FMA peak and beats the BLAS at every batch size; the fused
+// gradients re-read a weight strip or x from cache for every few rows and are kept to a few
+// hundred rows. The portable kernels switch to tiles + GEMM early.
+int64_t fused_forward_max_rows(const cpu::Kernels& kern) {
+  return kern.vectorized ? std::numeric_limits<int64_t>::max() : 16;
+}
+int64_t fused_grad_max_rows(const cpu::Kernels& kern) { return kern.vectorized ? 256 : 16; }
+// The fused forward runs over chunks of this many x rows, whose opmath copy stays in L2.
+constexpr int64_t kFusedChunkRows = 128;
 // Elements of one masked tile: 256 K floats = 1 MiB, half of a typical L2.
 constexpr int64_t kTileElements = 1 << 18;
 
@@ -102,10 +113,12 @@ void mask_multiply(const cpu::Kernels& kern, const void* src, int64_t src_ld, co
   });
 }
 
-// x [K, rows, in] as opmath [K, rows, in_stride], zero padded (the fused kernels' layout).
+// x [K, rows, in] (contiguous) as opmath [K, rows, in_stride], zero padded (the fused kernels'
+// layout); x itself when it already is.
 at::Tensor padded_opmath_rows(const at::Tensor& x3) {
   const int64_t in = x3.size(2);
   const int64_t in_stride = (in + cpu::kFusedAlign - 1) / cpu::kFusedAlign * cpu::kFusedAlign;
+  if (in_stride == in && at::toOpMathType(x3.scalar_type()) == x3.scalar_type()) return x3;
   auto buffer = at::empty({x3.size(0), x3.size(1), in_stride},
                           x3.options().dtype(at::toOpMathType(x3.scalar_type())));
   buffer.narrow(2, 0, in).copy_(x3);
@@ -136,21 +149,39 @@ at::Tensor masked_linear_cpu(const at::Tensor& x, const at::Tensor& weight, cons
   const auto& kern = kernels(x.scalar_type(), mask_kind(mask, packed));
   auto x3 = x.contiguous().view({K, rows, in});
 
-  if (rows <= kFusedMaxRows) {
+  if (rows <= fused_forward_max_rows(kern)) {
     auto xbuf = padded_opmath_rows(x3);
     const int64_t in_stride = xbuf.size(2);
     const int64_t blocks = (out_f + cpu::kFusedOutBlock - 1) / cpu::kFusedOutBlock;
-    const cpu::FusedForwardArgs args{xbuf.const_data_ptr(), w.tensor.const_data_ptr(),
-                                     w.candidate_stride, m.tensor.const_data_ptr(),
-                                     m.candidate_stride, m.ld,
-                                     has_bias ? b.const_data_ptr() : nullptr,
-                                     g.bias_per_candidate ? out_f : 0, out.data_ptr(), rows, in,
-                                     in_stride, out_f, blocks};
-    const int64_t grain =
-        std::max<int64_t>(1, 65536 / (cpu::kFusedOutBlock * in_stride * rows));
-    at::parallel_for(0, K * blocks, grain, [&](int64_t begin, int64_t end) {
-      kern.fused_forward(args, begin, end);
-    });
+    auto run = [&](const cpu::FusedForwardArgs& args, int64_t items, int64_t chunk_rows) {
+      const int64_t grain =
+          std::max<int64_t>(1, 65536 / (cpu::kFusedOutBlock * in_stride * std::max<int64_t>(chunk_rows, 1)));
+      at::parallel_for(0, items, grain, [&](int64_t begin, int64_t end) {
+        kern.fused_forward(args, begin, end);
+      });
+    };
+    const char* bias_data = has_bias ? static_cast<const char*>(b.const_data_ptr()) : nullptr;
+    const int64_t bias_stride = g.bias_per_candidate ? out_f : 0;
+    if (rows <= kFusedChunkRows) {
+      run({xbuf.const_data_ptr(), w.tensor.const_data_ptr(), w.candidate_stride,
+           m.tensor.const_data_ptr(), m.candidate_stride, m.ld, bias_data, bias_stride,
+           out.data_ptr(), rows, in, in_stride, out_f, blocks},
+          K * blocks, rows);
+      return out.view(g.output_shape);
+    }
+    // Chunks of rows, one candidate at a time: each chunk's x stays in L2 while every masked
+    // weight row is multiplied into it.
+    for (int64_t k = 0; k < K; ++k) {
+      for (int64_t r0 = 0; r0 < rows; r0 += kFusedChunkRows) {
+        const int64_t n = std::min(kFusedChunkRows, rows - r0);
+        run({static_cast<const char*>(xbuf.const_data_ptr()) + (k * rows + r0) * in_stride * xbuf.element_size(),
+             w.at(k, 0, 0), 0, m.at(k, 0, 0), 0, m.ld,
+             bias_data ? bias_data + k * bias_stride * b.element_size() : nullptr, 0,
+             static_cast<char*>(out.data_ptr()) + (k * rows + r0) * out_f * out.element_size(), n,
+             in, in_stride, out_f, blocks},
+            blocks, n);
+      }
+    }
     return out.view(g.output_shape);
   }
 
@@ -189,7 +220,7 @@ at::Tensor masked_linear_grad_input_cpu(const at::Tensor& grad, const at::Tensor
   const auto m = mask_operand(mask, g, packed);
   const auto& kern = kernels(grad.scalar_type(), mask_kind(mask, packed));
   auto g3 = grad.contiguous().view({K, rows, out_f});
-  if (rows <= kFusedMaxRows) {
+  if (rows <= fused_grad_max_rows(kern)) {
     auto grad_t = transposed_opmath(g3);
     const int64_t col_blocks = (in + kern.grad_input_block_cols - 1) / kern.grad_input_block_cols;
     const cpu::FusedGradInputArgs args{grad_t.const_data_ptr(), w.tensor.const_data_ptr(),
@@ -206,11 +237,11 @@ at::Tensor masked_linear_grad_input_cpu(const at::Tensor& grad, const at::Tensor
   // Column tiles of the masked weight: [out, cols], each a complete GEMM over out.
   const int64_t tile_cols = tile_extent(out_f, in);
   auto tile = at::empty({out_f, tile_cols}, grad.options());
-  const bool bits = packed;
   for (int64_t k = 0; k < K; ++k) {
     for (int64_t c0 = 0; c0 < in; c0 += tile_cols) {
       const int64_t n = std::min(tile_cols, in - c0);
-      mask_multiply(kern, w.at(k, 0, c0), in, m.at(k, 0, bits ? c0 / 8 : c0), m.ld,
+      // A packed row's column c0 (a multiple of 16) starts at byte c0 / 8.
+      mask_multiply(kern, w.at(k, 0, c0), in, m.at(k, 0, packed ? c0 / 8 : c0), m.ld,
                     tile.data_ptr(), tile_cols, out_f, n, false, false);
       auto dst = result[k].narrow(1, c0, n);
       at::mm_out(dst, g3[k], tile.narrow(1, 0, n));
@@ -249,17 +280,18 @@ std::tuple<at::Tensor, at::Tensor> masked_linear_grad_weight_cpu(
   const auto& by_weight = kernels(x.scalar_type(), MaskKind::kSoft);
   auto x3 = x.contiguous().view({K, rows, in});
   auto g3 = grad.contiguous().view({K, rows, out_f});
-  if (rows <= kFusedMaxRows) {
+  // A weight shared by K > 1 candidates would make every output row read all K candidates' x.
+  if (rows <= fused_grad_max_rows(by_mask) && (K == 1 || g.weight_per_candidate)) {
     auto xbuf = padded_opmath_rows(x3);
     auto grad_t = transposed_opmath(g3);
     const cpu::FusedGradWeightArgs args{
         xbuf.const_data_ptr(), grad_t.const_data_ptr(), w.tensor.const_data_ptr(),
         w.candidate_stride, m.tensor.const_data_ptr(), m.candidate_stride, m.ld,
         weight_grad ? grad_weight.data_ptr() : nullptr, mask_grad ? grad_mask.data_ptr() : nullptr,
-        K, rows, in, xbuf.size(2), out_f, !g.weight_per_candidate};
-    const int64_t items = g.weight_per_candidate ? K * out_f : out_f;
-    const int64_t work_per_item = (g.weight_per_candidate ? 1 : K) * in * std::max<int64_t>(rows, 1);
-    at::parallel_for(0, items, std::max<int64_t>(1, 65536 / work_per_item),
+        rows, in, xbuf.size(2), out_f};
+    const int64_t blocks = (out_f + cpu::kFusedGradWeightRows - 1) / cpu::kFusedGradWeightRows;
+    const int64_t work_per_item = cpu::kFusedGradWeightRows * in * std::max<int64_t>(rows, 1);
+    at::parallel_for(0, K * blocks, std::max<int64_t>(1, 65536 / work_per_item),
                      [&](int64_t begin, int64_t end) { by_mask.fused_grad_weight(args, begin, end); });
     return {grad_weight, grad_mask};
   }

@@ -71,11 +71,11 @@ struct FusedGradInputArgs {
 };
 using FusedGradInputFn = void (*)(const FusedGradInputArgs&, int64_t begin, int64_t end);
 
-// For the items idx in [begin, end) (output rows o, or k * out + o per candidate when the weight
-// is not shared), with G[k] = grad_t[k] x[k] (grad_t opmath [K, out, rows], x opmath
-// [K, rows, in_stride] zero padded): grad_weight[o] = sum_k G[k, o] * mask[k, o] (shared) or
-// grad_weight[k, o] = G[k, o] * mask[k, o]; grad_mask[k, o] = G[k, o] * weight[k, o].
-// A null grad_weight / grad_mask is not computed.
+// G[k] = grad_t[k] x[k] (grad_t opmath [K, out, rows], x opmath [K, rows, in_stride] zero
+// padded) for the items idx in [begin, end) of kFusedGradWeightRows output rows
+// (idx = k * blocks + block): grad_weight[k, o] = G[k, o] * mask[k, o] (k = 0 when a single
+// candidate's weight is shared; a shared weight over K > 1 candidates is summed elsewhere) and
+// grad_mask[k, o] = G[k, o] * weight[k, o]. A null grad_weight / grad_mask is not computed.
 struct FusedGradWeightArgs {
   const void* x;
   const void* grad_t;
@@ -86,16 +86,15 @@ struct FusedGradWeightArgs {
   int64_t mask_ld;
   void* grad_weight;
   void* grad_mask;
-  int64_t candidates;
   int64_t rows;
   int64_t in;
   int64_t in_stride;
   int64_t out_features;
-  bool weight_shared;
 };
 using FusedGradWeightFn = void (*)(const FusedGradWeightArgs&, int64_t begin, int64_t end);
 
 constexpr int64_t kFusedOutBlock = 4;
+constexpr int64_t kFusedGradWeightRows = 4;
 // Row stride of the opmath x buffers, in elements: whole blocks of the widest vector loop.
 constexpr int64_t kFusedAlign = 64;
 
@@ -105,6 +104,7 @@ struct Kernels {
   FusedGradInputFn fused_grad_input;
   FusedGradWeightFn fused_grad_weight;
   int64_t grad_input_block_cols;  // columns per block of fused_grad_input
+  bool vectorized;                // AVX2 / AVX-512 (false: the portable build)
 };
 
 namespace DEFAULT {

@@ -277,7 +277,7 @@ void fused_forward(const FusedForwardArgs& a, int64_t begin, int64_t end) {
   }
 }
 
-constexpr int64_t kGradInputVectors = 2;  // vectors per column block of fused_grad_input
+constexpr int64_t kGradInputVectors = 4;  // vectors per column block of fused_grad_input
 
 // kR gradient rows x one column block: acc[r][v] += grad_t[o, r] * masked W[o, block v], o < out.
 template <int64_t kR, bool kFull, typename scalar_t, MaskKind kind>
@@ -318,7 +318,7 @@ template <bool kFull, typename scalar_t, MaskKind kind>
 void grad_input_rows(const FusedGradInputArgs& a, int64_t k, int64_t c0, int64_t n_cols) {
   using Vec = Vectorized<at::opmath_type<scalar_t>>;
   // Accumulators: kR x kGradInputVectors registers (of 32 with AVX-512, 16 with AVX2).
-  constexpr int64_t kR = sizeof(Vec) >= 64 ? 8 : 4;
+  constexpr int64_t kR = sizeof(Vec) >= 64 ? 6 : 2;
   int64_t r0 = 0;
   for (; r0 + kR <= a.rows; r0 += kR) grad_input_block<kR, kFull, scalar_t, kind>(a, k, r0, c0, n_cols);
   switch (a.rows - r0) {
@@ -327,9 +327,7 @@ void grad_input_rows(const FusedGradInputArgs& a, int64_t k, int64_t c0, int64_t
     case 2: grad_input_block<2, kFull, scalar_t, kind>(a, k, r0, c0, n_cols); break;
     case 3: grad_input_block<3, kFull, scalar_t, kind>(a, k, r0, c0, n_cols); break;
     case 4: grad_input_block<4, kFull, scalar_t, kind>(a, k, r0, c0, n_cols); break;
-    case 5: grad_input_block<5, kFull, scalar_t, kind>(a, k, r0, c0, n_cols); break;
-    case 6: grad_input_block<6, kFull, scalar_t, kind>(a, k, r0, c0, n_cols); break;
-    default: grad_input_block<7, kFull, scalar_t, kind>(a, k, r0, c0, n_cols); break;
+    default: grad_input_block<5, kFull, scalar_t, kind>(a, k, r0, c0, n_cols); break;
   }
 }
 
@@ -346,70 +344,76 @@ void fused_grad_input(const FusedGradInputArgs& a, int64_t begin, int64_t end) {
   }
 }
 
-constexpr int64_t kGradWeightVectors = 4;  // independent accumulators (columns) per step
+// Vectors (columns) per step of fused_grad_weight: with kGradWeightRows rows, 16 accumulators of
+// the 32 AVX-512 registers, 8 of the 16 AVX2 ones.
+template <typename acc_t>
+constexpr int64_t kGradWeightVectors = sizeof(Vectorized<acc_t>) >= 64 ? 4 : 2;
+// Output rows per step of fused_grad_weight: kGradWeightRows x kGradWeightVectors accumulators.
+constexpr int64_t kGradWeightRows = kFusedGradWeightRows;
 
-// One column block [c0, c0 + kV lanes) of output row o (see fused_grad_weight).
-template <bool kFull, typename scalar_t, MaskKind kind>
-inline void grad_weight_block(const FusedGradWeightArgs& a, int64_t o, int64_t k_begin,
-                              int64_t k_end, int64_t c0) {
+// Output rows [o0, o0 + n_out) (n_out <= kO) x one column block [c0, c0 + kV lanes) of candidate
+// k: a kO x kV tile of accumulators, so that each x vector loaded serves kO rows.
+template <bool kFull, int64_t kO, typename scalar_t, MaskKind kind>
+inline void grad_weight_block(const FusedGradWeightArgs& a, int64_t k, int64_t o0, int64_t n_out,
+                              int64_t c0) {
   using acc_t = at::opmath_type<scalar_t>;
   using Vec = Vectorized<acc_t>;
-  constexpr int64_t kV = kGradWeightVectors;
+  constexpr int64_t kV = kGradWeightVectors<acc_t>;
   int64_t counts[kV];
   for (int64_t v = 0; v < kV; ++v)
     counts[v] = kFull ? Vec::size() : std::clamp<int64_t>(a.in - c0 - v * Vec::size(), 0, Vec::size());
-  const acc_t* x = static_cast<const acc_t*>(a.x);
-  const acc_t* grad_t = static_cast<const acc_t*>(a.grad_t);
-  const scalar_t* weight = static_cast<const scalar_t*>(a.weight);
+  const acc_t* g[kO];
+  for (int64_t j = 0; j < kO; ++j)  // rows past the end repeat the last one (results unused)
+    g[j] = static_cast<const acc_t*>(a.grad_t) + (k * a.out_features + o0 + std::min(j, n_out - 1)) * a.rows;
+  const acc_t* xk = static_cast<const acc_t*>(a.x) + k * a.rows * a.in_stride + c0;
+  Vec acc[kO][kV];
+  for (int64_t j = 0; j < kO; ++j)
+    for (int64_t v = 0; v < kV; ++v) acc[j][v] = Vec(acc_t(0));
+  for (int64_t r = 0; r < a.rows; ++r) {
+    Vec xv[kV];
+    for (int64_t v = 0; v < kV; ++v) xv[v] = Vec::loadu(xk + r * a.in_stride + v * Vec::size());
+    for (int64_t j = 0; j < kO; ++j) {
+      const Vec gv(g[j][r]);
+      for (int64_t v = 0; v < kV; ++v) acc[j][v] = at::vec::fmadd(gv, xv[v], acc[j][v]);
+    }
+  }
+  const scalar_t* weight = static_cast<const scalar_t*>(a.weight) + k * a.weight_stride;
   scalar_t* grad_weight = static_cast<scalar_t*>(a.grad_weight);
   scalar_t* grad_mask = static_cast<scalar_t*>(a.grad_mask);
-  Vec total[kV];
-  for (int64_t v = 0; v < kV; ++v) total[v] = Vec(acc_t(0));
-  for (int64_t k = k_begin; k < k_end; ++k) {
-    Vec acc[kV];
-    for (int64_t v = 0; v < kV; ++v) acc[v] = Vec(acc_t(0));
-    const acc_t* g = grad_t + (k * a.out_features + o) * a.rows;
-    const acc_t* xk = x + k * a.rows * a.in_stride + c0;
-    for (int64_t r = 0; r < a.rows; ++r) {
-      const Vec gv(g[r]);
-      for (int64_t v = 0; v < kV; ++v)
-        acc[v] = at::vec::fmadd(gv, Vec::loadu(xk + r * a.in_stride + v * Vec::size()), acc[v]);
-    }
-    const scalar_t* w_row = weight + k * a.weight_stride + o * a.in;
+  for (int64_t j = 0; j < n_out; ++j) {
+    const int64_t o = o0 + j;
+    const scalar_t* w_row = weight + o * a.in;
     const void* m_row = mask_at<scalar_t, kind>(a.mask, k * a.mask_stride + o * a.mask_ld);
+    const int64_t dst_row = (k * a.out_features + o) * a.in;
     for (int64_t v = 0; v < kV; ++v) {
       if (!kFull && counts[v] == 0) continue;
       const int64_t c = c0 + v * Vec::size();
       if (grad_mask != nullptr)
-        store_scalar(acc[v] * load_opmath(w_row + c, counts[v]),
-                     grad_mask + (k * a.out_features + o) * a.in + c, counts[v]);
-      if (grad_weight != nullptr) {
-        const Vec masked = acc[v] * mask_multiplier<scalar_t, kind>(m_row, c, counts[v]);
-        if (a.weight_shared) total[v] = total[v] + masked;
-        else store_scalar(masked, grad_weight + (k * a.out_features + o) * a.in + c, counts[v]);
-      }
+        store_scalar(acc[j][v] * load_opmath(w_row + c, counts[v]), grad_mask + dst_row + c, counts[v]);
+      if (grad_weight != nullptr)
+        store_scalar(acc[j][v] * mask_multiplier<scalar_t, kind>(m_row, c, counts[v]),
+                     grad_weight + dst_row + c, counts[v]);
     }
   }
-  if (grad_weight != nullptr && a.weight_shared)
-    for (int64_t v = 0; v < kV; ++v)
-      if (kFull || counts[v] > 0)
-        store_scalar(total[v], grad_weight + o * a.in + c0 + v * Vec::size(), counts[v]);
 }
 
 template <typename scalar_t, MaskKind kind>
 void fused_grad_weight(const FusedGradWeightArgs& a, int64_t begin, int64_t end) {
-  using Vec = Vectorized<at::opmath_type<scalar_t>>;
-  constexpr int64_t kBlock = kGradWeightVectors * Vec::size();
+  using acc_t = at::opmath_type<scalar_t>;
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t kO = kGradWeightRows;
+  constexpr int64_t kBlock = kGradWeightVectors<acc_t> * Vec::size();
   // x rows are padded to kFusedAlign, so whole blocks of kGradWeightVectors vectors can be read.
   static_assert(kFusedAlign % kBlock == 0);
+  const int64_t blocks = (a.out_features + kO - 1) / kO;
   const int64_t full = a.in / kBlock * kBlock;
   for (int64_t idx = begin; idx < end; ++idx) {
-    const int64_t o = idx % a.out_features;
-    const int64_t k_begin = a.weight_shared ? 0 : idx / a.out_features;
-    const int64_t k_end = a.weight_shared ? a.candidates : k_begin + 1;
+    const int64_t k = idx / blocks;
+    const int64_t o0 = (idx % blocks) * kO;
+    const int64_t n_out = std::min(kO, a.out_features - o0);
     for (int64_t c0 = 0; c0 < full; c0 += kBlock)
-      grad_weight_block<true, scalar_t, kind>(a, o, k_begin, k_end, c0);
-    if (full < a.in) grad_weight_block<false, scalar_t, kind>(a, o, k_begin, k_end, full);
+      grad_weight_block<true, kO, scalar_t, kind>(a, k, o0, n_out, c0);
+    if (full < a.in) grad_weight_block<false, kO, scalar_t, kind>(a, k, o0, n_out, full);
   }
 }
 
@@ -418,7 +422,13 @@ Kernels kernels_for_kind() {
   using Vec = Vectorized<at::opmath_type<scalar_t>>;
   return {&mask_multiply<scalar_t, kind>, &fused_forward<scalar_t, kind>,
           &fused_grad_input<scalar_t, kind>, &fused_grad_weight<scalar_t, kind>,
-          kGradInputVectors * Vec::size()};
+          kGradInputVectors * Vec::size(),
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+          true
+#else
+          false
+#endif
+  };
 }
 
 template <typename scalar_t>
