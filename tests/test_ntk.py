@@ -355,3 +355,27 @@ def test_block_ops_bad_inputs(device, op, args, error, match):
     fn = ntk_gram_block_ if op == "gram" else ntk_masked_block_
     with pytest.raises(error, match=match):
         fn(*args(a, b, out, mask))
+
+
+def test_reference_path_without_extension():
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, tests.test_ntk as t\n"
+        "from sparsenas._extension import has_native_kernel\n"
+        "from sparsenas.ntk import empirical_ntk\n"
+        "assert not has_native_kernel('ntk_gram_block_', 'cpu')\n"
+        "m = t.mlp(weight_mask=True).double().eval(); x = torch.randn(5, 5, dtype=torch.float64)\n"
+        "for mode in ('full', 'trace'):\n"
+        "    torch.testing.assert_close(empirical_ntk(m, x, mode=mode), t.reference_ntk(m, x, mode))\n"
+        "m = t._prepare(t.ResidualCNN(), torch.device('cpu')).double()\n"
+        "x = torch.randn(3, 3, 8, 8, dtype=torch.float64)\n"
+        "torch.testing.assert_close(empirical_ntk(m, x, mode='full'), t.reference_ntk(m, x, 'full'))\n"
+        "print('ok')\n")
+    env = dict(os.environ, SPARSENAS_DISABLE_EXTENSION="1")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, check=True,
+                         capture_output=True, text=True).stdout
+    assert out.strip().endswith("ok")

@@ -19,33 +19,44 @@ namespace {
 constexpr int64_t kGramBudget = int64_t{1} << 24;  // elements of the two Gram slices per chunk
 constexpr int64_t kTile = 32;                      // examples per tile of the masked block
 
-// result[(i0+i)*ob + o, j*ob + o'] += Σ_{t,s} (ga[(i,t),(j,s)] + bias) gb[(i,t,o),(j,s,o')].
+// For examples i in [i0, i0 + count) and j in [i0, n): adds
+//   Σ_{t,s} (ga[(i,t),(j,s)] + bias) gb[(i,t,o),(j,s,o')]
+// to result[(i,o), (j,o')] and, for j outside the chunk, to the mirrored entry (the kernel is
+// symmetric, so only chunk rows × columns from the chunk's start on are ever multiplied).
+// ga [count·T, (n-i0)·T], gb [count·T·ob, (n-i0)·T·ob].
 template <typename scalar_t>
 void combine_grams(const scalar_t* ga, const scalar_t* gb, scalar_t* result, int64_t i0,
                    int64_t count, int64_t n, int64_t T, int64_t ob, scalar_t bias) {
-  const int64_t ga_cols = n * T;
-  const int64_t gb_cols = n * T * ob;
+  const int64_t cols = n - i0;
+  const int64_t ga_cols = cols * T;
+  const int64_t gb_cols = cols * T * ob;
   const int64_t res_cols = n * ob;
   at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> acc(cols * ob);
     for (int64_t i = begin; i < end; ++i) {
-      for (int64_t t = 0; t < T; ++t) {
-        const scalar_t* ga_row = ga + (i * T + t) * ga_cols;
-        for (int64_t o = 0; o < ob; ++o) {
+      for (int64_t o = 0; o < ob; ++o) {
+        std::fill(acc.begin(), acc.end(), scalar_t(0));
+        for (int64_t t = 0; t < T; ++t) {
+          const scalar_t* ga_row = ga + (i * T + t) * ga_cols;
           const scalar_t* gb_row = gb + ((i * T + t) * ob + o) * gb_cols;
-          scalar_t* res_row = result + ((i0 + i) * ob + o) * res_cols;
           if (ob == 1 && T == 1) {
-            for (int64_t j = 0; j < n; ++j) res_row[j] += (ga_row[j] + bias) * gb_row[j];
+            for (int64_t j = 0; j < cols; ++j) acc[j] += (ga_row[j] + bias) * gb_row[j];
             continue;
           }
-          for (int64_t j = 0; j < n; ++j) {
-            scalar_t* res = res_row + j * ob;
+          for (int64_t j = 0; j < cols; ++j) {
+            scalar_t* a = acc.data() + j * ob;
             for (int64_t s = 0; s < T; ++s) {
               const scalar_t g = ga_row[j * T + s] + bias;
               const scalar_t* gbp = gb_row + (j * T + s) * ob;
-              for (int64_t o2 = 0; o2 < ob; ++o2) res[o2] += g * gbp[o2];
+              for (int64_t o2 = 0; o2 < ob; ++o2) a[o2] += g * gbp[o2];
             }
           }
         }
+        const int64_t row = (i0 + i) * ob + o;
+        scalar_t* res_row = result + row * res_cols + i0 * ob;
+        for (int64_t c = 0; c < cols * ob; ++c) res_row[c] += acc[c];
+        // Mirror the columns beyond the chunk (rows of other chunks, disjoint across threads).
+        for (int64_t c = count * ob; c < cols * ob; ++c) result[(i0 * ob + c) * res_cols + row] += acc[c];
       }
     }
   });
@@ -60,19 +71,23 @@ void ntk_gram_block_cpu(at::Tensor& out, const at::Tensor& a, const at::Tensor& 
   auto A = a.to(out.scalar_type()).contiguous();
   // Rows of B: (i, t) with all outputs side by side (sum_outputs) or (i, t, o).
   auto B = b.to(out.scalar_type()).contiguous().view({n * T * ob, (sum_outputs ? O : 1) * p});
-  auto result = at::zeros({g.out_rows, g.out_rows}, out.options().memory_format(at::MemoryFormat::Contiguous));
-  const int64_t chunk = ntk_gram_chunk(g, sum_outputs, kGramBudget);
+  // Accumulate straight into out when it is contiguous; else into a scratch matrix added at the end.
+  auto result = out.is_contiguous() ? out : at::zeros({g.out_rows, g.out_rows}, out.options().memory_format(at::MemoryFormat::Contiguous));
+  // At least 4 chunks so the block upper triangle saves GEMM work (symmetry).
+  const int64_t chunk = std::min(ntk_gram_chunk(g, sum_outputs, kGramBudget),
+                                 std::max<int64_t>(1, (n + 3) / 4));
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "ntk_gram_block_cpu", [&] {
     for (int64_t i0 = 0; i0 < n; i0 += chunk) {
       const int64_t count = std::min(chunk, n - i0);
-      auto ga = at::mm(A.narrow(0, i0 * T, count * T), A.t()).contiguous();
-      auto gb = at::mm(B.narrow(0, i0 * T * ob, count * T * ob), B.t()).contiguous();
-      combine_grams<scalar_t>(ga.data_ptr<scalar_t>(), gb.data_ptr<scalar_t>(),
-                              result.data_ptr<scalar_t>(), i0, count, n, T, ob,
-                              bias ? scalar_t(1) : scalar_t(0));
+      auto ga = at::mm(A.narrow(0, i0 * T, count * T), A.narrow(0, i0 * T, (n - i0) * T).t());
+      auto gb = at::mm(B.narrow(0, i0 * T * ob, count * T * ob),
+                       B.narrow(0, i0 * T * ob, (n - i0) * T * ob).t());
+      combine_grams<scalar_t>(ga.contiguous().data_ptr<scalar_t>(),
+                              gb.contiguous().data_ptr<scalar_t>(), result.data_ptr<scalar_t>(),
+                              i0, count, n, T, ob, bias ? scalar_t(1) : scalar_t(0));
     }
   });
-  out.add_(result);
+  if (!result.is_same(out)) out.add_(result);
 }
 
 void ntk_masked_block_cpu(at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
@@ -86,7 +101,8 @@ void ntk_masked_block_cpu(at::Tensor& out, const at::Tensor& a, const at::Tensor
   auto At = A.t().contiguous();                            // [d, n]
   auto Bk = b.to(dtype).permute({2, 0, 1}).contiguous();   // [p, n, O]
   auto M = mask.to(dtype).contiguous();                    // [p, d]
-  auto result = at::zeros({g.out_rows, g.out_rows}, out.options().memory_format(at::MemoryFormat::Contiguous));
+  // Accumulate straight into out when it is contiguous; else into a scratch matrix added at the end.
+  auto result = out.is_contiguous() ? out : at::zeros({g.out_rows, g.out_rows}, out.options().memory_format(at::MemoryFormat::Contiguous));
   const int64_t tiles = (n + kTile - 1) / kTile;
   std::vector<std::pair<int64_t, int64_t>> pairs;  // upper triangle: the kernel is symmetric
   for (int64_t ti = 0; ti < tiles; ++ti)
@@ -159,14 +175,14 @@ void ntk_masked_block_cpu(at::Tensor& out, const at::Tensor& a, const at::Tensor
         for (int64_t r = 0; r < ni * ob; ++r) {
           for (int64_t c = 0; c < acc_cols; ++c) {
             const scalar_t v = acc[r * acc_cols + c];
-            res[(i0 * ob + r) * res_cols + j0 * ob + c] = v;
-            if (i0 != j0) res[(j0 * ob + c) * res_cols + i0 * ob + r] = v;
+            res[(i0 * ob + r) * res_cols + j0 * ob + c] += v;
+            if (i0 != j0) res[(j0 * ob + c) * res_cols + i0 * ob + r] += v;
           }
         }
       }
     });
   });
-  out.add_(result);
+  if (!result.is_same(out)) out.add_(result);
 }
 
 }  // namespace

@@ -53,7 +53,8 @@ void ntk_gram_block_cuda(at::Tensor& out, const at::Tensor& a, const at::Tensor&
   const int64_t ob = sum_outputs ? 1 : O;
   auto A = a.to(out.scalar_type()).contiguous();
   auto B = b.to(out.scalar_type()).contiguous().view({n * T * ob, (sum_outputs ? O : 1) * p});
-  auto result = at::zeros({g.out_rows, g.out_rows}, out.options().memory_format(at::MemoryFormat::Contiguous));
+  // Accumulate straight into out when it is contiguous; else into a scratch matrix added at the end.
+  auto result = out.is_contiguous() ? out : at::zeros({g.out_rows, g.out_rows}, out.options().memory_format(at::MemoryFormat::Contiguous));
   const int64_t chunk = ntk_gram_chunk(g, sum_outputs, kGramBudget);
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "ntk_gram_block_cuda", [&] {
@@ -70,7 +71,7 @@ void ntk_gram_block_cuda(at::Tensor& out, const at::Tensor& a, const at::Tensor&
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
-  out.add_(result);
+  if (!result.is_same(out)) out.add_(result);
 }
 
 // Block (bx, by) owns examples I = [by*16, +16) × J = [bx*16, +16); thread (ty, tx) owns (i, j).
@@ -143,7 +144,8 @@ void ntk_masked_block_cuda(at::Tensor& out, const at::Tensor& a, const at::Tenso
   auto A = a.to(dtype).contiguous();
   auto B = b.to(dtype).contiguous();
   auto M = mask.to(dtype).contiguous();
-  auto result = at::zeros({g.out_rows, g.out_rows}, out.options().memory_format(at::MemoryFormat::Contiguous));
+  // Accumulate straight into out when it is contiguous; else into a scratch matrix added at the end.
+  auto result = out.is_contiguous() ? out : at::zeros({g.out_rows, g.out_rows}, out.options().memory_format(at::MemoryFormat::Contiguous));
   const int64_t tiles = (g.examples + kTile - 1) / kTile;
   const dim3 threads(kTile, kTile);
   const dim3 blocks(static_cast<unsigned>(tiles), static_cast<unsigned>(tiles));
@@ -155,7 +157,7 @@ void ntk_masked_block_cuda(at::Tensor& out, const at::Tensor& a, const at::Tenso
         sum_outputs, bias ? scalar_t(1) : scalar_t(0));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  out.add_(result);
+  if (!result.is_same(out)) out.add_(result);
 }
 
 }  // namespace

@@ -241,8 +241,8 @@ def _add_layer(kernel: Tensor, name: str, capture: _Capture, masks: dict[str, Te
     prefix = f"{name}." if name else ""
     use_weight = module.weight.requires_grad
     use_bias = module.bias is not None and module.bias.requires_grad
-    inputs = torch.cat(capture.inputs)
-    cot = torch.cat(capture.cotangents, dim=1)  # [S, n, *out_shape], S = number of seeds
+    inputs = _concat(capture.inputs, 0)
+    cot = _concat(capture.cotangents, 1)  # [S, n, *out_shape], S = number of seeds
     S = cot.shape[0]
     factor = _weight_mask(name, module, masks) if use_weight else None
     if isinstance(module, nn.Conv2d):
@@ -264,6 +264,20 @@ def _add_layer(kernel: Tensor, name: str, capture: _Capture, masks: dict[str, Te
     return {prefix + "weight"} | ({prefix + "bias"} if module.bias is not None else set())
 
 
+def _concat(chunks: list[Tensor], dim: int) -> Tensor:
+    return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim)
+
+
+def _per_example_grads(a: Tensor, b: Tensor, factor: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """[n, S, p, d]: Σ_t b_(i,t),s ⊗ a_(i,t) (times the weight factor) as one batched GEMM in
+    the layer's dtype, the precision autograd's own gradients have; then converted to dtype."""
+    n, T, d = a.shape
+    S, p = b.shape[2], b.shape[3]
+    grads = torch.bmm(b.permute(0, 2, 3, 1).reshape(n, S * p, T), a.to(b.dtype))
+    grads = grads.view(n, S, p, d).to(dtype)
+    return grads if factor is None else grads * factor.to(dtype)
+
+
 def _add_block(kernel: Tensor, a: Tensor, b: Tensor, factor: Tensor | None, use_weight: bool,
                use_bias: bool, mode: str) -> None:
     """a [n, T, d], b [n, T, S, p] (S seeds), factor [p, d] or None."""
@@ -281,10 +295,7 @@ def _add_block(kernel: Tensor, a: Tensor, b: Tensor, factor: Tensor | None, use_
         ntk_masked_block_(kernel, a[:, 0], b[:, 0], weights, use_bias, sum_outputs)
         return
     if factor is not None or _prefer_materialised(n, T, S, d, p, sum_outputs):
-        grads = torch.einsum("ntsp,ntd->nspd", b.to(kernel.dtype), a.to(kernel.dtype))
-        if factor is not None:
-            grads = grads * factor.to(kernel.dtype)
-        flat = grads.reshape(rows, -1)
+        flat = _per_example_grads(a, b, factor, kernel.dtype).reshape(rows, -1)
         kernel.addmm_(flat, flat.T)
         if use_bias:
             bias_grads = b.sum(1).to(kernel.dtype).reshape(rows, -1)
@@ -306,18 +317,18 @@ def _prefer_materialised(n: int, T: int, S: int, d: int, p: int, sum_outputs: bo
 def _diagonal_block(a: Tensor, b: Tensor, factor: Tensor | None, use_bias: bool,
                     dtype: torch.dtype) -> Tensor:
     """[n, S]: ‖∂f_s(x_i)/∂(W, b)‖² for each example i and output s."""
+    n, T, d = a.shape
+    S, p = b.shape[2], b.shape[3]
+    result = b.sum(1).to(dtype).square().sum(-1) if use_bias else b.new_zeros(n, S, dtype=dtype)
+    if d == 0:
+        return result
+    if factor is not None or n * S * p * d <= _MATERIALISE_BUDGET:
+        return result + _per_example_grads(a, b, factor, dtype).square().sum((2, 3))
+    # Per-example position Grams: Σ_{t,s} (a_it·a_is)(b_it·b_is), memory n·S·T².
     a, b = a.to(dtype), b.to(dtype)
-    bias_grads = b.sum(1)                                                # [n, S, p]
-    result = bias_grads.square().sum(-1) if use_bias else 0
-    if a.shape[-1] == 0:
-        return result if isinstance(result, Tensor) else b.new_zeros(b.shape[0], b.shape[2])
-    if factor is None:
-        ga = a @ a.transpose(1, 2)                                       # [n, T, T]
-        bt = b.permute(0, 2, 1, 3)                                       # [n, S, T, p]
-        gb = bt @ bt.transpose(2, 3)                                     # [n, S, T, T]
-        return result + (ga[:, None] * gb).sum((2, 3))
-    grads = torch.einsum("ntsp,ntd->nspd", b, a) * factor.to(dtype)
-    return result + grads.square().sum((2, 3))
+    ga = a @ a.transpose(1, 2)                                           # [n, T, T]
+    bt = b.permute(0, 2, 1, 3)                                           # [n, S, T, p]
+    return result + (ga[:, None] * (bt @ bt.transpose(2, 3))).sum((2, 3))
 
 
 def _add_fallback(kernel: Tensor, model: nn.Module, x: Tensor, fallback: dict[str, Tensor],

@@ -1,0 +1,253 @@
+"""Empirical-NTK benchmark (SPEC §5, §6): sparsenas.ntk.empirical_ntk against
+
+- the torch.func Jacobian contraction (PyTorch tutorial "Neural Tangent Kernels":
+  vmap(jacrev) per-example Jacobians, contracted with einsum),
+- the torch.func NTK-vector-product method of the same tutorial (vjp then jvp per pair of
+  examples, vmapped over pairs; applied to chunks of the first batch so it fits in memory),
+- the classic per-example backward loop of NAS code (one backward per example and output,
+  gradients stacked, Gram).
+
+Full mode (the n·O × n·O kernel) on float32 models; sparsenas accumulates in float64 (its
+default). Each method is first checked against a float64 torch.func reference (relative error,
+max |Δ| / max |Θ|), then timed; peak memory from the harness. Baselines whose Jacobian would
+exceed the memory cap, or whose run would take minutes, are marked skipped (with the reason).
+
+Run from the repository root: ``python -m benchmarks.ntk [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import time
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, jacrev, jvp, vjp, vmap
+
+from benchmarks.harness import peak_memory_bytes, time_call, write_results
+from sparsenas.ntk import empirical_ntk
+
+JACOBIAN_CAP_BYTES = 2 << 30   # skip a baseline whose Jacobian needs more
+NTK_VPS_MAX_PAIRS = 64 * 64    # the pairwise method is O(n² O) vjp+jvp: small batches only
+LOOP_MAX_BACKWARDS = 2600      # classic loop: n·O backward passes through the batch graph
+SLOW_CALL_SECONDS = 2.0        # slower calls are timed once
+
+
+def make_mlp(outputs: int, in_features: int = 32, hidden: int = 256) -> nn.Module:
+    return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
+                         nn.ReLU(), nn.Linear(hidden, outputs))
+
+
+def make_cnn(outputs: int, head: str = "pool") -> nn.Module:
+    """Two 3x3 convs on 3×32×32 inputs, then global average pooling and a 32 → O classifier
+    ("pool", 5.4k parameters) or a classifier on the flattened 32×8×8 features ("flatten",
+    25k parameters)."""
+    features = [nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
+                nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU()]
+    if head == "pool":
+        return nn.Sequential(*features, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Linear(32, outputs))
+    return nn.Sequential(*features, nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32 * 8 * 8, outputs))
+
+
+def random_masks(model: nn.Module, density: float, generator: torch.Generator) -> dict[str, Tensor]:
+    """Unstructured masks on every hidden weight (not the first / last layer)."""
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    return {f"{name}.weight": torch.rand(m.weight.shape, generator=generator) < density
+            for name, m in layers[1:-1]}
+
+
+def _params(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach() for k, v in model.named_parameters()}
+
+
+def jacobian_contraction(model: nn.Module, x: Tensor, masks: dict[str, Tensor]) -> Tensor:
+    """Tutorial method: per-example Jacobians by vmap(jacrev), contracted with einsum."""
+    params = _params(model)
+
+    def single(p: dict[str, Tensor], example: Tensor) -> Tensor:
+        return functional_call(model, p, (example.unsqueeze(0),)).squeeze(0)
+
+    jac = vmap(jacrev(single), (None, 0))(params, x)
+    n, O, total = x.shape[0], 0, None
+    for name, j in jac.items():
+        if name in masks:
+            j = j * masks[name]
+        j = j.flatten(2)
+        O = j.shape[1]
+        term = torch.einsum("Naf,Mbf->NaMb", j, j)
+        total = term if total is None else total + term
+    return total.reshape(n * O, n * O)
+
+
+def ntk_vector_products(model: nn.Module, x: Tensor, masks: dict[str, Tensor]) -> Tensor:
+    """Tutorial method: Θ(x1, x2) column by column as jvp(vjp(basis)), vmapped over example
+    pairs; the first batch is processed in chunks that keep the vmapped pairs in memory."""
+    params = _params(model)
+    mask_tensors = {k: masks[k].to(v.dtype) for k, v in params.items() if k in masks}
+
+    def func(p: dict[str, Tensor], example: Tensor) -> Tensor:
+        return functional_call(model, p, (example.unsqueeze(0),)).squeeze(0)
+
+    def get_ntk(x1: Tensor, x2: Tensor) -> Tensor:
+        output, vjp_fn = vjp(lambda p: func(p, x1), params)
+
+        def get_ntk_slice(vec: Tensor) -> Tensor:
+            (vjps,) = vjp_fn(vec)
+            vjps = {k: v * mask_tensors[k] if k in mask_tensors else v for k, v in vjps.items()}
+            _, jvps = jvp(lambda p: func(p, x2), (params,), (vjps,))
+            return jvps
+
+        basis = torch.eye(output.numel(), dtype=output.dtype, device=output.device)
+        return vmap(get_ntk_slice)(basis)
+
+    rows = []
+    for start in range(0, x.shape[0], 2):
+        rows.append(vmap(vmap(get_ntk, (None, 0)), (0, None))(x[start:start + 2], x))
+    result = torch.cat(rows)  # [N, M, O, O]
+    n, O = result.shape[0], result.shape[2]
+    return result.permute(0, 2, 1, 3).reshape(n * O, n * O)
+
+
+def per_example_loop(model: nn.Module, x: Tensor, masks: dict[str, Tensor]) -> Tensor:
+    """NAS-code baseline: forward the batch, one backward per (example, output), stack, Gram."""
+    params = [p for _, p in model.named_parameters()]
+    names = [k for k, _ in model.named_parameters()]
+    y = model(x)
+    rows = []
+    for i in range(y.shape[0]):
+        for o in range(y.shape[1]):
+            grads = torch.autograd.grad(y[i, o], params, retain_graph=True)
+            rows.append(torch.cat([(g * masks[k] if k in masks else g).flatten()
+                                   for k, g in zip(names, grads)]))
+    jac = torch.stack(rows)
+    return jac @ jac.T
+
+
+def reference(model: nn.Module, x: Tensor, masks: dict[str, Tensor]) -> Tensor:
+    """The float64 torch.func Jacobian contraction (the correctness oracle)."""
+    return jacobian_contraction(copy.deepcopy(model).double(), x.double(), masks)
+
+
+def relative_error(got: Tensor, expected: Tensor) -> float:
+    return ((got.double() - expected).abs().max() / expected.abs().max()).item()
+
+
+def run_case(kind: str, n: int, outputs: int, masked: bool, device: torch.device,
+             min_run_time: float) -> list[dict]:
+    generator = torch.Generator().manual_seed(n * 31 + outputs * 7 + masked)
+    torch.manual_seed(n * 31 + outputs * 7 + masked)
+    model = (make_mlp(outputs) if kind == "mlp" else make_cnn(outputs, kind.split("-")[1]))
+    model = model.to(device).eval()
+    shape = (n, 32) if kind == "mlp" else (n, 3, 32, 32)
+    x = torch.randn(shape, generator=generator).to(device)
+    masks = {k: v.to(device) for k, v in random_masks(model, 0.1, generator).items()} if masked else {}
+    num_params = sum(p.numel() for p in model.parameters())
+    jacobian_bytes = n * outputs * num_params * 4
+    expected = reference(model, x, masks) if jacobian_bytes * 2 <= JACOBIAN_CAP_BYTES else None
+
+    methods = {
+        "sparsenas": lambda: empirical_ntk(model, x, mode="full", masks=masks),
+        "sparsenas_f32": lambda: empirical_ntk(model, x, mode="full", masks=masks,
+                                               dtype=torch.float32),
+        "jacobian_contraction": lambda: jacobian_contraction(model, x, masks),
+        "ntk_vps": lambda: ntk_vector_products(model, x, masks),
+        "per_example_loop": lambda: per_example_loop(model, x, masks),
+    }
+    skipped = {}
+    if jacobian_bytes > JACOBIAN_CAP_BYTES:
+        skipped["jacobian_contraction"] = f"Jacobian {jacobian_bytes / 2**30:.1f} GiB > cap"
+    if n * n > NTK_VPS_MAX_PAIRS:
+        skipped["ntk_vps"] = f"{n * n} example pairs (O(n²) vjp+jvp)"
+    if n * outputs > LOOP_MAX_BACKWARDS or jacobian_bytes > JACOBIAN_CAP_BYTES:
+        skipped["per_example_loop"] = f"{n * outputs} backward passes"
+
+    rows = []
+    label = f"{kind} n={n} O={outputs}" + (" masked 90%" if masked else "")
+    if expected is not None:
+        # Strict check: the engine on the float64 model equals the float64 reference. (The
+        # float32 rows below carry the float32 model's own rounding, which a ReLU / max-pool
+        # boundary can amplify: every float32 method then shows the same error.)
+        exact = empirical_ntk(copy.deepcopy(model).double(), x.double(), mode="full", masks=masks)
+        exact_error = relative_error(exact, expected)
+        if exact_error > 1e-9:
+            raise AssertionError(f"{label}: float64 engine differs from the reference by "
+                                 f"{exact_error:.2e}")
+    results = {}
+    for name, fn in methods.items():
+        if name in skipped:
+            rows.append({"case": label, "method": name, "note": "skipped: " + skipped[name]})
+            continue
+        start = time.perf_counter()
+        value = fn()
+        first_call = time.perf_counter() - start
+        error = relative_error(value, expected) if expected is not None else math.nan
+        if expected is not None and error > 1e-3:
+            raise AssertionError(f"{label} {name}: relative error {error:.2e} vs float64 reference")
+        # Calls slower than SLOW_CALL_SECONDS are timed by that first call alone.
+        seconds = first_call if first_call > SLOW_CALL_SECONDS else time_call(fn, device, min_run_time)
+        results[name] = seconds
+        rows.append({"case": label, "method": name, "seconds": seconds,
+                     "peak_MiB": peak_memory_bytes(fn, device) / 2**20, "rel_error": error})
+        if expected is not None and name == "sparsenas":
+            rows[-1]["rel_error_f64_model"] = exact_error
+    for row in rows:
+        if "seconds" in row:
+            row["speedup_vs_this"] = row["seconds"] / results["sparsenas"]
+        if row["method"].startswith("sparsenas"):
+            mine = results[row["method"]]
+            row["note"] = ", ".join(f"{v / mine:.1f}x faster than {k}"
+                                    for k, v in results.items() if not k.startswith("sparsenas"))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, well under a minute")
+    parser.add_argument("--only", choices=("mlp", "cnn"), default=None,
+                        help="run only the MLP or only the CNN cases (results file ntk_<only>)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's); on a CPU shared with other "
+                             "jobs, 1 thread gives stable timings")
+    args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.quick:
+        cases = [("mlp", 8, 4, False), ("mlp", 8, 4, True), ("cnn-pool", 4, 2, False)]
+        min_run_time = 0.01
+    else:
+        cases = [("mlp", n, o, m) for n in (64, 256, 1024) for o in (1, 10) for m in (False, True)]
+        cases += [("cnn-pool", 64, o, m) for o in (1, 10) for m in (False, True)]
+        cases += [("cnn-flatten", 64, o, False) for o in (1, 10)]
+        min_run_time = 0.1
+    if args.only:
+        cases = [case for case in cases if case[0].startswith(args.only)]
+    rows = []
+    for case in cases:
+        case_rows = run_case(*case, device=device, min_run_time=min_run_time)
+        for row in case_rows:
+            print({k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in row.items()},
+                  flush=True)
+        rows += case_rows
+    name = "ntk_quick" if args.quick else "ntk"
+    if args.only:
+        name += f"_{args.only}"
+    path = write_results(
+        name, device, rows,
+        ["case", "method", "seconds", "speedup_vs_this", "peak_MiB", "rel_error",
+         "rel_error_f64_model", "note"],
+        notes=("Full-mode empirical NTK (n·O × n·O) of float32 models; sparsenas accumulates in "
+               "float64 (its default), sparsenas_f32 in float32. speedup_vs_this = method time / sparsenas time (>1: sparsenas faster). "
+               "rel_error = max|Θ − Θ_ref| / max|Θ_ref| against a float64 torch.func reference "
+               "(float32 models: includes the model's own float32 rounding, the same for every "
+               "method); rel_error_f64_model: sparsenas on the float64 model vs that reference. "
+               "Calls slower than 2 s are timed by one call. "
+               "Masked: 90% unstructured masks on the hidden layers (masks= argument)."))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
