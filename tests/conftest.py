@@ -3,8 +3,15 @@ same suite verifies the CUDA kernels when it runs on a GPU machine."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+
+# Working directory for tests that start Python subprocesses: `python -m` / `-c` put their working
+# directory first on sys.path, and from the repository root that would import the source tree,
+# which holds no compiled extension after a non-editable install, instead of the installed package.
+SUBPROCESS_CWD = Path(__file__).resolve().parent
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

@@ -7,11 +7,11 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import SUBPROCESS_CWD
 
 from sparsenas._extension import has_native_kernel
 from sparsenas.ops import _reference, masked_linear, pack_mask
@@ -159,8 +159,10 @@ def test_empty_inputs(device, mask_format, rows, in_features, out_features, form
 def test_portable_kernels_without_simd():
     # ATen's capability picks the kernels; the portable ones switch to tiles + GEMM beyond 16 rows.
     code = (
-        "import torch, sys; sys.path.insert(0, 'tests');"
+        "import torch\n"
+        "from sparsenas._extension import has_native_kernel\n"
         "from test_masked_linear import make_inputs, assert_matches_reference\n"
+        "assert has_native_kernel('masked_linear', 'cpu'), 'the native kernels did not load'\n"
         "for mask_format in ('bool', 'packed', 'soft'):\n"
         "    for rows in ((3,), (40,)):\n"
         "        assert_matches_reference(*make_inputs('cpu', torch.float32, mask_format, rows, 70,"
@@ -168,7 +170,7 @@ def test_portable_kernels_without_simd():
         "print(torch.backends.cpu.get_cpu_capability())")
     env = dict(os.environ, ATEN_CPU_CAPABILITY="default")
     out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True,
-                         text=True, cwd=Path(__file__).resolve().parent.parent).stdout
+                         text=True, cwd=SUBPROCESS_CWD).stdout
     assert out.strip().endswith("DEFAULT")
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SUBPROCESS_CWD
 
 from sparsenas.cli import main
 from sparsenas.proxies import register_proxy
@@ -63,7 +64,7 @@ def reference(reference_path) -> tuple[dict, str]:
 
 
 def _cli(*args: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "sparsenas.cli", *args],
+    return subprocess.Popen([sys.executable, "-m", "sparsenas.cli", *args], cwd=SUBPROCESS_CWD,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
