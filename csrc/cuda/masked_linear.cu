@@ -237,9 +237,7 @@ at::Tensor masked_linear_cuda(const at::Tensor& x, const at::Tensor& weight, con
 
 at::Tensor masked_linear_grad_input_cuda(const at::Tensor& grad, const at::Tensor& weight,
                                          const at::Tensor& mask, bool packed) {
-  const char* op = "masked_linear_grad_input";
-  auto g = check_masked_weight(op, "grad", grad, weight, mask, packed);
-  check_masked_rows(op, "grad", grad, g.out_features, "out_features, from weight", g);
+  auto g = check_masked_linear_grad_input(grad, weight, mask, packed);
   c10::cuda::CUDAGuard guard(grad.device());
   std::vector<int64_t> shape = grad.sizes().vec();
   shape.back() = g.in_features;
@@ -259,17 +257,7 @@ at::Tensor masked_linear_grad_input_cuda(const at::Tensor& grad, const at::Tenso
 std::tuple<at::Tensor, at::Tensor> masked_linear_grad_weight_cuda(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& mask,
     bool packed, bool weight_grad, bool mask_grad) {
-  const char* op = "masked_linear_grad_weight";
-  auto g = check_masked_weight(op, "x", x, weight, mask, packed);
-  check_masked_rows(op, "x", x, g.in_features, "in_features, from weight", g);
-  check_same_dtype(op, "grad", grad, "x", x);
-  check_same_device(op, "grad", grad, "x", x);
-  TORCH_CHECK_VALUE(grad.sizes() == at::IntArrayRef(g.output_shape), op,
-                    "(): argument 'grad' must have the output's shape ",
-                    at::IntArrayRef(g.output_shape), ", got ", describe(grad));
-  TORCH_CHECK_TYPE(!mask_grad || (!packed && at::isFloatingType(mask.scalar_type())), op,
-                   "(): argument 'mask' must be a floating (soft) mask when mask_grad=True, got ",
-                   describe(mask), packed ? " (packed)" : "");
+  auto g = check_masked_linear_grad_weight(grad, x, weight, mask, packed, mask_grad);
   c10::cuda::CUDAGuard guard(x.device());
   auto grad_weight = weight_grad ? at::empty(weight.sizes(), x.options()) : at::empty({0}, x.options());
   auto grad_mask = mask_grad ? at::empty(mask.sizes(), x.options()) : at::empty({0}, x.options());

@@ -84,4 +84,31 @@ MaskedLinearGeometry check_masked_linear(const char* op, const at::Tensor& x,
   return g;
 }
 
+MaskedLinearGeometry check_masked_linear_grad_input(const at::Tensor& grad,
+                                                    const at::Tensor& weight,
+                                                    const at::Tensor& mask, bool packed) {
+  const char* op = "masked_linear_grad_input";
+  MaskedLinearGeometry g = check_masked_weight(op, "grad", grad, weight, mask, packed);
+  check_masked_rows(op, "grad", grad, g.out_features, "out_features, from weight", g);
+  return g;
+}
+
+MaskedLinearGeometry check_masked_linear_grad_weight(const at::Tensor& grad, const at::Tensor& x,
+                                                     const at::Tensor& weight,
+                                                     const at::Tensor& mask, bool packed,
+                                                     bool mask_grad) {
+  const char* op = "masked_linear_grad_weight";
+  MaskedLinearGeometry g = check_masked_weight(op, "x", x, weight, mask, packed);
+  check_masked_rows(op, "x", x, g.in_features, "in_features, from weight", g);
+  check_same_dtype(op, "grad", grad, "x", x);
+  check_same_device(op, "grad", grad, "x", x);
+  TORCH_CHECK_VALUE(grad.sizes() == at::IntArrayRef(g.output_shape), op,
+                    "(): argument 'grad' must have the output's shape ",
+                    at::IntArrayRef(g.output_shape), ", got ", describe(grad));
+  TORCH_CHECK_TYPE(!mask_grad || (!packed && at::isFloatingType(mask.scalar_type())), op,
+                   "(): argument 'mask' must be a floating (soft) mask when mask_grad=True, got ",
+                   describe(mask), packed ? " (packed)" : "");
+  return g;
+}
+
 }  // namespace sparsenas

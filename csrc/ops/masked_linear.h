@@ -47,6 +47,18 @@ MaskedLinearGeometry check_masked_linear(const char* op, const at::Tensor& x,
                                          const at::Tensor& weight, const at::Tensor& mask,
                                          const c10::optional<at::Tensor>& bias, bool packed);
 
+// Validates the arguments of masked_linear_grad_input (grad [(K,) ..., out]).
+MaskedLinearGeometry check_masked_linear_grad_input(const at::Tensor& grad,
+                                                    const at::Tensor& weight,
+                                                    const at::Tensor& mask, bool packed);
+
+// Validates the arguments of masked_linear_grad_weight (grad: the forward output's shape; a mask
+// gradient needs a floating, unpacked mask).
+MaskedLinearGeometry check_masked_linear_grad_weight(const at::Tensor& grad, const at::Tensor& x,
+                                                     const at::Tensor& weight,
+                                                     const at::Tensor& mask, bool packed,
+                                                     bool mask_grad);
+
 inline int64_t packed_width(int64_t n) { return (n + 7) / 8; }
 
 }  // namespace sparsenas
