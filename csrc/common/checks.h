@@ -4,6 +4,7 @@
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
+#include <c10/util/Optional.h>
 
 #include <string>
 
@@ -52,6 +53,23 @@ inline void check_size(const char* op, const char* arg, const at::Tensor& t, int
                        int64_t expected, const char* what) {
   TORCH_CHECK_VALUE(t.size(dim) == expected, op, "(): argument '", arg, "' must have size ",
                     expected, " (", what, ") in dimension ", dim, ", got ", describe(t));
+}
+
+// Validates an optional bias: [out], or [K, out] per candidate in the K-candidate form, with x's
+// dtype and device. Returns whether it is per candidate.
+inline bool check_bias(const char* op, const c10::optional<at::Tensor>& bias, const at::Tensor& x,
+                       bool candidate_form, int64_t candidates, const char* candidates_from,
+                       int64_t out, const char* out_what) {
+  if (!bias.has_value() || !bias->defined()) return false;
+  const at::Tensor& b = *bias;
+  check_same_dtype(op, "bias", b, "x", x);
+  check_same_device(op, "bias", b, "x", x);
+  TORCH_CHECK_VALUE(b.dim() == 1 || (candidate_form && b.dim() == 2), op,
+                    "(): argument 'bias' must be [out]", candidate_form ? " or [K, out]" : "",
+                    ", got ", describe(b));
+  if (b.dim() == 2) check_size(op, "bias", b, 0, candidates, candidates_from);
+  check_size(op, "bias", b, b.dim() - 1, out, out_what);
+  return b.dim() == 2;
 }
 
 }  // namespace sparsenas

@@ -97,18 +97,8 @@ MaskedConv2dGeometry check_masked_conv2d(const char* op, const at::Tensor& x,
       check_size(op, "mask", mask, ml + d, weight.size(wl + d), what[d]);
   }
 
-  g.bias_per_candidate = false;
-  if (bias.has_value() && bias->defined()) {
-    const at::Tensor& b = *bias;
-    check_same_dtype(op, "bias", b, "x", x);
-    check_same_device(op, "bias", b, "x", x);
-    TORCH_CHECK_VALUE(b.dim() == 1 || (g.candidate_form && b.dim() == 2), op,
-                      "(): argument 'bias' must be [out]", g.candidate_form ? " or [K, out]" : "",
-                      ", got ", describe(b));
-    g.bias_per_candidate = b.dim() == 2;
-    if (g.bias_per_candidate) check_size(op, "bias", b, 0, g.candidates, "K, from x");
-    check_size(op, "bias", b, b.dim() - 1, g.out_channels, "out, from weight");
-  }
+  g.bias_per_candidate = check_bias(op, bias, x, g.candidate_form, g.candidates, "K, from x",
+                                    g.out_channels, "out, from weight");
 
   for (int d = 0; d < 2; ++d) {
     g.stride[d] = stride[d];

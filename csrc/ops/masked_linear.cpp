@@ -70,17 +70,8 @@ MaskedLinearGeometry check_masked_linear(const char* op, const at::Tensor& x,
                                          const c10::optional<at::Tensor>& bias, bool packed) {
   MaskedLinearGeometry g = check_masked_weight(op, "x", x, weight, mask, packed);
   check_masked_rows(op, "x", x, g.in_features, "in_features, from weight", g);
-  if (bias.has_value() && bias->defined()) {
-    const at::Tensor& b = *bias;
-    check_same_dtype(op, "bias", b, "x", x);
-    check_same_device(op, "bias", b, "x", x);
-    TORCH_CHECK_VALUE(b.dim() == 1 || (g.candidate_form && b.dim() == 2), op,
-                      "(): argument 'bias' must be [out]", g.candidate_form ? " or [K, out]" : "",
-                      ", got ", describe(b));
-    g.bias_per_candidate = b.dim() == 2;
-    if (g.bias_per_candidate) check_size(op, "bias", b, 0, g.candidates, "K, from mask");
-    check_size(op, "bias", b, b.dim() - 1, g.out_features, "out_features, from weight");
-  }
+  g.bias_per_candidate = check_bias(op, bias, x, g.candidate_form, g.candidates, "K, from mask",
+                                    g.out_features, "out_features, from weight");
   return g;
 }
 
