@@ -55,6 +55,22 @@ inline void check_size(const char* op, const char* arg, const at::Tensor& t, int
                     expected, " (", what, ") in dimension ", dim, ", got ", describe(t));
 }
 
+// A weight mask is bool, uint8 (0/1) or floating with the weight's dtype (soft); a bit-packed
+// mask (packed=true) is uint8.
+inline void check_mask_dtype(const char* op, const at::Tensor& mask, const at::Tensor& weight,
+                             bool packed) {
+  if (packed) {
+    TORCH_CHECK_TYPE(mask.scalar_type() == at::kByte, op,
+                     "(): argument 'mask' must be a uint8 bit-packed mask when packed=True, got ",
+                     describe(mask));
+    return;
+  }
+  TORCH_CHECK_TYPE(mask.scalar_type() == at::kBool || mask.scalar_type() == at::kByte ||
+                       mask.scalar_type() == weight.scalar_type(),
+                   op, "(): argument 'mask' must be bool, uint8 or ", weight.scalar_type(),
+                   " (a soft mask with the weight's dtype), got ", describe(mask));
+}
+
 // Validates an optional bias: [out], or [K, out] per candidate in the K-candidate form, with x's
 // dtype and device. Returns whether it is per candidate.
 inline bool check_bias(const char* op, const c10::optional<at::Tensor>& bias, const at::Tensor& x,

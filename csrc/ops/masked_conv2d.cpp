@@ -27,16 +27,7 @@ MaskedConv2dGeometry check_masked_conv2d(const char* op, const at::Tensor& x,
   check_same_dtype(op, "weight", weight, "x", x);
   check_same_device(op, "weight", weight, "x", x);
   check_same_device(op, "mask", mask, "x", x);
-  if (packed) {
-    TORCH_CHECK_TYPE(mask.scalar_type() == at::kByte, op,
-                     "(): argument 'mask' must be a uint8 bit-packed mask when packed=True, got ",
-                     describe(mask));
-  } else {
-    TORCH_CHECK_TYPE(mask.scalar_type() == at::kBool || mask.scalar_type() == at::kByte ||
-                         mask.scalar_type() == weight.scalar_type(),
-                     op, "(): argument 'mask' must be bool, uint8 or ", weight.scalar_type(),
-                     " (a soft mask with the weight's dtype), got ", describe(mask));
-  }
+  check_mask_dtype(op, mask, weight, packed);
   check_pair(op, "stride", stride, 1);
   check_pair(op, "padding", padding, 0);
   check_pair(op, "dilation", dilation, 1);

@@ -16,16 +16,7 @@ MaskedLinearGeometry check_masked_weight(const char* op, const char* ref_arg, co
   check_same_dtype(op, "weight", weight, ref_arg, ref);
   check_same_device(op, "weight", weight, ref_arg, ref);
   check_same_device(op, "mask", mask, ref_arg, ref);
-  if (packed) {
-    TORCH_CHECK_TYPE(mask.scalar_type() == at::kByte, op,
-                     "(): argument 'mask' must be a uint8 bit-packed mask when packed=True, got ",
-                     describe(mask));
-  } else {
-    TORCH_CHECK_TYPE(mask.scalar_type() == at::kBool || mask.scalar_type() == at::kByte ||
-                         mask.scalar_type() == weight.scalar_type(),
-                     op, "(): argument 'mask' must be bool, uint8 or ", weight.scalar_type(),
-                     " (a soft mask with the weight's dtype), got ", describe(mask));
-  }
+  check_mask_dtype(op, mask, weight, packed);
   TORCH_CHECK_VALUE(mask.dim() == 2 || mask.dim() == 3, op,
                     "(): argument 'mask' must be [out, in] or [K, out, in] (K candidates), got ",
                     describe(mask));
