@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from sparsenas.data import DatasetError, list_datasets, load_dataset, read_idx
+from sparsenas.registry import UnknownNameError
 
 
 def test_digits_splits_are_seeded_disjoint_and_standardised():
@@ -112,7 +113,7 @@ def test_cifar10_refuses_pickles_that_name_other_globals(tmp_path):
 
 
 def test_unknown_dataset_and_missing_directories(tmp_path):
-    with pytest.raises(DatasetError, match="unknown dataset 'imagenet'"):
+    with pytest.raises(UnknownNameError, match="unknown dataset 'imagenet'"):
         load_dataset("imagenet")
     with pytest.raises(DatasetError, match="does not exist"):
         load_dataset("mnist", root=tmp_path / "nowhere")

@@ -15,7 +15,7 @@ import torch
 from conftest import SUBPROCESS_CWD
 
 from sparsenas.cli import main
-from sparsenas.proxies import register_proxy
+from sparsenas.proxies import PROXIES
 from sparsenas.search import NodeSpace, RandomSearchConfig, RandomSearchStudy, derive_seed
 from sparsenas.search.random_search import plan_units
 from sparsenas.search.report import epochs_to_fraction, summarize, write_report
@@ -105,7 +105,7 @@ def test_study_is_deterministic_and_complete(tmp_path, reference):
     assert paths["accuracy_plot"].read_bytes()[:4] == b"\x89PNG"
 
 
-@register_proxy("test-first-layer-index-sum")
+@PROXIES.register("test-first-layer-index-sum")
 def _index_sum_proxy(model, x, y) -> float:
     # Depends on which nodes are kept, so the search's choice is predictable.
     mask = next(m for name, m in model.state_dict().items() if name.endswith("mask"))

@@ -2,6 +2,7 @@
 and loaders for MNIST / CIFAR-10 from local files. Nothing is downloaded."""
 
 from sparsenas.data.datasets import (
+    DATASETS,
     Dataset,
     DatasetError,
     list_datasets,
@@ -14,6 +15,7 @@ from sparsenas.data.datasets import (
 )
 
 __all__ = [
+    "DATASETS",
     "Dataset",
     "DatasetError",
     "list_datasets",

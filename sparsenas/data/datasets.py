@@ -19,6 +19,8 @@ import torch
 from sklearn.model_selection import train_test_split
 from torch import Tensor
 
+from sparsenas.registry import Registry
+
 
 class DatasetError(ValueError):
     """An unknown dataset, a missing data directory or a malformed data file."""
@@ -244,23 +246,18 @@ def load_cifar10(root: str | Path | None = None, seed: int = 0,
 
 Loader = Callable[..., Dataset]
 
-_DATASETS: dict[str, Loader] = {
-    "digits": load_digits,
-    "synthetic": load_synthetic,
-    "mnist": load_mnist,
-    "cifar10": load_cifar10,
-}
+DATASETS: Registry[Loader] = Registry("dataset")
+DATASETS.register("digits", load_digits)
+DATASETS.register("synthetic", load_synthetic)
+DATASETS.register("mnist", load_mnist)
+DATASETS.register("cifar10", load_cifar10)
 
 
 def list_datasets() -> list[str]:
-    return sorted(_DATASETS)
+    return DATASETS.names()
 
 
 def load_dataset(name: str, root: str | Path | None = None, seed: int = 0, **options) -> Dataset:
     """The dataset registered as ``name`` with splits drawn from ``seed``; ``root`` is the local
     directory of the file-based datasets (mnist, cifar10)."""
-    try:
-        loader = _DATASETS[name]
-    except KeyError:
-        raise DatasetError(f"unknown dataset {name!r}; known: {list_datasets()}") from None
-    return loader(root=root, seed=seed, **options)
+    return DATASETS.get(name)(root=root, seed=seed, **options)

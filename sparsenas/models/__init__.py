@@ -2,15 +2,15 @@
 
 from sparsenas.models.batched import CandidateBatch, weight_masks
 from sparsenas.models.networks import CNN, MLP, NodeMaskedNet
-from sparsenas.models.registry import create_model, list_models, register_model
+from sparsenas.models.registry import MODELS, create_model, list_models
 
 __all__ = [
     "CNN",
+    "MODELS",
     "CandidateBatch",
     "MLP",
     "NodeMaskedNet",
     "create_model",
     "list_models",
-    "register_model",
     "weight_masks",
 ]

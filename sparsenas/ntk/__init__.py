@@ -1,9 +1,6 @@
-"""Empirical NTK, NTK metrics and Label-Gradient Alignment.
+"""Empirical NTK, NTK metrics and Label-Gradient Alignment (the proxies built on them are in
+:mod:`sparsenas.proxies.ntk`)."""
 
-Importing this package registers the NTK proxies (:mod:`sparsenas.ntk.proxies`).
-"""
-
-from sparsenas.ntk import proxies
 from sparsenas.ntk.empirical import MODES, empirical_ntk
 from sparsenas.ntk.kernels import ntk_gram_block_, ntk_masked_block_
 from sparsenas.ntk.metrics import (
@@ -22,6 +19,6 @@ from sparsenas.ntk.metrics import (
 __all__ = [
     "MODES", "class_balanced_indices", "condition_number", "eigen_score", "empirical_ntk",
     "frobenius_norm", "kendall_tau", "label_gradient_alignment", "mean_entry",
-    "ntk_gram_block_", "ntk_masked_block_", "ntk_regression_accuracy", "proxies",
+    "ntk_gram_block_", "ntk_masked_block_", "ntk_regression_accuracy",
     "spearman_rho", "trace",
 ]

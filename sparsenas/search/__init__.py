@@ -3,7 +3,8 @@ training loop."""
 
 from sparsenas.search.random_search import RandomSearchConfig, RandomSearchStudy
 from sparsenas.search.report import StudySummary, summarize, write_report
-from sparsenas.search.space import NodeSpace, derive_seed
+from sparsenas.search.space import NodeSpace
+from sparsenas.seeds import derive_seed
 
 __all__ = ["NodeSpace", "RandomSearchConfig", "RandomSearchStudy", "StudySummary",
            "derive_seed", "summarize", "write_report"]

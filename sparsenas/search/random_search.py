@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 from sparsenas.data import Dataset, load_dataset
 from sparsenas.models import CandidateBatch, NodeMaskedNet, create_model
 from sparsenas.proxies import get_proxy
-from sparsenas.search.space import BUDGETS, NodeSpace, derive_seed
+from sparsenas.search.space import BUDGETS, NodeSpace
+from sparsenas.seeds import derive_seed
 from sparsenas.store import Store, TrialRecord, save_checkpoint
 from sparsenas.train import EpochMetrics, TrainConfig, Trainer, TrainerHook
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 
 import torch
@@ -11,13 +9,7 @@ from torch import Tensor
 
 from sparsenas.ops import pack_mask, unpack_mask
 from sparsenas.sampling import kept_nodes, sample_node_masks
-
-
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed that depends only on ``parts`` (ints, floats, strings), stable across
-    processes and machines (unlike ``hash`` of strings)."""
-    digest = hashlib.blake2b(json.dumps(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
+from sparsenas.seeds import derive_seed
 
 
 BUDGETS = ("layer", "global")

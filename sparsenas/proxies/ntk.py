@@ -1,4 +1,4 @@
-"""NTK proxies registered in :mod:`sparsenas.proxies` (``proxy(model, x, y) -> float``, higher is
+"""NTK proxies registered in :data:`sparsenas.proxies.PROXIES` (``proxy(model, x, y) -> float``, higher is
 better).
 
 Each proxy computes the ``"sum_logits"`` empirical NTK (the usual NAS choice) in float64 with
@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from sparsenas.ntk import metrics
 from sparsenas.ntk.empirical import empirical_ntk
-from sparsenas.proxies import register_proxy
+from sparsenas.proxies import PROXIES
 
 
 @contextlib.contextmanager
@@ -34,39 +34,39 @@ def _kernel(model: nn.Module, x: Tensor) -> Tensor:
         return empirical_ntk(model, x, mode="sum_logits")
 
 
-@register_proxy("ntk_condition_number")
+@PROXIES.register("ntk_condition_number")
 def ntk_condition_number(model: nn.Module, x: Tensor, y: Tensor) -> float:
     """−λmax/λmin of the NTK (−inf for a singular kernel)."""
     return -metrics.condition_number(_kernel(model, x))
 
 
-@register_proxy("ntk_trace")
+@PROXIES.register("ntk_trace")
 def ntk_trace(model: nn.Module, x: Tensor, y: Tensor) -> float:
     return metrics.trace(_kernel(model, x))
 
 
-@register_proxy("ntk_frobenius")
+@PROXIES.register("ntk_frobenius")
 def ntk_frobenius(model: nn.Module, x: Tensor, y: Tensor) -> float:
     return metrics.frobenius_norm(_kernel(model, x))
 
 
-@register_proxy("ntk_mean")
+@PROXIES.register("ntk_mean")
 def ntk_mean(model: nn.Module, x: Tensor, y: Tensor) -> float:
     return metrics.mean_entry(_kernel(model, x))
 
 
-@register_proxy("ntk_eigen_score")
+@PROXIES.register("ntk_eigen_score")
 def ntk_eigen_score(model: nn.Module, x: Tensor, y: Tensor) -> float:
     return metrics.eigen_score(_kernel(model, x))
 
 
-@register_proxy("lga")
+@PROXIES.register("lga")
 def lga(model: nn.Module, x: Tensor, y: Tensor) -> float:
     """Label-Gradient Alignment; the batch must hold at least two classes (ValueError)."""
     return metrics.label_gradient_alignment(_kernel(model, x), y)
 
 
-@register_proxy("ntk_regression_accuracy")
+@PROXIES.register("ntk_regression_accuracy")
 def ntk_regression_accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
     """NTK kernel-regression accuracy: even-indexed examples train, odd-indexed are held out
     (a shuffled class-balanced batch keeps both halves balanced); classes = max(y) + 1."""
