@@ -1,0 +1,1 @@
+"""What is specific to each method (everything shared lives in the floors below)."""

@@ -1,0 +1,1 @@
+"""Reports shared by every method: statistics, tables, summary files and plots."""

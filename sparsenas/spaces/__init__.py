@@ -1,0 +1,1 @@
+"""Search spaces: the SearchSpace protocol and the spaces the methods search."""
