@@ -14,7 +14,7 @@ from sparsenas.sampling import sample_node_masks
 def _parent(name: str, device: torch.device, seed: int = 0):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        kwargs = {"hidden": (12, 10)} if name == "mlp" else {"channels": (6, 5)}
+        kwargs = {"widths": (12, 10) if name == "mlp" else (6, 5)}
         return create_model(name, input_shape=(1, 8, 8), num_classes=4, **kwargs).to(device)
 
 

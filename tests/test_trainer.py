@@ -21,21 +21,20 @@ def data():
 def _parent():
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return create_model("mlp", input_shape=(1, 8, 8), num_classes=10, hidden=(24, 16))
+        return create_model("mlp", input_shape=(1, 8, 8), num_classes=10, widths=(24, 16))
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_candidates_together_equal_candidates_alone(data, device, optimizer):
-    config = TrainConfig(epochs=2, batch_size=32, lr=0.01, optimizer=optimizer,
-                         device=str(device))
+    config = TrainConfig(epochs=2, batch_size=32, lr=0.01, optimizer=optimizer)
     parent = _parent()
     masks = sample_node_masks(parent.layer_sizes, 0.5, 3, seed=5)
-    together = Trainer(config).fit(CandidateBatch(parent, masks), data, seed=11)
+    together = Trainer(config, device=device).fit(CandidateBatch(parent, masks), data, seed=11)
     assert together.num_candidates == 3
     for k in range(3):
         single = copy.deepcopy(parent)
         single.set_candidate([m[k] for m in masks])
-        alone = Trainer(config).fit(single, data, seed=11)
+        alone = Trainer(config, device=device).fit(single, data, seed=11)
         assert alone.num_candidates == 1
         for mine, theirs in zip(together.history, alone.history):
             assert mine.val_loss[k] == pytest.approx(theirs.val_loss[0], rel=1e-4, abs=1e-5)

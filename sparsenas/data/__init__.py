@@ -3,6 +3,7 @@ and loaders for MNIST / CIFAR-10 from local files. Nothing is downloaded."""
 
 from sparsenas.data.datasets import (
     DATASETS,
+    DataConfig,
     Dataset,
     DatasetError,
     list_datasets,
@@ -16,6 +17,7 @@ from sparsenas.data.datasets import (
 
 __all__ = [
     "DATASETS",
+    "DataConfig",
     "Dataset",
     "DatasetError",
     "list_datasets",

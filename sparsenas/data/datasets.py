@@ -8,6 +8,7 @@ in their standard distribution formats.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import pickle
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import torch
 from sklearn.model_selection import train_test_split
 from torch import Tensor
 
+from sparsenas.config import ConfigPiece, option
 from sparsenas.registry import Registry
 
 
@@ -261,3 +263,25 @@ def load_dataset(name: str, root: str | Path | None = None, seed: int = 0, **opt
     """The dataset registered as ``name`` with splits drawn from ``seed``; ``root`` is the local
     directory of the file-based datasets (mnist, cifar10)."""
     return DATASETS.get(name)(root=root, seed=seed, **options)
+
+
+@dataclass(frozen=True)
+class DataConfig(ConfigPiece):
+    """Which data a study uses (a config piece: each field is a CLI option)."""
+
+    dataset: str = option("digits", "dataset: digits (embedded), synthetic, or mnist / cifar10 "
+                                    "from local files (nothing is downloaded)")
+    data_root: str | None = option(None, "directory of the file-based datasets", runtime=True)
+    data_seed: int = option(0, "seed of the train / validation / test split")
+
+    def validate(self) -> None:
+        DATASETS.get(self.dataset)  # an unknown name fails here, listing the known ones
+
+    def load(self) -> Dataset:
+        """The dataset (loaded once per process and configuration)."""
+        return _load_cached(self.dataset, self.data_root, self.data_seed)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(name: str, root: str | None, seed: int) -> Dataset:
+    return load_dataset(name, root, seed=seed)

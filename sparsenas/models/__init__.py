@@ -2,7 +2,7 @@
 
 from sparsenas.models.batched import CandidateBatch, weight_masks
 from sparsenas.models.networks import CNN, MLP, NodeMaskedNet
-from sparsenas.models.registry import MODELS, create_model, list_models
+from sparsenas.models.registry import MODELS, ParentConfig, create_model, list_models
 
 __all__ = [
     "CNN",
@@ -10,6 +10,7 @@ __all__ = [
     "CandidateBatch",
     "MLP",
     "NodeMaskedNet",
+    "ParentConfig",
     "create_model",
     "list_models",
     "weight_masks",

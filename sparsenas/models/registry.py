@@ -3,12 +3,16 @@ with ``@MODELS.register("name")``."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
+import torch
 from torch import nn
 
-from sparsenas.models.networks import CNN, MLP
+from sparsenas.config import ConfigPiece, option
+from sparsenas.models.networks import CNN, MLP, NodeMaskedNet
 from sparsenas.registry import Registry
+from sparsenas.seeds import derive_seed
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 MODELS.register("mlp", MLP)
@@ -22,3 +26,28 @@ def create_model(name: str, **kwargs) -> nn.Module:
 
 def list_models() -> list[str]:
     return MODELS.names()
+
+
+@dataclass(frozen=True)
+class ParentConfig(ConfigPiece):
+    """The over-parameterised parent of a node-mask search (a config piece)."""
+
+    model: str = option("mlp", "parent network (a registered node-masked model: mlp or cnn)")
+    widths: tuple[int, ...] = option((128, 128), "hidden units (mlp) or channels (cnn) per "
+                                                 "masked layer, e.g. 128,128")
+
+    def validate(self) -> None:
+        MODELS.get(self.model)
+        if not self.widths or min(self.widths) < 1:
+            raise ValueError(f"widths must be positive, got {self.widths}")
+
+    def build(self, input_shape: tuple[int, ...], num_classes: int, seed: int) -> NodeMaskedNet:
+        """The parent with the shared initialisation θ0 of ``seed`` (drawn on the CPU, so θ0 is
+        the same on every device)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed("init", seed))
+            model = create_model(self.model, input_shape=input_shape, num_classes=num_classes,
+                                 widths=tuple(self.widths))
+        if not isinstance(model, NodeMaskedNet):
+            raise ValueError(f"model {self.model!r} has no node space")
+        return model
