@@ -1,12 +1,16 @@
-"""K candidates of one parent trained together: per-candidate weights [K, ...] from one shared
-initialisation θ0, run through the K-candidate masked ops.
+"""K candidates of one parent trained together through the K-candidate masked ops: per-candidate
+weights [K, ...] from one shared initialisation θ0, or (``shared_weights=True``) one weight tensor
+shared by all candidates, as in weight-sharing supernets.
 
 Candidate k's node masks are expanded to weight masks: in layer l, row o (and bias o) is masked
 when node o of layer l is off, and column i when input node i (node i of layer l - 1) is off; the
 NodeMask layers stay in place, so a switched-off node also leaves BatchNorm and the activation at
 exactly zero. Candidate k therefore computes what the parent computes with candidate k's node
-masks set (in train and eval mode), and its gradients are the ones that network would get: the
-candidates' parameters are disjoint, so summing their losses trains each one independently.
+masks set (in train and eval mode). With per-candidate weights its gradients are the ones that
+network would get: the candidates' parameters are disjoint, so summing their losses trains each
+one independently. With shared weights the Linear / Conv2d weights and biases are one tensor whose
+gradient is the sum of the candidates' gradients; BatchNorm stays per candidate (different
+sub-networks have different statistics).
 """
 
 from __future__ import annotations
@@ -43,15 +47,23 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
     return x.dtype
 
 
+def _candidate_parameter(tensor: Tensor, num_candidates: int, shared: bool) -> nn.Parameter:
+    """The parent's tensor as one shared parameter, or as K per-candidate copies [K, ...]."""
+    tensor = tensor.detach()
+    if shared:
+        return nn.Parameter(tensor.clone())
+    return nn.Parameter(tensor.expand(num_candidates, *tensor.shape).clone())
+
+
 class _CandidateLinear(nn.Module):
     def __init__(self, layer: nn.Linear, out_nodes: Tensor | None, in_nodes: Tensor | None,
-                 num_candidates: int) -> None:
+                 num_candidates: int, shared: bool) -> None:
         super().__init__()
         k = num_candidates
-        self.weight = nn.Parameter(layer.weight.detach().expand(k, -1, -1).clone())
+        self.weight = _candidate_parameter(layer.weight, k, shared)
         self.register_buffer("weight_mask", weight_masks(out_nodes, in_nodes,
                                                          layer.weight.shape, k))
-        self.bias = (nn.Parameter(layer.bias.detach().expand(k, -1).clone())
+        self.bias = (_candidate_parameter(layer.bias, k, shared)
                      if layer.bias is not None else None)
         self.register_buffer("bias_mask", torch.ones(k, layer.out_features, dtype=torch.bool)
                              if out_nodes is None else out_nodes.clone())
@@ -64,17 +76,17 @@ class _CandidateLinear(nn.Module):
 
 class _CandidateConv2d(nn.Module):
     def __init__(self, layer: nn.Conv2d, out_nodes: Tensor | None, in_nodes: Tensor | None,
-                 num_candidates: int) -> None:
+                 num_candidates: int, shared: bool) -> None:
         super().__init__()
         if layer.groups != 1 or layer.padding_mode != "zeros" or isinstance(layer.padding, str):
             raise ValueError("CandidateBatch: only Conv2d with groups=1, zero padding and numeric "
                              "padding is supported")
         k = num_candidates
         self.stride, self.padding, self.dilation = layer.stride, layer.padding, layer.dilation
-        self.weight = nn.Parameter(layer.weight.detach().expand(k, *layer.weight.shape).clone())
+        self.weight = _candidate_parameter(layer.weight, k, shared)
         self.register_buffer("weight_mask", weight_masks(out_nodes, in_nodes,
                                                          layer.weight.shape, k))
-        self.bias = (nn.Parameter(layer.bias.detach().expand(k, -1).clone())
+        self.bias = (_candidate_parameter(layer.bias, k, shared)
                      if layer.bias is not None else None)
         self.register_buffer("bias_mask", torch.ones(k, layer.out_channels, dtype=torch.bool)
                              if out_nodes is None else out_nodes.clone())
@@ -138,10 +150,12 @@ class CandidateBatch(nn.Module):
     current weights θ0, with candidate k's node masks ``[m[k] for m in node_masks]``.
 
     Shapes: ``node_masks`` one bool [K, n_l] per NodeMask layer; forward x [N, ...] (one batch
-    shared by all candidates) -> logits [K, N, classes].
+    shared by all candidates) -> logits [K, N, classes]. ``shared_weights``: the candidates share
+    the parent's Linear / Conv2d weights and biases (one tensor each) instead of K copies.
     """
 
-    def __init__(self, parent: NodeMaskedNet, node_masks: Sequence[Tensor]) -> None:
+    def __init__(self, parent: NodeMaskedNet, node_masks: Sequence[Tensor],
+                 shared_weights: bool = False) -> None:
         super().__init__()
         sizes = parent.layer_sizes
         if len(node_masks) != len(sizes):
@@ -153,7 +167,7 @@ class CandidateBatch(nn.Module):
                 raise ValueError(f"CandidateBatch(): argument 'node_masks'[{layer}] must be bool "
                                  f"[{k}, {n}], got {tuple(mask.shape)} {mask.dtype}")
         self.num_candidates = k
-        self._parent_keys = list(parent.state_dict())
+        self._parent_shapes = {k: v.shape for k, v in parent.state_dict().items()}
         modules = list(parent.body)
         device = next(parent.parameters()).device
         masks = [m.to(device) for m in node_masks]
@@ -165,7 +179,7 @@ class CandidateBatch(nn.Module):
             if isinstance(module, (nn.Linear, nn.Conv2d)):
                 out_nodes = self._next_node_mask(modules, position, masks, mask_index)
                 wrap = _CandidateLinear if isinstance(module, nn.Linear) else _CandidateConv2d
-                layers.append(wrap(module, out_nodes, in_nodes, k))
+                layers.append(wrap(module, out_nodes, in_nodes, k, shared_weights))
             elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 layers.append(_CandidateBatchNorm(module, k))
             elif isinstance(module, NodeMask):
@@ -203,8 +217,9 @@ class CandidateBatch(nn.Module):
             if key.endswith(("weight_mask", "bias_mask")):
                 continue
             parent_key = "body." + key.replace(".module.", ".")
-            state[parent_key] = value if key.endswith("num_batches_tracked") else value[index]
-        missing = set(self._parent_keys) - set(state)
+            shared = value.shape == self._parent_shapes.get(parent_key)
+            state[parent_key] = value if shared else value[index]
+        missing = set(self._parent_shapes) - set(state)
         if missing:
             raise RuntimeError(f"candidate_state_dict(): no value for {sorted(missing)}")
-        return {key: state[key].detach().clone() for key in self._parent_keys}
+        return {key: state[key].detach().clone() for key in self._parent_shapes}

@@ -1,1 +1,11 @@
-"""Search spaces: the SearchSpace protocol and the spaces the methods search."""
+"""Search spaces: the SearchSpace protocol and the spaces the methods search, registered by name
+in :data:`SPACES` (their constructors)."""
+
+from sparsenas.registry import Registry
+from sparsenas.spaces.base import SearchSpace
+from sparsenas.spaces.node import NodeSpace, stack_candidates
+
+SPACES: Registry[type[SearchSpace]] = Registry("space")
+SPACES.register("node", NodeSpace)
+
+__all__ = ["NodeSpace", "SPACES", "SearchSpace", "stack_candidates"]
