@@ -111,7 +111,7 @@ def test_proxy_scoring_picks_the_best_proxy_score(tmp_path):
     assert metadata["trial"] == chosen.key
     config = from_flat(RandomSearch.Config, options)
     data = config.data.load()
-    network = config.parent.build(data.input_shape, data.num_classes, seed=0)
+    network = config.parent.build(data, seed=0)
     network.load_state_dict(state)
     assert space.encode([network.state_dict()[name] for name in
                          ("body.4.mask", "body.8.mask")]) == chosen.config["mask"]

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from sparsenas.config import ConfigPiece, option
+from sparsenas.data import Dataset
 from sparsenas.models.networks import CNN, MLP, NodeMaskedNet
 from sparsenas.registry import Registry
 from sparsenas.seeds import derive_seed
@@ -41,13 +42,13 @@ class ParentConfig(ConfigPiece):
         if not self.widths or min(self.widths) < 1:
             raise ValueError(f"widths must be positive, got {self.widths}")
 
-    def build(self, input_shape: tuple[int, ...], num_classes: int, seed: int) -> NodeMaskedNet:
-        """The parent with the shared initialisation θ0 of ``seed`` (drawn on the CPU, so θ0 is
-        the same on every device)."""
+    def build(self, data: Dataset, seed: int) -> NodeMaskedNet:
+        """The parent for ``data`` with the shared initialisation θ0 of ``seed`` (drawn on the
+        CPU, so θ0 is the same on every device)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed("init", seed))
-            model = create_model(self.model, input_shape=input_shape, num_classes=num_classes,
-                                 widths=tuple(self.widths))
+            model = create_model(self.model, input_shape=data.input_shape,
+                                 num_classes=data.num_classes, widths=tuple(self.widths))
         if not isinstance(model, NodeMaskedNet):
             raise ValueError(f"model {self.model!r} has no node space")
         return model

@@ -3,7 +3,6 @@ workers finishing a study together, or a crash mid-write, never leave a torn fil
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -71,6 +70,7 @@ def write_report(store: Store, study: str, strategy: Strategy, out_dir: str | Pa
     (trials.csv, trials.jsonl) and the strategy's plots to ``out_dir``; returns the paths by
     name. Reads the store only."""
     from sparsenas.config import identity
+    from sparsenas.store.sqlite_store import write_csv_rows
 
     out = check_writable(out_dir)
     trials = store.trials(study)
@@ -80,7 +80,10 @@ def write_report(store: Store, study: str, strategy: Strategy, out_dir: str | Pa
                 "rows": summary.rows}
     paths["summary_json"] = atomic_write_text(
         out / "summary.json", json.dumps(_json_ready(document), indent=2) + "\n")
-    paths["summary_csv"] = _write_rows_csv(summary.rows, out / "summary.csv")
+    summary_csv = _temporary(out / "summary.csv")
+    write_csv_rows(_json_ready(summary.rows), summary_csv)
+    paths["summary_csv"] = out / "summary.csv"
+    os.replace(summary_csv, paths["summary_csv"])
     for name, export in (("trials_csv", store.export_csv), ("trials_jsonl", store.export_jsonl)):
         path = out / ("trials.csv" if name == "trials_csv" else "trials.jsonl")
         tmp = _temporary(path)
@@ -89,18 +92,3 @@ def write_report(store: Store, study: str, strategy: Strategy, out_dir: str | Pa
         paths[name] = path
     paths.update(strategy.plots(summary, trials, out))
     return paths
-
-
-def _write_rows_csv(rows: list[dict[str, Any]], path: Path) -> Path:
-    columns: list[str] = []
-    for row in rows:
-        columns += [c for c in row if c not in columns]
-    tmp = _temporary(path)
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        for row in _json_ready(rows):
-            writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v
-                             for k, v in row.items()})
-    os.replace(tmp, path)
-    return path

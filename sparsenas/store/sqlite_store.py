@@ -379,18 +379,7 @@ class Store:
     def export_csv(self, study: str, path: str | Path) -> Path:
         """One row per trial: key, unit, kind, state, seed, parent, generation, seconds,
         config.* and final.* columns."""
-        rows = list(self._iter_flat(study))
-        columns: list[str] = []
-        for row in rows:
-            columns += [c for c in row if c not in columns]
-        path = Path(path)
-        with open(path, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns)
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v
-                                 for k, v in row.items()})
-        return path
+        return write_csv_rows(list(self._iter_flat(study)), path)
 
     def export_jsonl(self, study: str, path: str | Path) -> Path:
         """One JSON object per trial with everything, per-epoch metrics included."""
@@ -399,3 +388,19 @@ class Store:
             for trial in self.trials(study):
                 handle.write(json.dumps(asdict(trial), sort_keys=True) + "\n")
         return path
+
+
+def write_csv_rows(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    """Rows of plain values as CSV: the union of their keys as columns (in first-seen order),
+    lists and dicts as JSON."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c in row if c not in columns]
+    path = Path(path)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v
+                             for k, v in row.items()})
+    return path

@@ -24,16 +24,17 @@ import torch
 
 from sparsenas.config import ConfigPiece, option
 from sparsenas.data import DataConfig
-from sparsenas.models import CandidateBatch, ParentConfig
+from sparsenas.models import ParentConfig
 from sparsenas.report.io import save_figure
 from sparsenas.seeds import derive_seed
-from sparsenas.spaces.node import BUDGETS, NodeSpace, stack_candidates
+from sparsenas.spaces.node import BUDGETS, NodeSpace
 from sparsenas.store import TrialRecord
 from sparsenas.strategies.base import STRATEGIES, Strategy, Summary
 from sparsenas.strategies.random_search import check_seeds
 from sparsenas.study import RuntimeConfig, StudyContext, Unit
-from sparsenas.study.scoring import ScoringConfig, best_trial, score_candidates
-from sparsenas.train import TrainConfig, Trainer
+from sparsenas.study.scoring import (ScoringConfig, best_trial, score_candidates,
+                                     train_candidates, trained_trials)
+from sparsenas.train import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -100,8 +101,7 @@ class RegularizedEvolution(Strategy):
         return units
 
     def _parent_and_space(self, ctx: StudyContext, seed: int):
-        data = ctx.data
-        parent = self.config.parent.build(data.input_shape, data.num_classes, seed)
+        parent = self.config.parent.build(ctx.data, seed)
         return parent, NodeSpace(parent.layer_sizes, self.config.sparsity, self.config.budget)
 
     def run_unit(self, unit: Unit, ctx: StudyContext) -> list[TrialRecord]:
@@ -158,16 +158,11 @@ class RegularizedEvolution(Strategy):
             roles.append((f"seed={seed}/random/{i:04d}",
                           {"role": "random", "index": i, "mask": space.encode(random)}))
             candidates.append(random)
-        trainer = Trainer(c.training, ctx.hooks, device=ctx.device)
-        result = trainer.fit(CandidateBatch(parent, stack_candidates(candidates)), ctx.data,
-                             seed=derive_seed("final-batches", seed))
-        return [TrialRecord(key=key, kind="final", seed=seed,
-                            config={**config, "sparsity": c.sparsity,
-                                    **space.describe(candidates[i])},
-                            epochs=result.candidate_history(i), final=result.candidate_final(i),
-                            seconds=result.seconds / len(roles),
-                            parent=config.get("found"))
-                for i, (key, config) in enumerate(roles)]
+        _, result = train_candidates(parent, candidates, c.training, ctx,
+                                     derive_seed("final-batches", seed))
+        roles = [(key, {**config, "sparsity": c.sparsity, **space.describe(candidates[i])})
+                 for i, (key, config) in enumerate(roles)]
+        return trained_trials(roles, result, seed, parents=[best.key] + [None] * c.num_random)
 
     # Summary ---------------------------------------------------------------------------------
 

@@ -23,16 +23,17 @@ from scipy import stats
 
 from sparsenas.config import ConfigPiece, option
 from sparsenas.data import DataConfig
-from sparsenas.models import CandidateBatch, ParentConfig
+from sparsenas.models import ParentConfig
 from sparsenas.report.sparsity import Group, plot_accuracy_vs_sparsity, plot_convergence
 from sparsenas.sampling import kept_nodes
 from sparsenas.seeds import derive_seed
-from sparsenas.spaces.node import BUDGETS, NodeSpace, stack_candidates
+from sparsenas.spaces.node import BUDGETS, NodeSpace
 from sparsenas.store import TrialRecord, save_checkpoint
 from sparsenas.strategies.base import STRATEGIES, Strategy, Summary
 from sparsenas.study import RuntimeConfig, StudyContext, Unit
-from sparsenas.study.scoring import ScoringConfig, best_trial, score_candidates
-from sparsenas.train import TrainConfig, Trainer
+from sparsenas.study.scoring import (ScoringConfig, best_trial, score_candidates,
+                                     train_candidates, trained_trials)
+from sparsenas.train import TrainConfig
 
 
 def check_seeds(seeds: tuple[int, ...]) -> None:
@@ -93,10 +94,6 @@ class RandomSearch(Strategy):
                               depends_on=tuple(u.key for u in search)))
         return units
 
-    def _parent(self, ctx: StudyContext, seed: int):
-        data = ctx.data
-        return self.config.parent.build(data.input_shape, data.num_classes, seed)
-
     def run_unit(self, unit: Unit, ctx: StudyContext) -> list[TrialRecord]:
         if unit.kind == "search":
             return self._search(unit, ctx)
@@ -105,7 +102,7 @@ class RandomSearch(Strategy):
     def _search(self, unit: Unit, ctx: StudyContext) -> list[TrialRecord]:
         c = self.config
         seed, sparsity = unit.params["seed"], unit.params["sparsity"]
-        parent = self._parent(ctx, seed)
+        parent = c.parent.build(ctx.data, seed)
         space = NodeSpace(parent.layer_sizes, sparsity, c.budget)
         candidates = space.sample(c.num_candidates, derive_seed("search", seed, sparsity))
         score_seed = (derive_seed("search-batches", seed, sparsity) if c.scoring.proxy is None
@@ -121,7 +118,7 @@ class RandomSearch(Strategy):
     def _final(self, unit: Unit, ctx: StudyContext) -> list[TrialRecord]:
         c = self.config
         seed = unit.params["seed"]
-        parent = self._parent(ctx, seed)
+        parent = c.parent.build(ctx.data, seed)
         roles: list[tuple[str, dict]] = []  # (trial key, trial config) per candidate
         candidates = []
         for s in c.sparsities:
@@ -141,20 +138,15 @@ class RandomSearch(Strategy):
         roles.append((f"seed={seed}/dense", {"sparsity": 0.0, "role": "dense", "index": 0,
                                              "mask": None, "kept": parent.layer_sizes}))
         candidates.append([torch.ones(n, dtype=torch.bool) for n in parent.layer_sizes])
-        trainer = Trainer(c.training, ctx.hooks, device=ctx.device)
-        batch = CandidateBatch(parent, stack_candidates(candidates))
-        result = trainer.fit(batch, ctx.data, seed=derive_seed("final-batches", seed))
-        seconds = result.seconds / len(roles)
+        batch, result = train_candidates(parent, candidates, c.training, ctx,
+                                         derive_seed("final-batches", seed))
         if ctx.checkpoint_dir is not None:
             for i, (key, config) in enumerate(roles):
                 if config["role"] in ("search", "dense"):
                     save_checkpoint(ctx.checkpoint_dir / f"{key.replace('/', '_')}.safetensors",
                                     batch.candidate_state_dict(i),
                                     {"trial": key, "config": json.dumps(config)})
-        return [TrialRecord(key=key, kind="final", seed=seed, config=config,
-                            epochs=result.candidate_history(i), final=result.candidate_final(i),
-                            seconds=seconds)
-                for i, (key, config) in enumerate(roles)]
+        return trained_trials(roles, result, seed)
 
     # Summary ---------------------------------------------------------------------------------
 

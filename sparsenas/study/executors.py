@@ -46,6 +46,15 @@ def _bars(study: Study, units: list[Unit]) -> tuple[tqdm, tqdm]:
             tqdm(desc="epochs", unit="epoch", leave=False, disable=disable))
 
 
+def _ready_units(study: Study, units: list[Unit], unit_bar: tqdm) -> list[Unit] | None:
+    """The units ready to run (dependencies finished), or None when every unit is finished;
+    updates the progress bar."""
+    pending, ready, _ = study.pending(units)
+    unit_bar.n = len(units) - len(pending)
+    unit_bar.refresh()
+    return ready if pending else None
+
+
 class LocalExecutor(Executor):
     """Runs ready units one after another in this process."""
 
@@ -53,12 +62,7 @@ class LocalExecutor(Executor):
         unit_bar, epoch_bar = _bars(study, units)
         hooks: list[TrainerHook] = [_EpochProgress(epoch_bar)]
         with unit_bar, epoch_bar:
-            while True:
-                pending, ready, finished = study.pending(units)
-                unit_bar.n = len(units) - len(pending)
-                unit_bar.refresh()
-                if not pending:
-                    return
+            while (ready := _ready_units(study, units, unit_bar)) is not None:
                 claimed = next((u for u in ready if study.store.claim(study.name, u.key)), None)
                 if claimed is None:  # everything left is in other workers' hands
                     time.sleep(study.poll_seconds)
@@ -102,12 +106,7 @@ class RayExecutor(Executor):
         unit_bar, epoch_bar = _bars(study, units)
         try:
             with unit_bar, epoch_bar:
-                while True:
-                    pending, ready, _ = study.pending(units)
-                    unit_bar.n = len(units) - len(pending)
-                    unit_bar.refresh()
-                    if not pending:
-                        return
+                while (ready := _ready_units(study, units, unit_bar)) is not None:
                     running = {u.key for u in in_flight.values()}
                     for unit in ready:
                         if len(in_flight) >= self.workers:

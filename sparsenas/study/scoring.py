@@ -1,6 +1,7 @@
-"""Scoring node-mask candidates, shared by the strategies that search node spaces: a short
-training run of all candidates together (validation accuracy, ties to the lower validation loss),
-or any registered zero-cost proxy on one seeded batch."""
+"""Scoring and training node-mask candidates, shared by the strategies that search node spaces:
+scores from a short training run of all candidates together (validation accuracy, ties to the
+lower validation loss) or from any registered zero-cost proxy on one seeded batch; full training
+of finalists together from the parent's θ0."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from sparsenas.config import ConfigPiece, option
 from sparsenas.models import CandidateBatch, NodeMaskedNet
 from sparsenas.proxies import PROXIES
 from sparsenas.spaces.node import NodeCandidate, stack_candidates
+from sparsenas.store import TrialRecord
 from sparsenas.study.study import StudyContext
-from sparsenas.train import TrainConfig, Trainer
+from sparsenas.train import TrainConfig, Trainer, TrainResult
 
 
 @dataclass(frozen=True)
@@ -84,3 +86,22 @@ def best_trial(trials):
     ordered = sorted(trials, key=lambda t: t.key)
     return max(ordered, key=lambda t: (t.final["score"], t.final["tiebreak"]))
 
+
+
+def train_candidates(parent: NodeMaskedNet, candidates: list[NodeCandidate], training: TrainConfig,
+                     ctx: StudyContext, seed: int) -> tuple[CandidateBatch, TrainResult]:
+    """Trains ``candidates`` of ``parent`` fully, together, from its weights θ0 (batch order
+    from ``seed``)."""
+    batch = CandidateBatch(parent, stack_candidates(candidates))
+    result = Trainer(training, ctx.hooks, device=ctx.device).fit(batch, ctx.data, seed=seed)
+    return batch, result
+
+
+def trained_trials(roles: list[tuple[str, dict]], result: TrainResult, seed: int,
+                   parents: list[str | None] | None = None) -> list[TrialRecord]:
+    """One "final" trial per (key, config) role, in the order the candidates were trained."""
+    parents = parents or [None] * len(roles)
+    return [TrialRecord(key=key, kind="final", seed=seed, config=config, parent=parents[i],
+                        epochs=result.candidate_history(i), final=result.candidate_final(i),
+                        seconds=result.seconds / len(roles))
+            for i, (key, config) in enumerate(roles)]
