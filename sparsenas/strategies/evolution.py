@@ -22,28 +22,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sparsenas.config import ConfigPiece, option
-from sparsenas.data import DataConfig
-from sparsenas.models import ParentConfig
+from sparsenas.config import option
 from sparsenas.report.io import save_figure
 from sparsenas.seeds import derive_seed
 from sparsenas.spaces.node import BUDGETS, NodeSpace
 from sparsenas.store import TrialRecord
 from sparsenas.strategies.base import STRATEGIES, Strategy, Summary
 from sparsenas.strategies.random_search import check_seeds
-from sparsenas.study import RuntimeConfig, StudyContext, Unit
-from sparsenas.study.scoring import (ScoringConfig, best_trial, score_candidates,
+from sparsenas.study import StudyContext, Unit
+from sparsenas.study.scoring import (NodeSearchConfig, best_trial, score_candidates,
                                      train_candidates, trained_trials)
-from sparsenas.train import TrainConfig
 
 
 @dataclass(frozen=True)
-class EvolutionConfig(ConfigPiece):
-    data: DataConfig = DataConfig()
-    parent: ParentConfig = ParentConfig()
-    scoring: ScoringConfig = ScoringConfig()
-    training: TrainConfig = TrainConfig(epochs=20)
-    runtime: RuntimeConfig = RuntimeConfig()
+class EvolutionConfig(NodeSearchConfig):
     sparsity: float = option(0.9, "node sparsity of every candidate, in [0, 1)")
     budget: str = option("layer", "layer: every layer keeps round((1-s) n_l) nodes; global: the "
                                   "network keeps that many in all", choices=BUDGETS)

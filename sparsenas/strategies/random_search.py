@@ -21,19 +21,16 @@ import numpy as np
 import torch
 from scipy import stats
 
-from sparsenas.config import ConfigPiece, option
-from sparsenas.data import DataConfig
-from sparsenas.models import ParentConfig
+from sparsenas.config import option
 from sparsenas.report.sparsity import Group, plot_accuracy_vs_sparsity, plot_convergence
 from sparsenas.sampling import kept_nodes
 from sparsenas.seeds import derive_seed
 from sparsenas.spaces.node import BUDGETS, NodeSpace
 from sparsenas.store import TrialRecord, save_checkpoint
 from sparsenas.strategies.base import STRATEGIES, Strategy, Summary
-from sparsenas.study import RuntimeConfig, StudyContext, Unit
-from sparsenas.study.scoring import (ScoringConfig, best_trial, score_candidates,
+from sparsenas.study import StudyContext, Unit
+from sparsenas.study.scoring import (NodeSearchConfig, best_trial, score_candidates,
                                      train_candidates, trained_trials)
-from sparsenas.train import TrainConfig
 
 
 def check_seeds(seeds: tuple[int, ...]) -> None:
@@ -42,12 +39,7 @@ def check_seeds(seeds: tuple[int, ...]) -> None:
 
 
 @dataclass(frozen=True)
-class RandomSearchConfig(ConfigPiece):
-    data: DataConfig = DataConfig()
-    parent: ParentConfig = ParentConfig()
-    scoring: ScoringConfig = ScoringConfig()
-    training: TrainConfig = TrainConfig(epochs=20)
-    runtime: RuntimeConfig = RuntimeConfig()
+class RandomSearchConfig(NodeSearchConfig):
     sparsities: tuple[float, ...] = option((0.5, 0.75, 0.9, 0.95),
                                            "node sparsity grid, each in [0, 1), e.g. 0.5,0.9")
     budget: str = option("layer", "layer: every layer keeps round((1-s) n_l) nodes; global: the "

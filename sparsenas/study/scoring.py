@@ -13,10 +13,12 @@ from dataclasses import dataclass
 import torch
 
 from sparsenas.config import ConfigPiece, option
-from sparsenas.models import CandidateBatch, NodeMaskedNet
+from sparsenas.data import DataConfig
+from sparsenas.models import CandidateBatch, NodeMaskedNet, ParentConfig
 from sparsenas.proxies import PROXIES
 from sparsenas.spaces.node import NodeCandidate, stack_candidates
 from sparsenas.store import TrialRecord
+from sparsenas.study.runtime import RuntimeConfig
 from sparsenas.study.study import StudyContext
 from sparsenas.train import TrainConfig, Trainer, TrainResult
 
@@ -36,6 +38,18 @@ class ScoringConfig(ConfigPiece):
         if self.search_epochs < 1 or self.proxy_batch_size < 2:
             raise ValueError(f"search_epochs must be >= 1 and proxy_batch_size >= 2, got "
                              f"{self.search_epochs} and {self.proxy_batch_size}")
+
+
+@dataclass(frozen=True)
+class NodeSearchConfig(ConfigPiece):
+    """The pieces every node-mask search composes: data, parent, candidate scoring, full
+    training (20 epochs by default) and runtime. Strategies subclass it and add their options."""
+
+    data: DataConfig = DataConfig()
+    parent: ParentConfig = ParentConfig()
+    scoring: ScoringConfig = ScoringConfig()
+    training: TrainConfig = TrainConfig(epochs=20)
+    runtime: RuntimeConfig = RuntimeConfig()
 
 
 @dataclass
