@@ -106,6 +106,13 @@ def _resize(x: Tensor, resolution: int) -> Tensor:
     return F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)
 
 
+def _dropout(x: Tensor, rate: float, generator: torch.Generator | None) -> Tensor:
+    if rate == 0.0 or generator is None:
+        return F.dropout(x, rate, rate > 0.0)
+    keep = torch.rand(x.shape, generator=generator, device=generator.device) >= rate
+    return x * keep.to(x.device, x.dtype) / (1.0 - rate)
+
+
 def _batch_norm(bn: nn.BatchNorm2d, x: Tensor, update_stats: bool) -> Tensor:
     """``bn`` restricted to the first ``x.shape[1]`` channels. In train mode with
     ``update_stats`` the running statistics of those channels are updated as nn.BatchNorm2d
@@ -127,12 +134,12 @@ def _candidate_batch_norm(bn: nn.BatchNorm2d, x: Tensor, channel_mask: Tensor) -
     """``bn`` on K candidates x [K, N, C, H, W], each normalised with its own batch statistics
     (train mode, running statistics untouched) or the running ones (eval mode); channels a
     candidate does not have are set to zero."""
-    k, n = x.shape[:2]
+    k, n, channels = x.shape[:3]
     features = x.transpose(0, 1).reshape(n, -1, *x.shape[3:])
-    mean = None if bn.training else bn.running_mean.repeat(k)
-    var = None if bn.training else bn.running_var.repeat(k)
-    out = F.batch_norm(features, mean, var, bn.weight.repeat(k), bn.bias.repeat(k), bn.training,
-                       0.0, bn.eps)
+    mean = None if bn.training else bn.running_mean[:channels].repeat(k)
+    var = None if bn.training else bn.running_var[:channels].repeat(k)
+    out = F.batch_norm(features, mean, var, bn.weight[:channels].repeat(k),
+                       bn.bias[:channels].repeat(k), bn.training, 0.0, bn.eps)
     out = out.reshape(n, k, *x.shape[2:]).transpose(0, 1)
     return out * channel_mask.to(out.dtype)[:, None, :, None, None]
 
@@ -238,9 +245,11 @@ class ElasticNet(nn.Module):
 
     # ----------------------------------------------------------------- one child, sliced weights
     def run_child(self, x: Tensor, config: ChildConfig, *, dropout: float = 0.0,
+                  generator: torch.Generator | None = None,
                   update_bn_stats: bool = True) -> Tensor:
-        """Logits [N, classes] of child ``config`` on sliced weights. ``update_bn_stats=False``
-        leaves the running BatchNorm statistics unchanged in train mode."""
+        """Logits [N, classes] of child ``config`` on sliced weights. In train mode, ``dropout``
+        before the classifier draws from ``generator`` (the global generator when None), and
+        ``update_bn_stats=False`` leaves the running BatchNorm statistics unchanged."""
         self.check_config(config)
         self._check_input(x)
         h = _resize(x, config.resolution)
@@ -249,7 +258,7 @@ class ElasticNet(nn.Module):
                                                 config.kernels):
             for block in blocks[:depth]:
                 h = self._block(block, h, width, kernel, update_bn_stats)
-        h = F.dropout(h.mean((2, 3)), dropout, self.training)
+        h = _dropout(h.mean((2, 3)), dropout if self.training else 0.0, generator)
         return F.linear(h, self.classifier.weight[:, :h.shape[1]], self.classifier.bias)
 
     @staticmethod
@@ -272,8 +281,9 @@ class ElasticNet(nn.Module):
     # ------------------------------------------------------- K width variants, K-candidate ops
     def run_children(self, x: Tensor, configs: Sequence[ChildConfig]) -> Tensor:
         """Logits [K, N, classes] of K children that differ only in their widths, computed
-        together on the full-size weights with prefix channel masks. In train mode each child
-        uses its own batch statistics and the running statistics are left unchanged."""
+        together on weights sliced to the widest of them, with prefix channel masks for the
+        narrower ones. In train mode each child uses its own batch statistics and the running
+        statistics are left unchanged."""
         if not configs:
             raise ValueError("run_children(): argument 'configs' must hold at least one child")
         for config in configs:
@@ -289,22 +299,23 @@ class ElasticNet(nn.Module):
         in_mask = torch.ones(k, h.shape[2], dtype=torch.bool, device=device)
         first = configs[0]
         for s, (blocks, depth, kernel) in enumerate(zip(self.stages, first.depths, first.kernels)):
-            channels = torch.arange(self.stage_channels[s], device=device)
-            out_mask = channels[None, :] < torch.tensor([c.widths[s] for c in configs],
-                                                        device=device)[:, None]
+            widths = torch.tensor([c.widths[s] for c in configs], device=device)
+            channels = torch.arange(int(widths.max()), device=device)
+            out_mask = channels[None, :] < widths[:, None]
             for i, block in enumerate(blocks[:depth]):
                 h = self._candidate_block(block, h, in_mask if i == 0 else out_mask, out_mask,
                                           kernel)
             in_mask = out_mask
         pooled = h.mean((3, 4))
-        weight = self.classifier.weight
+        weight = self.classifier.weight[:, :in_mask.shape[1]]
         mask = weight_masks(None, in_mask, weight.shape, k).to(device)
         return masked_linear(pooled, weight, mask, self.classifier.bias)
 
     @staticmethod
     def _candidate_conv(conv: nn.Conv2d, x: Tensor, in_mask: Tensor, out_mask: Tensor,
                         kernel: int) -> Tensor:
-        weight = _kernel_centre(conv.weight, kernel).contiguous()
+        weight = conv.weight[:out_mask.shape[1], :in_mask.shape[1]]
+        weight = _kernel_centre(weight, kernel).contiguous()
         mask = weight_masks(out_mask, in_mask, weight.shape, len(x)).to(x.device)
         return masked_conv2d(x, weight, mask, None, conv.stride, kernel // 2)
 
