@@ -209,3 +209,14 @@ def test_bad_inputs_raise():
 def test_config_round_trips_through_plain_data():
     config = ChildConfig(6, (1, 2), (3, 11), (3, 5))
     assert ChildConfig.from_dict(config.to_dict()) == config
+
+
+def test_architecture_rebuilds_the_supernet_and_rejects_another():
+    model = _supernet()
+    twin = ElasticNet(**model.architecture)
+    assert twin.architecture == model.architecture
+    twin.load_state_dict(model.state_dict())
+    model.check_architecture(twin.architecture)
+    other = dict(model.architecture, stage_channels=[8, 32])
+    with pytest.raises(ValueError, match="another supernet: stage_channels"):
+        model.check_architecture(other)

@@ -199,6 +199,26 @@ class ElasticNet(nn.Module):
         self.child = self.max_config()
 
     @property
+    def architecture(self) -> dict:
+        """The constructor arguments as plain data: ``ElasticNet(**net.architecture)`` builds a
+        supernet of the same shape, and checkpoints carry it to be checked on loading."""
+        return {"input_shape": list(self.input_shape), "num_classes": self.num_classes,
+                "stem_channels": self.stem_conv.out_channels,
+                "stage_channels": list(self.stage_channels),
+                "stage_depths": list(self.stage_depths),
+                "stage_strides": list(self.stage_strides),
+                "kernel_sizes": list(self.kernel_sizes), "dropout": self.dropout}
+
+    def check_architecture(self, architecture: dict) -> None:
+        """A ValueError naming the differences when ``architecture`` (e.g. from a checkpoint)
+        describes another supernet than this one."""
+        own = self.architecture
+        differences = [f"{key} {architecture.get(key)!r} (this supernet: {own[key]!r})"
+                       for key in own if key != "dropout" and architecture.get(key) != own[key]]
+        if differences:
+            raise ValueError("checkpoint of another supernet: " + "; ".join(differences))
+
+    @property
     def min_resolution(self) -> int:
         """The smallest input resolution the stem takes: one pixel per stride step."""
         return math.prod(self.stage_strides)
