@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from sparsenas.data import load_dataset
-from sparsenas.models import ChildConfig, ElasticNet
+from sparsenas.models import ElasticNet
 from sparsenas.spaces.elastic import ElasticSpace
 from sparsenas.store import load_checkpoint, save_checkpoint
 from sparsenas.train.sandwich import (SandwichStep, exponential_decay_lambda,

@@ -15,7 +15,8 @@ Per step (one batch, one optimiser step, gradients of all children accumulated):
   differ only in width run together as K candidates (``batch_children=True``).
 
 The children of step t come from the stream ``derive_seed(seed, "sandwich", t)`` and its dropout
-from ``derive_seed(seed, "dropout", t)``; the step counter is the step's only state (:meth:`SandwichStep.state_dict`).
+from ``derive_seed(seed, "dropout", t)``; the step counter is the step's only state
+(:meth:`SandwichStep.state_dict`).
 """
 
 from __future__ import annotations
