@@ -202,6 +202,9 @@ def test_bad_inputs_raise():
         ElasticNet((1, 8, 8), 10, kernel_sizes=(2, 3))
     with pytest.raises(ValueError, match="'x'"):
         _supernet()(torch.randn(2, 3, 8, 8))
+    with pytest.raises(ValueError, match="generator"):
+        _supernet().train().run_child(_inputs(), ChildConfig(8, (2, 2), (8, 16), (5, 5)),
+                                      dropout=0.2)
     with pytest.raises(TypeError, match="widths"):
         ChildConfig(8, (2, 2), [8, 16], (5, 5))
 

@@ -107,8 +107,11 @@ def _resize(x: Tensor, resolution: int) -> Tensor:
 
 
 def _dropout(x: Tensor, rate: float, generator: torch.Generator | None) -> Tensor:
-    if rate == 0.0 or generator is None:
-        return F.dropout(x, rate, rate > 0.0)
+    if rate == 0.0:
+        return x
+    if generator is None:
+        raise ValueError("ElasticNet.run_child(): dropout in train mode needs a seeded "
+                         "'generator'")
     keep = torch.rand(x.shape, generator=generator, device=generator.device) >= rate
     return x * keep.to(x.device, x.dtype) / (1.0 - rate)
 
@@ -148,7 +151,6 @@ class ElasticNet(nn.Module):
     """The supernet. ``stage_channels`` / ``stage_depths`` / ``stage_strides`` give each stage's
     largest width, largest depth and the stride of its first block; ``kernel_sizes`` the odd
     kernel sizes a stage may use (the largest is stored, smaller ones are its centre).
-    ``dropout`` is the rate before the classifier that :meth:`forward` applies in train mode.
 
     Shapes: x [N, C, H, W] with C = ``input_shape[0]`` -> logits [N, num_classes]; the input is
     resized to the active child's resolution.
@@ -158,7 +160,7 @@ class ElasticNet(nn.Module):
                  stage_channels: Sequence[int] = (16, 32, 64),
                  stage_depths: Sequence[int] = (2, 2, 2),
                  stage_strides: Sequence[int] = (1, 2, 2),
-                 kernel_sizes: Sequence[int] = (3, 5), dropout: float = 0.0) -> None:
+                 kernel_sizes: Sequence[int] = (3, 5)) -> None:
         super().__init__()
         if len(input_shape) != 3:
             raise ValueError(f"ElasticNet(): argument 'input_shape' must be (C, H, W), got "
@@ -174,15 +176,12 @@ class ElasticNet(nn.Module):
         if not kernels or any(k < 1 or k % 2 == 0 for k in kernels):
             raise ValueError(f"ElasticNet(): argument 'kernel_sizes' must hold odd sizes >= 1, "
                              f"got {tuple(kernel_sizes)}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"ElasticNet(): argument 'dropout' must be in [0, 1), got {dropout}")
         self.input_shape = tuple(int(v) for v in input_shape)
         self.num_classes = num_classes
         self.stage_channels = tuple(stage_channels)
         self.stage_depths = tuple(stage_depths)
         self.stage_strides = tuple(stage_strides)
         self.kernel_sizes = kernels
-        self.dropout = dropout
         in_channels = self.input_shape[0]
         self.stem_conv = nn.Conv2d(in_channels, stem_channels, STEM_KERNEL, 1, STEM_KERNEL // 2,
                                    bias=False)
@@ -207,14 +206,14 @@ class ElasticNet(nn.Module):
                 "stage_channels": list(self.stage_channels),
                 "stage_depths": list(self.stage_depths),
                 "stage_strides": list(self.stage_strides),
-                "kernel_sizes": list(self.kernel_sizes), "dropout": self.dropout}
+                "kernel_sizes": list(self.kernel_sizes)}
 
     def check_architecture(self, architecture: dict) -> None:
         """A ValueError naming the differences when ``architecture`` (e.g. from a checkpoint)
         describes another supernet than this one."""
         own = self.architecture
         differences = [f"{key} {architecture.get(key)!r} (this supernet: {own[key]!r})"
-                       for key in own if key != "dropout" and architecture.get(key) != own[key]]
+                       for key in own if architecture.get(key) != own[key]]
         if differences:
             raise ValueError("checkpoint of another supernet: " + "; ".join(differences))
 
@@ -256,7 +255,7 @@ class ElasticNet(nn.Module):
         self.child = config
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.run_child(x, self.child, dropout=self.dropout)
+        return self.run_child(x, self.child)
 
     def _check_input(self, x: Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.input_shape[0]:
@@ -268,8 +267,10 @@ class ElasticNet(nn.Module):
                   generator: torch.Generator | None = None,
                   update_bn_stats: bool = True) -> Tensor:
         """Logits [N, classes] of child ``config`` on sliced weights. In train mode, ``dropout``
-        before the classifier draws from ``generator`` (the global generator when None), and
+        before the classifier draws its mask from ``generator`` (required then), and
         ``update_bn_stats=False`` leaves the running BatchNorm statistics unchanged."""
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"run_child(): argument 'dropout' must be in [0, 1), got {dropout}")
         self.check_config(config)
         self._check_input(x)
         h = _resize(x, config.resolution)
@@ -396,10 +397,11 @@ class ElasticNet(nn.Module):
         return convs + 2 * batch_norms + self.num_classes
 
     # ------------------------------------------------------------------------------ export
-    def export(self, config: ChildConfig) -> ElasticChild:
+    def export(self, config: ChildConfig, dropout: float = 0.0) -> ElasticChild:
         """Child ``config`` as a plain network of ordinary layers holding copies of only its
         channels, kernel centres and blocks (running BatchNorm statistics included), which
-        computes what :meth:`run_child` computes in eval mode."""
+        computes what :meth:`run_child` computes in eval mode; ``dropout`` before its classifier
+        (for training it alone)."""
         self.check_config(config)
         stem = nn.Sequential(_copy_conv(self.stem_conv.weight, 1, STEM_KERNEL // 2),
                              _copy_batch_norm(self.stem_bn, self.stem_conv.out_channels),
@@ -417,7 +419,7 @@ class ElasticNet(nn.Module):
             classifier.bias.copy_(self.classifier.bias)
         device = self.classifier.weight.device
         return ElasticChild(config.resolution, stem, nn.Sequential(*blocks), classifier,
-                            self.dropout).to(device)
+                            dropout).to(device)
 
 
 def _copy_conv(weight: Tensor, stride: int, padding: int) -> nn.Conv2d:
