@@ -10,10 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sparsenas.data import load_dataset
+from sparsenas.data import Dataset, load_dataset
 from sparsenas.models import ElasticNet
 from sparsenas.spaces.elastic import ElasticSpace
 from sparsenas.store import load_checkpoint, save_checkpoint
+from sparsenas.train import TrainConfig, Trainer, TrainStep
 from sparsenas.train.sandwich import (SandwichStep, exponential_decay_lambda,
                                       exponential_decay_schedule)
 
@@ -48,6 +49,7 @@ def test_sandwich_children_biggest_smallest_then_seeded_random():
     model = _model()
     space = _space(model)
     step = SandwichStep(space, seed=5, num_random=3)
+    assert isinstance(step, TrainStep)
     children = step.children(model, 4)
     assert children[0] == space.biggest() and children[1] == space.smallest()
     assert len(children) == 5 and children == step.children(model, 4)
@@ -197,4 +199,35 @@ def test_training_resumes_epoch_by_epoch_from_saved_state(tmp_path):
     assert step2.step_index == step.step_index == 8
     assert opts2["weights"].param_groups[0]["lr"] == opts["weights"].param_groups[0]["lr"]
     for (name, a), b in zip(model.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def _small_digits():
+    data = load_dataset("digits", seed=0)
+    return Dataset(name="digits-small", x_train=data.x_train[:192], y_train=data.y_train[:192],
+                   x_val=data.x_val[:64], y_val=data.y_val[:64], x_test=data.x_test[:64],
+                   y_test=data.y_test[:64], num_classes=data.num_classes)
+
+
+def test_trainer_drives_the_step_and_resumes_in_pieces():
+    data, space = _small_digits(), _space(_model())
+    config = TrainConfig(epochs=2, batch_size=64, lr=0.05, schedule="cosine")
+
+    def trainer():
+        return Trainer(config, step=SandwichStep(space, seed=6, weight_decay=1e-4, dropout=0.1),
+                       device="cpu")
+
+    whole_trainer, whole = trainer(), _model()
+    result = whole_trainer.fit(whole, data, seed=1)
+    assert whole_trainer.optimizers["weights"].param_groups[0]["weight_decay"] == 0
+    assert len(result.history[-1].train_loss) == 4 and len(result.history[-1].val_acc) == 1
+    assert whole.child == space.biggest()
+    first_trainer, pieces = trainer(), _model()
+    first = first_trainer.fit(pieces, data, seed=1, end_epoch=1)
+    step_state = first_trainer.step.state_dict()
+    second_trainer = trainer()
+    second_trainer.step.load_state_dict(step_state)
+    second = second_trainer.fit(pieces, data, seed=1, start_epoch=2, state=first.state)
+    assert second.history[-1].val_acc == result.history[-1].val_acc
+    for (name, a), b in zip(whole.state_dict().items(), pieces.state_dict().values()):
         torch.testing.assert_close(a, b, msg=lambda m, n=name: f"{n}: {m}")

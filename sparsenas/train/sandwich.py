@@ -23,29 +23,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 from sparsenas.models.elastic import ChildConfig, ElasticNet
 from sparsenas.seeds import derive_seed
 from sparsenas.spaces.elastic import ElasticSpace
+from sparsenas.train.steps import StepOutput, TrainStep
 
 
-@dataclass
-class StepOutput:
-    loss: Tensor  # [K] per-child training loss on this batch (detached), in the step's child order
-    logits: Tensor  # [K, N, classes] detached
-
-
-class SandwichStep:
-    """BigNAS step over the children of ``space`` on an :class:`ElasticNet`."""
-
-    needs_val_batch = False
+class SandwichStep(TrainStep):
+    """BigNAS step over the children of ``space`` on an :class:`ElasticNet`. Its output holds
+    one loss and logits per child of the step, in the step's order (the lead child first, then
+    the smallest under the sandwich rule); the model is left with the biggest child active, so
+    the trainer's evaluation measures the biggest child."""
 
     def __init__(self, space: ElasticSpace, *, seed: int = 0, num_random: int = 2,
                  rule: str = "sandwich", distill: bool = True, distill_loss: str = "kl",
@@ -77,10 +72,6 @@ class SandwichStep:
         self.dropout = dropout
         self.batch_children = batch_children
         self.step_index = 0
-
-    # -------------------------------------------------------------------- trainer seams
-    def param_groups(self, model: nn.Module) -> dict[str, list[nn.Parameter]]:
-        return {"weights": [p for p in model.parameters() if p.requires_grad]}
 
     def optimizer_options(self, group: str) -> dict:
         # Weight decay is the explicit L2 term on the lead child only.
@@ -182,7 +173,8 @@ def exponential_decay_lambda(decay: float, steps_per_decay: float, final_fractio
 
 def exponential_decay_schedule(optimizer: Optimizer, decay: float, steps_per_decay: float,
                                final_fraction: float, warmup_steps: int = 0) -> LambdaLR:
-    """A LambdaLR over :func:`exponential_decay_lambda` (step it once per optimiser step); its
-    state_dict restores the position on a scheduler built the same way."""
+    """A LambdaLR over :func:`exponential_decay_lambda` (stepped once per optimiser step or once
+    per epoch, whichever unit the arguments count in); its state_dict restores the position on a
+    scheduler built the same way."""
     return LambdaLR(optimizer, exponential_decay_lambda(decay, steps_per_decay, final_fraction,
                                                         warmup_steps))
