@@ -88,6 +88,8 @@ def test_exported_child_accuracy_equals_calibrated_supernet_child():
     with torch.no_grad():
         torch.testing.assert_close(exported(x), model(x))
         assert (exported(x).argmax(-1) == y).float().mean().item() == accuracy
+    with pytest.raises(ValueError, match="same number"):
+        calibrated_accuracy(model, config, _batches(), x[:0], y[:0])
 
 
 def _space() -> ElasticSpace:

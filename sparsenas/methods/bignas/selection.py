@@ -26,6 +26,9 @@ def calibrated_accuracy(model: ElasticNet, config: ChildConfig,
                         batch_size: int = 1024) -> float:
     """Accuracy on (x, y) of child ``config`` after BN calibration on ``calibration_batches``;
     leaves ``config`` as the model's active child with its calibrated statistics."""
+    if len(x) == 0 or len(x) != len(y):
+        raise ValueError(f"calibrated_accuracy(): arguments 'x' and 'y' must hold the same "
+                         f"number (> 0) of examples, got {len(x)} and {len(y)}")
     model.set_child(config)
     calibrate_batchnorm(model, calibration_batches)
     was_training = model.training
