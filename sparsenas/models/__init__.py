@@ -1,6 +1,7 @@
 """Parent networks with node masks, their K-candidate batched form, and a model registry."""
 
 from sparsenas.models.batched import CandidateBatch, weight_masks
+from sparsenas.models.elastic import ChildConfig, ElasticChild, ElasticNet
 from sparsenas.models.networks import CNN, MLP, NodeMaskedNet
 from sparsenas.models.registry import MODELS, ParentConfig, create_model, list_models
 
@@ -8,6 +9,9 @@ __all__ = [
     "CNN",
     "MODELS",
     "CandidateBatch",
+    "ChildConfig",
+    "ElasticChild",
+    "ElasticNet",
     "MLP",
     "NodeMaskedNet",
     "ParentConfig",
