@@ -11,7 +11,9 @@ import torch.nn.functional as F
 
 from sparsenas.methods.ofb import OFBSupernet, to_plain_vit
 from sparsenas.methods.ofb.supernet import _masked_layer_norm
-from sparsenas.models import ViT
+from sparsenas.models import ViT, flops
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 RATIOS = {"embed": (0.5, 0.75, 1.0), "attn": (0.5, 1.0), "mlp": (0.25, 0.5, 1.0)}
 
@@ -67,3 +69,49 @@ def test_rejects_bad_arguments():
         OFBSupernet(vit, {**RATIOS, "mlp": (1.0, 0.5)})
     with pytest.raises(TypeError, match="must be a ViT"):
         OFBSupernet(torch.nn.Linear(2, 2), RATIOS)
+
+
+def _drop_largest_candidates(net: OFBSupernet) -> None:
+    """Makes the widest candidate of every unit improbable enough to be eliminated, leaving
+    the others near-uniform (2 of 3 alive) or one alive (the attention units, frozen)."""
+    with torch.no_grad():
+        for unit in net.units.values():
+            unit.alpha.zero_()
+            unit.alpha[-1] = -6.0
+    for unit in net.units.values():
+        assert unit.eliminate()
+
+
+@pytest.mark.parametrize("hard", [False, True])
+def test_shrinking_leaves_outputs_unchanged(hard):
+    net = _supernet()
+    _drop_largest_candidates(net)
+    x = _x()
+    before = net(x, hard=hard)
+    widths_before = {name: unit.width for name, unit in net.units.items()}
+    assert net.eliminate() == []  # nothing more dropped, but every unit shrinks
+    after = net(x, hard=hard)
+    assert {name: unit.width for name, unit in net.units.items()} == {
+        "embed": 12, "attn_0": 4, "mlp_0": 16, "attn_1": 4, "mlp_1": 16}
+    assert widths_before["embed"] == 16
+    assert net.vit.blocks[0].fc1.weight.shape == (16, 12)
+    assert net.vit.blocks[1].attn.qkv.weight.shape == (3 * 2 * 4, 12)
+    torch.testing.assert_close(after, before)
+
+
+def test_export_equals_hard_masked_supernet_and_flops_match():
+    net = _supernet(seed=3)
+    _drop_largest_candidates(net)
+    net.eliminate()
+    with torch.no_grad():  # choices below the shrunk widths (mlp_0: a tie, the first wins)
+        net.units["mlp_1"].alpha.copy_(torch.tensor([0.0, 4.0, 0.0]))
+        net.units["embed"].alpha.copy_(torch.tensor([3.0, 0.0, 0.0]))
+    plain = to_plain_vit(net)
+    assert type(plain) is ViT and not any("mask" in n for n, _ in plain.named_parameters())
+    assert plain.widths.embed == 8 and plain.widths.mlp_hidden == (8, 16)
+    assert plain.widths.head_dims == (4, 4)
+    x = _x(seed=11)
+    torch.testing.assert_close(plain(x), net(x, hard=True))
+    assert plain.flops() == flops(net.chosen_widths(), (8, 8))
+    # The searched network itself is left as it was.
+    assert net.units["embed"].width == 12

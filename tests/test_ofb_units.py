@@ -9,6 +9,8 @@ import torch
 
 from sparsenas.methods.ofb import WidthUnit, importance_ranks, kept_sizes
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _unit(width=6, ratios=(0.25, 0.5, 1.0), groups=2, seed=0) -> WidthUnit:
     unit = WidthUnit(width, ratios, groups=groups).double()

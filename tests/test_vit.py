@@ -9,6 +9,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from sparsenas.models import ViT, create_model, flops, list_models, num_parameters
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _vit(**kwargs) -> ViT:
     torch.manual_seed(0)

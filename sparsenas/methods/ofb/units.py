@@ -139,8 +139,12 @@ class WidthUnit(nn.Module):
         return mixed * in_reach
 
     def expected_size(self) -> Tensor:
-        """Σ_j p_j k_j, the expected kept channels per row (differentiable in α)."""
-        return self.probs() @ self.sizes.to(self.alpha.dtype)
+        """Σ_j p_j k_j, the expected kept channels per row (differentiable in α; a constant once
+        frozen, so α gets no gradient any more)."""
+        sizes = self.sizes.to(self.alpha.dtype)
+        if self.frozen:
+            return sizes[self.alive][0]
+        return self.probs() @ sizes
 
     def eliminate(self, factor: float = ELIMINATION_FACTOR) -> bool:
         """Drops alive candidates with p ≤ factor/K′; True when any was dropped."""
