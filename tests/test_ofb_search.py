@@ -11,9 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sparsenas.methods.ofb import OFBSupernet
+from sparsenas.data import Dataset, load_dataset
+from sparsenas.methods.ofb import OFBSupernet, to_plain_vit
 from sparsenas.methods.ofb.objective import OFBConfig, OFBObjective, ofb_step, patch_pixels
-from sparsenas.models import ViT
+from sparsenas.models import ViT, flops
+from sparsenas.sparse import slice_parameter_
+from sparsenas.store import load_checkpoint, save_checkpoint
+from sparsenas.train import TrainConfig, Trainer
 from sparsenas.train.joint import JointMaskStep
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -241,3 +245,65 @@ def test_pmim_loss_is_l1_on_masked_patches_weighted_to_the_task_loss():
     torch.testing.assert_close(result.total, task + 0.5 * task.detach() * reconstruction
                                / reconstruction.detach())
     assert math.isclose(result.total.item(), 1.5 * task.item(), rel_tol=1e-9)
+
+
+def test_search_state_round_trips_through_a_safetensors_checkpoint(tmp_path):
+    net = _supernet()
+    with torch.no_grad():
+        for unit in net.units.values():
+            unit.alpha[-1] = -2.5
+    step = ofb_step(_config(net, eliminate_every=1), net, seed=8)
+    optimizers = _optimizers(step, net)
+    for batch in _batches(2):
+        step(net, batch, optimizers)
+    state = {**{f"model.{k}": v for k, v in net.state_dict().items()},
+             **{f"step.{k}": v for k, v in step.state_dict().items()}}
+    save_checkpoint(tmp_path / "search.safetensors", state, {"seed": "8"})
+    loaded, metadata = load_checkpoint(tmp_path / "search.safetensors")
+    model_state = {k[6:]: v for k, v in loaded.items() if k.startswith("model.")}
+    fresh = _supernet()
+    fresh.resize_like(model_state)
+    fresh.load_state_dict(model_state)
+    fresh_step = ofb_step(_config(fresh, eliminate_every=1), fresh, seed=8)
+    fresh_step.load_state_dict({k[5:]: v for k, v in loaded.items() if k.startswith("step.")})
+    assert fresh.units["embed"].width == 12 and metadata == {"seed": "8"}
+    assert fresh_step.objective.step == 2
+    assert torch.equal(fresh_step.objective.generator.get_state(),
+                       step.objective.generator.get_state())
+    x = _batches(1, seed=9)[0][0]
+    torch.testing.assert_close(fresh(x), net(x), rtol=0, atol=0)
+
+
+def test_search_export_and_fine_tune_on_digits():
+    data = load_dataset("digits", seed=0)
+    net = _supernet().float()
+    config = OFBConfig(target_flops=0.6 * net.original_flops, warmup_steps=20, eliminate_every=3,
+                       pmim=True)
+    step = ofb_step(config, net, seed=0)
+    groups = step.param_groups(net)
+    optimizers = {"weights": torch.optim.AdamW(groups["weights"], lr=3e-3),
+                  "arch": torch.optim.Adam(groups["arch"], lr=config.arch_lr),
+                  "scores": torch.optim.Adam(groups["scores"], lr=config.score_lr)}
+    generator = torch.Generator().manual_seed(0)
+    x, y = data.x_train[:256], data.y_train[:256] % 4
+    for _ in range(4):  # epochs
+        order = torch.randperm(len(x), generator=generator)
+        for i in range(0, len(x), 32):
+            out = step(net, (x[order[i:i + 32]], y[order[i:i + 32]]), optimizers)
+            assert torch.isfinite(out.loss).all()
+    assert net.expected_flops().item() < net.original_flops
+    plain = to_plain_vit(net)
+    torch.testing.assert_close(plain(x[:16]), net(x[:16], hard=True), rtol=1e-4, atol=1e-5)
+    assert plain.flops() == flops(net.chosen_widths(), (8, 8))
+    small = Dataset("digits4", x, y, data.x_val[:64], data.y_val[:64] % 4, data.x_test[:64],
+                    data.y_test[:64] % 4, 4)
+    result = Trainer(TrainConfig(epochs=1, batch_size=32, lr=1e-3, optimizer="adam",
+                                 device="cpu")).fit(plain, small, seed=0)
+    assert len(result.history) == 1 and 0.0 <= result.test_acc[0] <= 1.0
+
+
+def test_slice_parameter_rejects_bad_arguments():
+    with pytest.raises(TypeError, match="argument 'param' must be an nn.Parameter"):
+        slice_parameter_(torch.zeros(3), 0, torch.tensor([0]))
+    with pytest.raises(ValueError, match="argument 'index' must be a 1-D int64 tensor"):
+        slice_parameter_(torch.nn.Parameter(torch.zeros(3)), 0, torch.tensor([[0]]))

@@ -48,10 +48,12 @@ def _head_rows(index: Tensor, width: int) -> Tensor:
 
 class OFBSupernet(nn.Module):
     """A ViT with searchable widths. ``ratios`` gives the candidate keep ratios of each unit kind
-    ("embed", "attn", "mlp"), validated increasing in (0, 1]."""
+    ("embed", "attn", "mlp"), validated increasing in (0, 1]. Importance scores start at
+    ``score_init`` (σ(3) ≈ 0.95: early in warm-up, when w_p ≈ 1, the scales then stay near 1
+    instead of halving every branch, which slowed training markedly on digits)."""
 
     def __init__(self, vit: ViT, ratios: dict[str, Sequence[float]],
-                 score_init: float = 0.0) -> None:
+                 score_init: float = 3.0) -> None:
         super().__init__()
         if not isinstance(vit, ViT):
             raise TypeError(f"OFBSupernet(): argument 'vit' must be a ViT, got "
