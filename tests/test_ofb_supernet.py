@@ -3,13 +3,13 @@ shrinking (outputs and optimiser state), and export to a plain ViT."""
 
 from __future__ import annotations
 
-import copy
+from dataclasses import replace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from sparsenas.methods.ofb import OFBSupernet, to_plain_vit
+from sparsenas.methods.ofb import OFBSupernet, to_plain_vit, uniform_widths
 from sparsenas.methods.ofb.supernet import _masked_layer_norm
 from sparsenas.models import ViT, flops
 
@@ -115,3 +115,21 @@ def test_export_equals_hard_masked_supernet_and_flops_match():
     assert plain.flops() == flops(net.chosen_widths(), (8, 8))
     # The searched network itself is left as it was.
     assert net.units["embed"].width == 12
+
+
+def test_uniform_widths_take_the_largest_ratio_within_the_target():
+    parent = ViT((1, 8, 8), 10, embed_dim=32, depth=2, num_heads=4).widths
+    target = 0.5 * flops(parent, (8, 8))
+    widths = uniform_widths(parent, (8, 8), target)
+    assert flops(widths, (8, 8)) <= target
+    # One more channel on every width would exceed the target.
+    wider = replace(widths, embed=widths.embed + 1,
+                    head_dims=tuple(d + 1 for d in widths.head_dims),
+                    mlp_hidden=tuple(m + 1 for m in widths.mlp_hidden))
+    assert flops(wider, (8, 8)) > target
+    assert len(set(widths.head_dims)) == 1 and widths.embed < 32
+    assert ViT.from_widths(widths, (8, 8)).flops() == flops(widths, (8, 8))
+    with pytest.raises(ValueError, match="exceeds the parent's"):
+        uniform_widths(parent, (8, 8), 2.01 * target)
+    with pytest.raises(ValueError, match="of one channel per width"):
+        uniform_widths(parent, (8, 8), 10.0)

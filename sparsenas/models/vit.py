@@ -169,6 +169,14 @@ class ViT(nn.Module):
         self.norm = nn.LayerNorm(embed_dim)
         self.head = nn.Linear(embed_dim, num_classes)
 
+    @classmethod
+    def from_widths(cls, widths: ViTWidths, image_size: Sequence[int]) -> ViT:
+        """A freshly initialised ViT with integer ``widths`` for images of ``image_size``."""
+        return cls((widths.in_channels, *image_size), widths.num_classes,
+                   patch_size=widths.patch_size, embed_dim=int(widths.embed), depth=widths.depth,
+                   num_heads=widths.num_heads, head_dim=widths.head_dims,
+                   mlp_hidden=widths.mlp_hidden)
+
     def tokens(self, x: Tensor) -> Tensor:
         """Patch tokens [N, patches, embed] before the class token and position embedding."""
         return self.patch_embed(x).flatten(2).transpose(1, 2)

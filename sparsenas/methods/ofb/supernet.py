@@ -115,7 +115,7 @@ class OFBSupernet(nn.Module):
                  hard: bool = False) -> Tensor:
         """Output tokens [N, 1 + patches, embed] after the final LayerNorm. ``patch_mask``
         [N, patches] bool, True where a patch is seen (others become the mask token)."""
-        vit, w_p = self.vit, float(self.importance_weight)
+        vit, w_p = self.vit, self.importance_weight
         embed_unit = self.units["embed"]
         c_e = embed_unit.scale(w_p, hard)[0]
         reserved = embed_unit.reserved(hard)[0]
@@ -237,10 +237,7 @@ def to_plain_vit(searched: OFBSupernet) -> ViT:
     for name, unit in pruned.units.items():
         pruned.shrink_unit(name, unit.keep_index(unit.chosen_size()))
     widths = pruned.vit.widths
-    plain = ViT((widths.in_channels, *pruned.vit.image_size), widths.num_classes,
-                patch_size=widths.patch_size, embed_dim=widths.embed, depth=widths.depth,
-                num_heads=widths.num_heads, head_dim=widths.head_dims,
-                mlp_hidden=widths.mlp_hidden).to(searched.mask_token)
+    plain = ViT.from_widths(widths, pruned.vit.image_size).to(searched.mask_token)
     state = pruned.vit.state_dict()
     for i, head_dim in enumerate(widths.head_dims):
         query_rows = widths.num_heads * head_dim

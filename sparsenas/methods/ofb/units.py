@@ -127,7 +127,7 @@ class WidthUnit(nn.Module):
         ``hard`` or frozen."""
         return self.hard_mask() if hard or self.frozen else self.soft_mask()
 
-    def scale(self, importance_weight: float, hard: bool = False) -> Tensor:
+    def scale(self, importance_weight: float | Tensor, hard: bool = False) -> Tensor:
         """[groups, width] activation scale: w_p·σ(s) + (1 − w_p)·m̃ on the channels some alive
         candidate keeps, 0 elsewhere; the hard mask when ``hard`` or frozen."""
         if hard or self.frozen:
