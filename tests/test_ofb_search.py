@@ -274,32 +274,54 @@ def test_search_state_round_trips_through_a_safetensors_checkpoint(tmp_path):
     torch.testing.assert_close(fresh(x), net(x), rtol=0, atol=0)
 
 
-def test_search_export_and_fine_tune_on_digits():
+def _digits4() -> Dataset:
     data = load_dataset("digits", seed=0)
+    return Dataset("digits4", data.x_train[:192], data.y_train[:192] % 4, data.x_val[:64],
+                   data.y_val[:64] % 4, data.x_test[:64], data.y_test[:64] % 4, 4)
+
+
+def _trainer_search():
     net = _supernet().float()
-    config = OFBConfig(target_flops=0.6 * net.original_flops, warmup_steps=20, eliminate_every=3,
-                       pmim=True)
+    with torch.no_grad():  # widest candidates improbable: shrinking starts in the first epoch
+        for unit in net.units.values():
+            unit.alpha[-1] = -2.5
+    config = OFBConfig(target_flops=0.6 * net.original_flops, warmup_steps=6, eliminate_every=2)
     step = ofb_step(config, net, seed=0)
-    groups = step.param_groups(net)
-    optimizers = {"weights": torch.optim.AdamW(groups["weights"], lr=3e-3),
-                  "arch": torch.optim.Adam(groups["arch"], lr=config.arch_lr),
-                  "scores": torch.optim.Adam(groups["scores"], lr=config.score_lr)}
-    generator = torch.Generator().manual_seed(0)
-    x, y = data.x_train[:256], data.y_train[:256] % 4
-    for _ in range(4):  # epochs
-        order = torch.randperm(len(x), generator=generator)
-        for i in range(0, len(x), 32):
-            out = step(net, (x[order[i:i + 32]], y[order[i:i + 32]]), optimizers)
-            assert torch.isfinite(out.loss).all()
-    assert net.expected_flops().item() < net.original_flops
+    trainer = Trainer(TrainConfig(epochs=3, batch_size=64, lr=3e-3, optimizer="adam",
+                                  weight_decay=0.0), step=step, device="cpu")
+    return net, step, trainer
+
+
+def test_trainer_drives_the_search_in_pieces_then_the_plain_vit_fine_tunes():
+    data = _digits4()
+    net, _, trainer = _trainer_search()
+    whole = trainer.fit(net, data, seed=0)
+    assert len(whole.history) == 3
+    assert all(math.isfinite(loss) for m in whole.history for loss in m.train_loss)
+
+    first, first_step, first_trainer = _trainer_search()
+    piece = first_trainer.fit(first, data, seed=0, end_epoch=1)
+    saved_model = copy.deepcopy(first.state_dict())
+    saved_step = copy.deepcopy(first_step.state_dict())
+    saved_trainer = copy.deepcopy(piece.state)
+    assert saved_model["units.embed.scores"].shape == (12,)  # shrunk within epoch 1
+
+    resumed, resumed_step, resumed_trainer = _trainer_search()
+    resumed.resize_like(saved_model)
+    resumed.load_state_dict(saved_model)
+    resumed_step.load_state_dict(saved_step)
+    rest = resumed_trainer.fit(resumed, data, seed=0, start_epoch=2, state=saved_trainer)
+    assert [m.val_acc for m in rest.history] == [m.val_acc for m in whole.history[1:]]
+    for (name, p), (_, q) in zip(net.state_dict().items(), resumed.state_dict().items()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
+
     plain = to_plain_vit(net)
-    torch.testing.assert_close(plain(x[:16]), net(x[:16], hard=True), rtol=1e-4, atol=1e-5)
+    x = data.x_val[:16]
+    torch.testing.assert_close(plain(x), net(x, hard=True), rtol=1e-4, atol=1e-5)
     assert plain.flops() == flops(net.chosen_widths(), (8, 8))
-    small = Dataset("digits4", x, y, data.x_val[:64], data.y_val[:64] % 4, data.x_test[:64],
-                    data.y_test[:64] % 4, 4)
-    result = Trainer(TrainConfig(epochs=1, batch_size=32, lr=1e-3, optimizer="adam",
-                                 device="cpu")).fit(plain, small, seed=0)
-    assert len(result.history) == 1 and 0.0 <= result.test_acc[0] <= 1.0
+    tuned = Trainer(TrainConfig(epochs=1, batch_size=64, lr=1e-3, optimizer="adam"),
+                    device="cpu").fit(plain, data, seed=0)
+    assert len(tuned.history) == 1 and 0.0 <= tuned.test_acc[0] <= 1.0
 
 
 def test_slice_parameter_rejects_bad_arguments():

@@ -14,13 +14,9 @@ from typing import Protocol
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from sparsenas.train.steps import StepOutput, TrainStep
+
 GROUPS = ("weights", "arch", "scores")
-
-
-@dataclass
-class StepOutput:
-    loss: Tensor     # [K] per-candidate training loss on this batch (detached); K = 1 here
-    logits: Tensor   # [K, N, classes] detached, for accuracy bookkeeping
 
 
 @dataclass
@@ -40,12 +36,10 @@ class JointObjective(Protocol):
     def load_state_dict(self, state: dict[str, Tensor]) -> None: ...
 
 
-class JointMaskStep:
-    """A train step (see the trainer's step protocol) with parameter groups "weights", "arch"
-    and "scores". ``options`` maps a group to its optimiser overrides (e.g. Adam with its own
-    learning rate for "arch")."""
-
-    needs_val_batch: bool = False
+class JointMaskStep(TrainStep):
+    """A train step with parameter groups "weights", "arch" and "scores". ``options`` maps a
+    group to its optimiser overrides (e.g. Adam with its own learning rate for "arch"). The
+    step's progress (:meth:`state_dict`) is the objective's; checkpoint it with the model."""
 
     def __init__(self, objective: JointObjective,
                  options: dict[str, dict] | None = None) -> None:
