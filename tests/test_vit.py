@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from sparsenas.models import ViT, create_model, flops, list_models, num_parameters
+from sparsenas.models import (ParentConfig, ViT, create_model, flops, list_models,
+                              num_parameters)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -69,3 +70,9 @@ def test_bad_arguments_raise(kwargs, match):
 def test_flops_rejects_other_types():
     with pytest.raises(TypeError, match="expected a ViT or ViTWidths"):
         flops(torch.nn.Linear(2, 2), (8, 8))
+
+
+def test_node_mask_searches_reject_the_vit_in_one_line():
+    with pytest.raises(ValueError, match="model 'vit' has no node space; node-mask searches "
+                                         "take cnn, mlp"):
+        ParentConfig(model="vit", widths=(8,)).validate()
