@@ -62,7 +62,8 @@ def test_soft_mask_matches_direct_loop(seed):
     torch.testing.assert_close(unit.soft_mask(), expected, rtol=0, atol=1e-12)
     # The highest-scoring channel of each row always gets the top of the staircase (1).
     top = unit.row_scores().argmax(-1)
-    assert torch.allclose(unit.soft_mask()[torch.arange(2), top], torch.ones(2, dtype=torch.float64))
+    assert torch.allclose(unit.soft_mask()[torch.arange(2), top],
+                          torch.ones(2, dtype=torch.float64))
 
 
 def test_bi_mask_scale_matches_direct_formula_and_has_gradients():

@@ -16,6 +16,7 @@ and a linear decoder maps each patch's output token back to its pixels.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
@@ -167,7 +168,7 @@ class OFBSupernet(nn.Module):
         """Keeps the channels ``index`` [groups, size] of unit ``name`` (in that order) in every
         parameter they live in and in the optimisers' state."""
         unit, vit = self.units[name], self.vit
-        cut = lambda param, dim, flat: slice_parameter_(param, dim, flat, optimizers)  # noqa: E731
+        cut = functools.partial(slice_parameter_, optimizers=optimizers)
         flat = _head_rows(index, unit.width)
         if name == "embed":
             cut(vit.patch_embed.weight, 0, flat)

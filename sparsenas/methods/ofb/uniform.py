@@ -12,7 +12,9 @@ _BISECTION_STEPS = 60
 
 
 def _scaled(parent: ViTWidths, ratio: float) -> ViTWidths:
-    keep = lambda width: max(1, round(ratio * width))  # noqa: E731
+    def keep(width: int) -> int:
+        return max(1, round(ratio * width))
+
     return replace(parent, embed=keep(parent.embed),
                    head_dims=tuple(keep(d) for d in parent.head_dims),
                    mlp_hidden=tuple(keep(m) for m in parent.mlp_hidden))

@@ -104,7 +104,7 @@ class WidthUnit(nn.Module):
         return self.probs()[self.alive]
 
     def staircase(self) -> Tensor:
-        """m̄ [width]: Σ_j p_j M_j, position i (importance rank i) kept with weight Σ_{k_j > i} p_j."""
+        """m̄ [width]: Σ_j p_j M_j; position i (importance rank i) has weight Σ_{k_j > i} p_j."""
         positions = torch.arange(self.width, device=self.sizes.device)
         prefix = (positions[None, :] < self.sizes[:, None]).to(self.alpha.dtype)
         return self.probs() @ prefix
