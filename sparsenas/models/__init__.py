@@ -1,9 +1,11 @@
-"""Parent networks with node masks, their K-candidate batched form, and a model registry."""
+"""Parent networks with node masks, their K-candidate batched form, a small ViT, and a model
+registry."""
 
 from sparsenas.models.batched import CandidateBatch, weight_masks
 from sparsenas.models.elastic import ChildConfig, ElasticChild, ElasticNet
 from sparsenas.models.networks import CNN, MLP, NodeMaskedNet
 from sparsenas.models.registry import MODELS, ParentConfig, create_model, list_models
+from sparsenas.models.vit import ViT, ViTWidths, flops, num_parameters
 
 __all__ = [
     "CNN",
@@ -15,7 +17,11 @@ __all__ = [
     "MLP",
     "NodeMaskedNet",
     "ParentConfig",
+    "ViT",
+    "ViTWidths",
     "create_model",
+    "flops",
     "list_models",
+    "num_parameters",
     "weight_masks",
 ]

@@ -29,6 +29,10 @@ def list_models() -> list[str]:
     return MODELS.names()
 
 
+def _has_node_space(constructor: Callable[..., nn.Module]) -> bool:
+    return isinstance(constructor, type) and issubclass(constructor, NodeMaskedNet)
+
+
 @dataclass(frozen=True)
 class ParentConfig(ConfigPiece):
     """The over-parameterised parent of a node-mask search (a config piece)."""
@@ -38,7 +42,10 @@ class ParentConfig(ConfigPiece):
                                                  "masked layer, e.g. 128,128")
 
     def validate(self) -> None:
-        MODELS.get(self.model)
+        if not _has_node_space(MODELS.get(self.model)):
+            node_models = [name for name in MODELS.names() if _has_node_space(MODELS.get(name))]
+            raise ValueError(f"model {self.model!r} has no node space; node-mask searches take "
+                             f"{', '.join(node_models)}")
         if not self.widths or min(self.widths) < 1:
             raise ValueError(f"widths must be positive, got {self.widths}")
 
