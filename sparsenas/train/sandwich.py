@@ -115,7 +115,7 @@ class SandwichStep(TrainStep):
         return StepOutput(loss=losses, logits=logits)
 
     def batch_objective(self, model: ElasticNet,
-                                batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+                        batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """What one step back-propagates, and reports: :meth:`objective` of the batch with this
         step's children (distributed steps override it to compute a shard)."""
         x, y = batch
