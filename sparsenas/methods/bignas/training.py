@@ -101,16 +101,17 @@ class SandwichConfig(ConfigPiece):
     def schedule(self):
         return exponential_decay_lambda(self.lr_decay, 1, self.lr_final)
 
-    def step(self, variant: str, space: ElasticSpace, training: TrainConfig,
-             seed: int) -> SandwichStep:
-        """The step of ``variant`` (a key of :data:`VARIANTS`) over ``space``."""
+    def step(self, variant: str, space: ElasticSpace, training: TrainConfig, seed: int,
+             step_class: type[SandwichStep] = SandwichStep, **extra) -> SandwichStep:
+        """The step of ``variant`` (a key of :data:`VARIANTS`) over ``space``: a ``step_class``
+        (a SandwichStep subclass given ``extra`` arguments, e.g. a distributed one)."""
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
-        return SandwichStep(space, seed=derive_seed("sandwich", variant, seed),
-                            num_random=self.num_random, label_smoothing=self.label_smoothing,
-                            weight_decay=training.weight_decay, dropout=self.dropout,
-                            distill_loss=self.distill_loss, schedule=self.schedule(),
-                            **VARIANTS[variant])
+        return step_class(space, seed=derive_seed("sandwich", variant, seed),
+                          num_random=self.num_random, label_smoothing=self.label_smoothing,
+                          weight_decay=training.weight_decay, dropout=self.dropout,
+                          distill_loss=self.distill_loss, schedule=self.schedule(),
+                          **VARIANTS[variant], **extra)
 
 
 class StandaloneStep(TrainStep):
