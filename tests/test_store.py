@@ -207,3 +207,31 @@ def test_store_written_by_0_1_0_is_refused_read_only_and_migrated_for_writing(tm
         assert store.trials(LEGACY_STUDY, unit="u2")[0].final == {"test_acc": 1}
     with Store(path, readonly=True) as store:  # migrated once, read-only from now on
         assert len(store.trials(LEGACY_STUDY)) == 3
+
+
+def test_training_checkpoint_round_trips_optimiser_and_scheduler_state(tmp_path):
+    import torch
+
+    from sparsenas.store import load_training_checkpoint, save_training_checkpoint
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 0.5 ** e)
+    model(torch.ones(4, 3)).sum().backward()
+    optimizer.step()
+    scheduler.step()
+    state = {"optimizers": {"weights": optimizer.state_dict()},
+             "schedulers": {"weights": scheduler.state_dict()}, "step": {"step_index": 7}}
+    path = save_training_checkpoint(tmp_path / "c.safetensors", model.state_dict(), state,
+                                    {"variant": "x"})
+    weights, loaded, metadata = load_training_checkpoint(path)
+    assert metadata == {"variant": "x"} and set(weights) == {"weight", "bias"}
+    assert loaded["step"] == {"step_index": 7}
+    assert list(loaded["optimizers"]["weights"]["state"]) == [0, 1]  # int keys survive
+    again = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    again.load_state_dict(loaded["optimizers"]["weights"])
+    torch.testing.assert_close(again.state_dict()["state"][0]["momentum_buffer"],
+                               optimizer.state_dict()["state"][0]["momentum_buffer"])
+    assert loaded["schedulers"]["weights"]["last_epoch"] == 1
+    with pytest.raises(TypeError, match="state/x holds a set"):
+        save_training_checkpoint(tmp_path / "d.safetensors", {}, {"x": {1, 2}})
