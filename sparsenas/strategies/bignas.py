@@ -93,7 +93,7 @@ class BigNAS(Strategy):
     Config = BigNASConfig
     presets = {
         "quick": {"stem_channels": 8, "stage_channels": [8, 16], "epochs": 8, "batch_size": 64,
-                  "num_mutations": 4, "calibration_batches": 4, "latency_seconds": 0.02,
+                  "num_mutations": 4, "calibration_batches": 4, "latency_seconds": 0.05,
                   "seeds": [0, 1]},
     }
 
@@ -168,9 +168,11 @@ class BigNAS(Strategy):
                                    "test_acc": result.test_acc[0]},
                             seconds=result.seconds)]
 
-    def _latency(self, model: ElasticNet):
+    def _latency(self, model: ElasticNet, space: ElasticSpace):
+        """The latency cost function of ``model``'s children (each measured once), with the
+        smallest and biggest child's latencies taken from :meth:`_reference_latencies`."""
         measure = exported_latency_ms(model, min_run_time=self.config.latency_seconds)
-        cache: dict[ChildConfig, float] = {}
+        cache = self._reference_latencies(measure, space)
 
         def latency(config: ChildConfig) -> float:
             if config not in cache:
@@ -179,13 +181,20 @@ class BigNAS(Strategy):
 
         return latency
 
+    @staticmethod
+    def _reference_latencies(measure, space: ElasticSpace,
+                             rounds: int = 5) -> dict[ChildConfig, float]:
+        """The smallest and biggest child's latencies, measured alternately ``rounds`` times and
+        the fastest kept, so a burst of load on a shared machine does not decide the budget."""
+        children = (space.smallest(), space.biggest())
+        times = [[measure(child) for child in children] for _ in range(rounds)]
+        return {child: min(row[i] for row in times) for i, child in enumerate(children)}
+
     def _latency_budget_check(self, model: ElasticNet, space: ElasticSpace) -> None:
-        """Fails before training when even the smallest child misses the latency budget; the
-        fastest of three measurements each, so a burst of load on a shared machine does not."""
+        """Fails before training when even the smallest child misses the latency budget."""
         measure = exported_latency_ms(model, min_run_time=self.config.latency_seconds)
-        smallest, biggest = space.smallest(), space.biggest()
-        ratio = (min(measure(smallest) for _ in range(3)) /
-                 min(measure(biggest) for _ in range(3)))
+        reference = self._reference_latencies(measure, space)
+        ratio = reference[space.smallest()] / reference[space.biggest()]
         if ratio > self.config.latency_budget:
             raise ValueError(f"no child meets the latency budget {self.config.latency_budget:g} "
                              f"of the biggest child's: the smallest child measures {ratio:.2f} "
@@ -216,7 +225,7 @@ class BigNAS(Strategy):
                                                      data.y_val)
             return scores[config]
 
-        latency = self._latency(model)
+        latency = self._latency(model, space)
         biggest = space.biggest()
         by_flops = coarse_to_fine(space, score, model.flops, c.flops_budget * model.flops(biggest),
                                   num_mutations=c.num_mutations,
