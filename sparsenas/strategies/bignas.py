@@ -92,7 +92,7 @@ class BigNAS(Strategy):
                    "architectures trained alone")
     Config = BigNASConfig
     presets = {
-        "quick": {"stem_channels": 8, "stage_channels": [8, 16], "epochs": 8, "batch_size": 64,
+        "quick": {"stem_channels": 8, "stage_channels": [8, 16], "epochs": 5, "batch_size": 64,
                   "num_mutations": 4, "calibration_batches": 4, "latency_seconds": 0.05,
                   "seeds": [0, 1]},
     }
