@@ -150,8 +150,8 @@ def _ddp_run(directory, processes: int) -> subprocess.CompletedProcess:
 @pytest.mark.slow  # two torchrun processes, each starting Python and torch
 def test_torchrun_two_processes_match_one_with_the_same_global_batch(tmp_path):
     # Tolerance: the processes normalise BatchNorm over their half of each batch, so after one
-    # epoch the weights differ from the 1-process run's by a few percent of the epoch's update,
-    # while a run from another batch order differs by about as much as the update itself.
+    # epoch the weights differ from the 1-process run's by a few percent of the epoch's update
+    # (3.0% measured); 10% is the tolerance.
     runs = {n: _ddp_run(tmp_path / f"p{n}", n) for n in (1, 2)}
     for n, run in runs.items():
         assert run.returncode == 0, run.stderr[-2000:]
