@@ -9,9 +9,12 @@ import os
 import signal
 import time
 
+import numpy as np
 import pytest
 import torch
 from study_helpers import cli, flags, run_in_process
+from test_cli import _one_line_error
+from test_data import _write_cifar_batch
 
 from sparsenas.cli import main
 from sparsenas.config import from_flat
@@ -143,13 +146,6 @@ def test_search_that_ends_early_hands_its_epochs_to_fine_tuning(tmp_path):
     assert tuned.final["flops_gap"] == 0.0 and tuned.config["widths"]["embed"] == 8
 
 
-def _one_line_error(capsys, argv) -> str:
-    assert main(argv) == 1
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    return err
-
-
 @pytest.mark.parametrize("argv, message", [
     (["--target-ratio", "1.5"], "target_ratio 1.5 must be in (0, 1]: a FLOPs target above the "
                                 "parent's"),
@@ -166,6 +162,24 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, argv, messag
     err = _one_line_error(capsys, ["ofb", *argv, "--out", str(tmp_path / "out")])
     assert err.startswith("sparsenas: error: ") and message in err
     assert not (tmp_path / "out").exists()
+
+
+def test_cifar10_from_local_files(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    for name in ("data_batch_1", "data_batch_2", "test_batch"):
+        _write_cifar_batch(root / name, rng.integers(0, 256, (30, 3, 32, 32), dtype=np.uint8),
+                           [j % 10 for j in range(30)])
+    common = ["ofb", "--dataset", "cifar10", "--data-root", str(tmp_path),
+              *flags({**TINY, "search_epochs": 1, "variants": ("ofb", "uniform")})]
+    err = _one_line_error(capsys, [*common, "--patch-size", "5", "--out", str(tmp_path / "bad")])
+    assert "patch_size 5 does not divide the 32x32 images of cifar10" in err
+    assert main([*common, "--patch-size", "8", "--out", str(tmp_path / "out")]) == 0
+    rows = json.loads((tmp_path / "out" / "summary.json").read_text())["rows"]
+    assert [(r["variant"], r["n"]) for r in rows] == [("ofb", 1), ("uniform", 1)]
+    parent = ViT((3, 32, 32), 10, patch_size=8, embed_dim=8, depth=1, num_heads=2, mlp_ratio=2.0)
+    assert rows[1]["target_flops"] == pytest.approx(0.6 * parent.flops())
 
 
 def test_measure_latency():

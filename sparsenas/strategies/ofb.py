@@ -144,7 +144,7 @@ class OFBStudyConfig(ConfigPiece):
         n, size = len(data.x_train), self.training.batch_size
         return n // size + (1 if n % size >= 2 else 0)
 
-    def objective(self, variant: str, data: Dataset, target_flops: float) -> OFBConfig:
+    def search_config(self, variant: str, data: Dataset, target_flops: float) -> OFBConfig:
         steps = self.steps_per_epoch(data)
         return OFBConfig(target_flops=target_flops,
                          warmup_steps=max(1, round(self.warmup_epochs * steps)),
@@ -253,7 +253,7 @@ class OnceForBoth(Strategy):
         """A fresh supernet, its train step and the search's trainer."""
         c = self.config
         net = c.supernet(ctx.data, seed)
-        objective = c.objective(variant, ctx.data, c.target_ratio * net.original_flops)
+        objective = c.search_config(variant, ctx.data, c.target_ratio * net.original_flops)
         step = ofb_step(objective, net, derive_seed("ofb", seed, variant))
         trace = _SearchTrace(step.objective)
         trainer = Trainer(dataclasses.replace(c.training, epochs=c.search_epochs),
