@@ -23,7 +23,7 @@ from sparsenas.methods.ofb import uniform_widths
 from sparsenas.models.vit import ViT, flops, num_parameters
 from sparsenas.store import Store, load_state
 from sparsenas.strategies.ofb import VARIANTS, OnceForBoth
-from sparsenas.train.latency import measure_latency
+from sparsenas.train.latency import measure_latencies
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -182,12 +182,14 @@ def test_cifar10_from_local_files(tmp_path, capsys):
     assert rows[1]["target_flops"] == pytest.approx(0.6 * parent.flops())
 
 
-def test_measure_latency():
-    model = ViT((1, 8, 8), 10, embed_dim=8, depth=1, num_heads=2).train()
-    seconds = measure_latency(model, torch.zeros(4, 1, 8, 8), min_run_time=0.01)
-    assert 0 < seconds < 1 and model.training
-    with pytest.raises(ValueError, match="threads must be >= 1"):
-        measure_latency(model, torch.zeros(4, 1, 8, 8), threads=0)
+def test_measure_latencies():
+    small = ViT((1, 8, 8), 10, embed_dim=8, depth=1, num_heads=2).train()
+    large = ViT((1, 8, 8), 10, embed_dim=64, depth=4, num_heads=2).eval()
+    seconds = measure_latencies([small, large], torch.zeros(64, 1, 8, 8), min_run_time=0.02)
+    assert 0 < seconds[0] < seconds[1] < 1
+    assert small.training and not large.training  # modes restored
+    with pytest.raises(ValueError, match="threads and rounds must be >= 1"):
+        measure_latencies([small], torch.zeros(4, 1, 8, 8), rounds=0)
 
 
 # Wide candidates die in the first epoch (strong arch learning rate, many checks), so the run

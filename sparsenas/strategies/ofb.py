@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import stats
 
 from sparsenas.config import ConfigPiece, option
 from sparsenas.data import DataConfig, Dataset
@@ -49,7 +50,7 @@ from sparsenas.strategies.base import STRATEGIES, Strategy, Summary
 from sparsenas.strategies.random_search import check_seeds
 from sparsenas.study import RuntimeConfig, StudyContext, Unit
 from sparsenas.train import TrainConfig, Trainer, TrainerHook
-from sparsenas.train.latency import measure_latency
+from sparsenas.train.latency import measure_latencies
 
 SEARCHED = ("ofb", "no-pmim", "entropy-only", "importance-only")
 VARIANTS = (*SEARCHED, "uniform")
@@ -335,8 +336,7 @@ class OnceForBoth(Strategy):
         model_flops = float(model.flops())
         parent = c.parent(ctx.data, unit.params["seed"]).to(ctx.device)
         inputs = ctx.data.x_test[:LATENCY_BATCH].to(ctx.device)
-        latency = measure_latency(model, inputs, c.runtime.threads)
-        parent_latency = measure_latency(parent, inputs, c.runtime.threads)
+        latency, parent_latency = measure_latencies([model, parent], inputs, c.runtime.threads)
         gap = model_flops / target - 1.0
         final = {**result.candidate_final(0), "flops": model_flops, "target_flops": target,
                  "flops_gap": gap, "flops_within_tolerance": abs(gap) <= FLOPS_TOLERANCE,
@@ -353,7 +353,8 @@ class OnceForBoth(Strategy):
         c = self.config
         finals = {v: [t for t in trials if t.kind == "final" and t.config["variant"] == v]
                   for v in c.variants}
-        rows = [_row(v, finals[v]) for v in c.variants]
+        ofb_accs = [t.final["test_acc"] for t in finals.get("ofb", [])]
+        rows = [_row(v, finals[v], ofb_accs) for v in c.variants]
         traces = {}
         for variant in c.variants:
             if variant == "uniform":
@@ -381,13 +382,13 @@ class OnceForBoth(Strategy):
             f"{list(c.seeds)}.",
             "",
             "| variant | target FLOPs | FLOPs (mean) | params (mean) | test acc % | n | "
-            "within ±3% of target | every α one-hot | latency ms (parent) |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "Welch p vs ofb | within ±3% of target | every α one-hot | latency ms (parent's) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in rows:
             trials = finals[row["variant"]]
             if not trials:
-                lines.append(f"| {row['variant']} | — | — | — | — | 0 | — | — | — |")
+                lines.append(f"| {row['variant']} | — | — | — | — | 0 | — | — | — | — |")
                 continue
             spread = f" ± {100 * row['std_acc']:.2f}" if row["n"] > 1 else ""
             one_hot = ("—" if row["variant"] == "uniform" else
@@ -395,6 +396,7 @@ class OnceForBoth(Strategy):
             lines.append(
                 f"| {row['variant']} | {row['target_flops']:.4g} | {row['flops']:.4g} | "
                 f"{row['params']:.0f} | {100 * row['mean_acc']:.2f}{spread} | {row['n']} | "
+                f"{'—' if row['p_vs_ofb'] is None else format(row['p_vs_ofb'], '.3f')} | "
                 f"{sum(t.final['flops_within_tolerance'] for t in trials)}/{row['n']} | "
                 f"{one_hot} | {row['latency_ms']:.3f} ({row['parent_latency_ms']:.3f}) |")
         lines += ["", *self._claim(rows, finals)]
@@ -494,7 +496,15 @@ def _widths_record(model: ViT) -> dict:
             "mlp_hidden": list(w.mlp_hidden)}
 
 
-def _row(variant: str, trials: list[TrialRecord]) -> dict:
+def _welch_p(a: list[float], b: list[float]) -> float | None:
+    """Welch's t-test p-value, or None where it is undefined (fewer than two runs a side, or no
+    spread at all)."""
+    if len(a) < 2 or len(b) < 2 or (np.ptp(a) == 0 and np.ptp(b) == 0):
+        return None
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def _row(variant: str, trials: list[TrialRecord], ofb_accs: list[float]) -> dict:
     def mean(key: str) -> float | None:
         return float(np.mean([t.final[key] for t in trials])) if trials else None
 
@@ -503,6 +513,7 @@ def _row(variant: str, trials: list[TrialRecord]) -> dict:
             "params": mean("params"), "mean_acc": mean("test_acc"),
             "std_acc": float(np.std(accs, ddof=1)) if len(accs) > 1 else (0.0 if accs else None),
             "n": len(trials),
+            "p_vs_ofb": None if variant == "ofb" else _welch_p(accs, ofb_accs),
             "flops_within_tolerance": sum(t.final["flops_within_tolerance"] for t in trials),
             "all_frozen": (None if variant == "uniform"
                            else sum(t.config["all_frozen"] for t in trials)),
