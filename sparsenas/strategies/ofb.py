@@ -30,7 +30,6 @@ else ``<store directory>/<store name>.checkpoints``.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +40,7 @@ from scipy import stats
 from sparsenas.config import ConfigPiece, option
 from sparsenas.data import DataConfig, Dataset
 from sparsenas.methods.ofb import OFBSupernet, kept_sizes, to_plain_vit, uniform_widths
-from sparsenas.methods.ofb.objective import OFBConfig, ofb_step
+from sparsenas.methods.ofb.objective import OFBConfig, OFBObjective, ofb_step
 from sparsenas.models.vit import ViT, flops, num_parameters
 from sparsenas.report.io import save_figure
 from sparsenas.seeds import derive_seed
@@ -176,7 +175,7 @@ def search_state(net: OFBSupernet, step: int) -> dict:
 class _SearchTrace(TrainerHook):
     """Records :func:`search_state` after every elimination check."""
 
-    def __init__(self, objective) -> None:
+    def __init__(self, objective: OFBObjective) -> None:
         self.objective = objective
         self.states: list[dict] = []
 
@@ -273,13 +272,14 @@ class OnceForBoth(Strategy):
     def _search_epoch(self, unit: Unit, ctx: StudyContext) -> TrialRecord:
         seed, variant, epoch = unit.params["seed"], unit.params["variant"], unit.params["epoch"]
         config = {"variant": variant, "epoch": epoch}
-        net, step, trainer, trace = self._search(ctx, seed, variant)
-        trainer_state = None
         if epoch > 1:
-            previous = ctx.trials(_search_key(seed, variant, epoch - 1))[0]
+            previous = ctx.trials(unit.depends_on[0])[0]
             if previous.final["all_frozen"]:  # the search has ended: nothing left to train
                 return TrialRecord(unit.key, "search", seed, {**config, "trained": False}, [],
                                    previous.final, 0.0)
+        net, step, trainer, trace = self._search(ctx, seed, variant)
+        trainer_state = None
+        if epoch > 1:
             trainer_state = self._load_search(ctx, unit.depends_on[0], net, step)
         else:
             trace.states.append(search_state(net, 0))
