@@ -23,6 +23,7 @@ from sparsenas.methods.ofb import uniform_widths
 from sparsenas.models.vit import ViT, flops, num_parameters
 from sparsenas.store import Store, load_state
 from sparsenas.strategies.ofb import VARIANTS, OnceForBoth
+from sparsenas.study import Study
 from sparsenas.train.latency import measure_latencies
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -162,6 +163,14 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, argv, messag
     err = _one_line_error(capsys, ["ofb", *argv, "--out", str(tmp_path / "out")])
     assert err.startswith("sparsenas: error: ") and message in err
     assert not (tmp_path / "out").exists()
+
+
+def test_study_checks_the_config_against_the_data_before_recording_it(tmp_path):
+    strategy = OnceForBoth(from_flat(OnceForBoth.Config, {**TINY, "patch_size": 3}))
+    with Store(tmp_path / "study.sqlite") as store:
+        with pytest.raises(ValueError, match="patch_size 3 does not divide the 8x8 images"):
+            Study(strategy, store, progress=False).run()
+        assert store.studies() == []
 
 
 def test_cifar10_from_local_files(tmp_path, capsys):
