@@ -22,6 +22,15 @@ from sparsenas.nn import (
 from sparsenas.nn.scored import kept_count, sparsity_report
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Many small convolutions: on a shared 2-core machine extra threads only spin.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(autouse=True)
 def _exact_float32_convolutions():
     previous = torch.backends.cudnn.allow_tf32

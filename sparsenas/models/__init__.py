@@ -1,7 +1,8 @@
-"""Parent networks with node masks, their K-candidate batched form, a small ViT, and a model
-registry."""
+"""Parent networks with node masks, their K-candidate batched form, a small ViT, DARTS networks
+on sparse layers, and a model registry."""
 
 from sparsenas.models.batched import CandidateBatch, weight_masks
+from sparsenas.models.darts import DartsNetwork, DartsSearchNetwork, Genotype
 from sparsenas.models.elastic import ChildConfig, ElasticChild, ElasticNet
 from sparsenas.models.networks import CNN, MLP, NodeMaskedNet
 from sparsenas.models.registry import MODELS, ParentConfig, create_model, list_models
@@ -12,8 +13,11 @@ __all__ = [
     "MODELS",
     "CandidateBatch",
     "ChildConfig",
+    "DartsNetwork",
+    "DartsSearchNetwork",
     "ElasticChild",
     "ElasticNet",
+    "Genotype",
     "MLP",
     "NodeMaskedNet",
     "ParentConfig",
