@@ -14,13 +14,7 @@ from sparsenas.nn import score_parameters, set_phase, sparse_layers
 from sparsenas.train.bilevel import BilevelStep
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Many small convolutions: on a shared 2-core machine extra threads only spin.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _supernet(dtype=torch.float32, seed=0):

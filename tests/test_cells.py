@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from sparsenas.models.darts import PRIMITIVES, num_edges
+from sparsenas.spaces import SPACES
 from sparsenas.spaces.base import SearchSpace
 from sparsenas.spaces.cells import (
     DARTS_V2,
@@ -131,7 +132,7 @@ def test_bad_alphas():
 
 
 def test_cell_space_sampling_is_keyed_by_seed_and_index():
-    space = CellSpace(steps=4)
+    space = SPACES.get("cells")(steps=4)
     assert isinstance(space, SearchSpace)
     batch = space.sample(6, seed=3)
     assert space.sample(2, seed=3, first=4) == batch[4:]

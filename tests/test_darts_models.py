@@ -11,13 +11,7 @@ from sparsenas.models.darts import DARTS_V2, PRIMITIVES, MixedOp, make_op, reduc
 from sparsenas.nn import SparseConv2d, SparseLinear, model_phase, set_phase, sparse_layers
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Many small convolutions: on a shared 2-core machine extra threads only spin.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _seeded(build, seed=0):

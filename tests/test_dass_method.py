@@ -20,17 +20,11 @@ from sparsenas.nn import model_phase, sparse_layers
 from sparsenas.nn.scored import kept_count
 from sparsenas.spaces.cells import DARTS_V2, derive_genotype
 from sparsenas.store import load_checkpoint, save_checkpoint
-from sparsenas.train import TrainConfig
+from sparsenas.train import TrainConfig, Trainer, TrainStep
 from sparsenas.train.bilevel import BilevelStep
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Many small convolutions: on a shared 2-core machine extra threads only spin.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -136,8 +130,9 @@ def test_prune_and_finetune_keeps_the_fraction(data):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = DartsNetwork((1, 8, 8), 4, genotype=DARTS_V2, C=2, layers=3)
-    config = TrainConfig(epochs=1, batch_size=32, lr=0.05, device="cpu")
-    result = prune_and_finetune(model, data, keep=0.1, seed=0, prune=config, finetune=config)
+    config = TrainConfig(epochs=1, batch_size=32, lr=0.05)
+    result = prune_and_finetune(model, data, keep=0.1, seed=0, prune=config, finetune=config,
+                                device="cpu")
     layers = [layer for _, layer in sparse_layers(model)]
     expected = sum(kept_count(layer.weight.numel(), 0.1) for layer in layers)
     total = sum(layer.weight.numel() for layer in layers)
@@ -149,3 +144,17 @@ def test_prune_and_finetune_keeps_the_fraction(data):
         assert int((exported.weight != 0).sum()) <= kept_count(layer.weight.numel(), 0.1)
     with pytest.raises(ValueError, match="'keep'"):
         prune_and_finetune(model, data, keep=1.5, seed=0, prune=config, finetune=config)
+
+
+def test_bilevel_step_drives_the_trainer(data):
+    split = search_splits(data, seed=0)
+    model = _supernet()
+    step = BilevelStep()
+    assert isinstance(step, TrainStep)
+    start = model.alphas_normal.detach().clone()
+    trainer = Trainer(TrainConfig(epochs=1, batch_size=16, lr=0.05), step=step, device="cpu")
+    result = trainer.fit(model, split, seed=0)
+    assert set(trainer.optimizers) == {"weights", "arch"}
+    assert isinstance(trainer.optimizers["arch"], torch.optim.Adam)
+    assert not torch.equal(model.alphas_normal, start)
+    assert 0.0 <= result.test_acc[0] <= 1.0

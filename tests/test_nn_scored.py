@@ -22,21 +22,8 @@ from sparsenas.nn import (
 from sparsenas.nn.scored import kept_count, sparsity_report
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Many small convolutions: on a shared 2-core machine extra threads only spin.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(autouse=True)
-def _exact_float32_convolutions():
-    previous = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32 = previous
+# full float32 convolutions on CUDA: the comparisons are between different convolution calls
+pytestmark = pytest.mark.usefixtures("one_thread", "exact_float32_convolutions")
 
 
 def _generator(seed: int) -> torch.Generator:

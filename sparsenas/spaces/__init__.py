@@ -3,9 +3,11 @@ in :data:`SPACES` (their constructors)."""
 
 from sparsenas.registry import Registry
 from sparsenas.spaces.base import SearchSpace
+from sparsenas.spaces.cells import CellSpace
 from sparsenas.spaces.node import NodeSpace, stack_candidates
 
 SPACES: Registry[type[SearchSpace]] = Registry("space")
 SPACES.register("node", NodeSpace)
+SPACES.register("cells", CellSpace)
 
-__all__ = ["NodeSpace", "SPACES", "SearchSpace", "stack_candidates"]
+__all__ = ["CellSpace", "NodeSpace", "SPACES", "SearchSpace", "stack_candidates"]

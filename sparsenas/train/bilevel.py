@@ -12,19 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from sparsenas.nn.scored import model_phase, score_parameters
+from sparsenas.train.steps import StepOutput, TrainStep, candidate_losses
 
 ORDERS = ("first", "second")
-
-
-@dataclass
-class StepOutput:
-    loss: Tensor    # [1] training loss on the batch (detached)
-    logits: Tensor  # [1, N, classes] detached
 
 
 def _arch_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -42,13 +36,18 @@ def _arch_grad(loss: Tensor, arch: list[nn.Parameter]) -> list[Tensor]:
 
 
 def _loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """The mean cross-entropy (summed over candidates) and the [K, N, classes] logits, in float32
+    or, for a float64 network, float64 (the second-order gradient is checked in float64)."""
     x, y = batch
     logits = model(x)
-    return F.cross_entropy(logits, y), logits
+    if logits.dtype != torch.float64:
+        logits = logits.float()
+    logits = logits if logits.dim() == 3 else logits.unsqueeze(0)
+    return candidate_losses(logits, y).sum(), logits
 
 
 @dataclass
-class BilevelStep:
+class BilevelStep(TrainStep):
     """One DARTS search step.
 
     order: "first" (α follows ∂L_val/∂α at the current weights) or "second" (α follows the
@@ -171,4 +170,4 @@ class BilevelStep:
         if self.grad_clip is not None:
             nn.utils.clip_grad_norm_(trained, self.grad_clip)
         optimizer.step()
-        return StepOutput(loss.detach().reshape(1), logits.detach().unsqueeze(0))
+        return StepOutput(loss.detach().reshape(1), logits.detach())

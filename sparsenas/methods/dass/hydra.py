@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from sparsenas.data import Dataset
@@ -42,14 +43,15 @@ class PruneResult:
 
 
 def prune_and_finetune(model: nn.Module, data: Dataset, keep: float, seed: int,
-                       prune: TrainConfig, finetune: TrainConfig) -> PruneResult:
+                       prune: TrainConfig, finetune: TrainConfig,
+                       device: str | torch.device = "auto") -> PruneResult:
     """HYDRA on a trained ``model`` (changed in place; copy it to prune one network at several
     kept fractions): ``prune.epochs`` of score training, then ``finetune.epochs`` of weight
     training under the fixed mask; batches drawn from ``seed``."""
     start_pruning(model, keep)
-    pruned = Trainer(prune).fit(model, data, seed=derive_seed("hydra-prune", seed))
+    pruned = Trainer(prune, device=device).fit(model, data, seed=derive_seed("hydra-prune", seed))
     start_finetuning(model)
-    tuned = Trainer(finetune).fit(model, data, seed=derive_seed("hydra-finetune", seed))
+    tuned = Trainer(finetune, device=device).fit(model, data, seed=derive_seed("hydra-finetune", seed))
     return PruneResult(keep=float(keep), kept_fraction=sparsity_report(model)["kept_fraction"],
                        pruned_test_acc=pruned.test_acc[0], test_acc=tuned.test_acc[0],
                        test_loss=tuned.test_loss[0], best_val_acc=tuned.best_val_acc[0],
