@@ -166,3 +166,27 @@ def test_search_loop_lowers_the_loss():
     batch, val_batch = _batches(n=8)
     losses = [step(model, batch, optimizers, val_batch).loss.item() for _ in range(4)]
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("phase", ["prune", "finetune"])
+def test_second_order_step_on_the_masked_ops(phase):
+    model = _supernet()
+    set_phase(model, phase, keep=0.3)
+    masks = {name: layer.mask().clone() for name, layer in sparse_layers(model)}
+    weights = {name: layer.weight.detach().clone() for name, layer in sparse_layers(model)}
+    alphas = model.alphas_reduce.detach().clone()
+    step = BilevelStep(order="second")
+    batch, val_batch = _batches()
+    output = step(model, batch, _sgd(step, model, 0.1), val_batch)
+    assert torch.isfinite(output.loss).all()
+    assert not torch.equal(model.alphas_reduce, alphas)
+    changed = [name for name, layer in sparse_layers(model)
+               if not torch.equal(layer.weight, weights[name])]
+    if phase == "prune":  # scores move, weights stay
+        assert not changed
+    else:  # weights move under the fixed mask; pruned entries get no gradient
+        assert changed
+        for name, layer in sparse_layers(model):
+            assert torch.equal(layer.mask(), masks[name])
+            pruned = ~masks[name]
+            assert torch.equal(layer.weight[pruned], weights[name][pruned])
