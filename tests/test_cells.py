@@ -166,3 +166,20 @@ def test_cell_space_mutation_changes_one_edge():
         space.mutate(CellSpace(steps=2).sample(1, seed=0)[0], 0)
     with pytest.raises(ValueError, match="'steps'"):
         CellSpace(steps=0)
+
+
+def test_cell_space_crossover_takes_whole_nodes_from_the_parents():
+    space = CellSpace(steps=4)
+    a, b = space.sample(2, seed=1)
+    children = [space.crossover(a, b, seed) for seed in range(20)]
+    assert space.crossover(a, b, 3) == children[3]
+    sources = set()
+    for child in children:
+        for cell in ("normal", "reduce"):
+            for node in range(4):
+                pair = getattr(child, cell)[2 * node:2 * node + 2]
+                from_a = pair == getattr(a, cell)[2 * node:2 * node + 2]
+                from_b = pair == getattr(b, cell)[2 * node:2 * node + 2]
+                assert from_a or from_b
+                sources.add("a" if from_a else "b")
+    assert sources == {"a", "b"}

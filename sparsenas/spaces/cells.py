@@ -210,6 +210,18 @@ class CellSpace(SearchSpace[Genotype]):
         return Genotype(fields["normal"], candidate.normal_concat, fields["reduce"],
                         candidate.reduce_concat)
 
+    def crossover(self, a: Genotype, b: Genotype, seed: int) -> Genotype:
+        """Each node of each cell (its two edges) taken from ``a`` or ``b`` with equal odds."""
+        self._check(a)
+        self._check(b)
+        generator = torch.Generator().manual_seed(derive_seed("cell-crossover", seed))
+        cells = []
+        for edges_a, edges_b in ((a.normal, b.normal), (a.reduce, b.reduce)):
+            picks = torch.randint(2, (self.steps,), generator=generator).tolist()
+            cells.append(tuple(edge for node, pick in enumerate(picks)
+                               for edge in (edges_b if pick else edges_a)[2 * node:2 * node + 2]))
+        return Genotype(cells[0], a.normal_concat, cells[1], a.reduce_concat)
+
     def _check(self, candidate: Genotype) -> None:
         if not isinstance(candidate, Genotype) or candidate.steps != self.steps:
             raise ValueError(f"CellSpace: a candidate must be a Genotype with {self.steps} nodes "
