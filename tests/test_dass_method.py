@@ -14,6 +14,8 @@ from sparsenas.methods.dass import (
     enter_phase,
     prune_and_finetune,
     search_splits,
+    start_finetuning,
+    start_pruning,
 )
 from sparsenas.models.darts import DartsNetwork, DartsSearchNetwork
 from sparsenas.nn import model_phase, sparse_layers
@@ -158,3 +160,37 @@ def test_bilevel_step_drives_the_trainer(data):
     assert isinstance(trainer.optimizers["arch"], torch.optim.Adam)
     assert not torch.equal(model.alphas_normal, start)
     assert 0.0 <= result.test_acc[0] <= 1.0
+
+
+def _evaluation_network():
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return DartsNetwork((1, 8, 8), 4, genotype=DARTS_V2, C=2, layers=3)
+
+
+def test_hydra_phase_resumes_epoch_by_epoch_from_a_checkpoint(data, tmp_path):
+    config = TrainConfig(epochs=2, batch_size=32, lr=0.05)
+    whole = _evaluation_network()
+    start_pruning(whole, 0.2)
+    Trainer(config, device="cpu").fit(whole, data, seed=4)
+
+    first = _evaluation_network()
+    start_pruning(first, 0.2)
+    piece = Trainer(config, device="cpu").fit(first, data, seed=4, end_epoch=1)
+    save_checkpoint(tmp_path / "prune.safetensors", first.state_dict())
+
+    resumed = _evaluation_network()
+    start_pruning(resumed, 0.2)  # the checkpoint then overwrites the freshly initialised scores
+    resumed.load_state_dict(load_checkpoint(tmp_path / "prune.safetensors")[0])
+    Trainer(config, device="cpu").fit(resumed, data, seed=4, start_epoch=2,
+                                      state=copy.deepcopy(piece.state))
+    for (name, a), (_, b) in zip(sparse_layers(resumed), sparse_layers(whole)):
+        torch.testing.assert_close(a.scores, b.scores, rtol=1e-5, atol=1e-6, msg=name)
+        assert torch.equal(a.mask(), b.mask()), name
+
+    start_finetuning(resumed)
+    restored = _evaluation_network()
+    start_finetuning(restored)
+    restored.load_state_dict(resumed.state_dict())
+    assert all(torch.equal(a.fixed_mask, b.fixed_mask)
+               for (_, a), (_, b) in zip(sparse_layers(restored), sparse_layers(resumed)))
