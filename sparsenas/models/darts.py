@@ -3,10 +3,10 @@
 of one genotype).
 
 Both follow the DARTS layout: a 3×3 conv stem, ``layers`` cells with reduction cells (stride 2,
-channels doubled) at 1/3 and 2/3 of the depth, global average pooling and a linear classifier. A cell
-takes the outputs of the two previous cells, preprocesses them to C channels, computes ``steps``
-intermediate nodes, each the sum of operations on earlier nodes, and concatenates the last
-``multiplier`` nodes. Every conv, the stem and the classifier included, is a SparseConv2d /
+channels doubled) at 1/3 and 2/3 of the depth, global average pooling and a linear classifier.
+A cell takes the outputs of the two previous cells, preprocesses them to C channels, computes
+``steps`` intermediate nodes, each the sum of operations on earlier nodes, and concatenates the
+last ``multiplier`` nodes. Every conv, the stem and the classifier included, is a SparseConv2d /
 SparseLinear, so :func:`sparsenas.nn.set_phase` prunes the whole network. Drop path and the
 auxiliary head of the DARTS evaluation network are not built.
 """
@@ -333,7 +333,8 @@ class DartsNetwork(_DartsBase):
     layers."""
 
     def __init__(self, input_shape: Sequence[int], num_classes: int,
-                 genotype: Genotype = DARTS_V2, C: int = 8, layers: int = 5, stem_multiplier: int = 3) -> None:
+                 genotype: Genotype = DARTS_V2, C: int = 8, layers: int = 5,
+                 stem_multiplier: int = 3) -> None:
         super().__init__()
         if not isinstance(genotype, Genotype):
             raise TypeError(f"DartsNetwork(): argument 'genotype' must be a Genotype, got "

@@ -1,5 +1,5 @@
-"""Score-pruned layers (HYDRA / DASS): a weight W, a score S of the same shape, and a mask that keeps
-the top-k entries of |S| per layer, k = round(keep · numel).
+"""Score-pruned layers (HYDRA / DASS): a weight W, a score S of the same shape, and a mask that
+keeps the top-k entries of |S| per layer, k = round(keep · numel).
 
 Phases (``set_phase``):
     "dense"     the plain layer; W trained, S unused.
@@ -28,7 +28,8 @@ PHASES = ("dense", "prune", "finetune")
 def check_keep(keep: float, where: str) -> float:
     """``keep`` as a float in (0, 1]; a ValueError naming ``where`` otherwise."""
     if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0 < keep <= 1:
-        raise ValueError(f"{where}: argument 'keep' must be a kept fraction in (0, 1], got {keep!r}")
+        raise ValueError(f"{where}: argument 'keep' must be a kept fraction in (0, 1], got "
+                         f"{keep!r}")
     return float(keep)
 
 

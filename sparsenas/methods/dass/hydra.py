@@ -49,9 +49,11 @@ def prune_and_finetune(model: nn.Module, data: Dataset, keep: float, seed: int,
     kept fractions): ``prune.epochs`` of score training, then ``finetune.epochs`` of weight
     training under the fixed mask; batches drawn from ``seed``."""
     start_pruning(model, keep)
-    pruned = Trainer(prune, device=device).fit(model, data, seed=derive_seed("hydra-prune", seed))
+    pruned = Trainer(prune, device=device).fit(model, data,
+                                               seed=derive_seed("hydra-prune", seed))
     start_finetuning(model)
-    tuned = Trainer(finetune, device=device).fit(model, data, seed=derive_seed("hydra-finetune", seed))
+    tuned = Trainer(finetune, device=device).fit(model, data,
+                                                 seed=derive_seed("hydra-finetune", seed))
     return PruneResult(keep=float(keep), kept_fraction=sparsity_report(model)["kept_fraction"],
                        pruned_test_acc=pruned.test_acc[0], test_acc=tuned.test_acc[0],
                        test_loss=tuned.test_loss[0], best_val_acc=tuned.best_val_acc[0],
