@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -297,14 +298,19 @@ class LevelDatabase:
     def loaded_layers(self) -> list[str]:
         return list(self._cache)
 
-    def mask(self, layer: str, level: int) -> Tensor:
-        """bool, shaped like the layer's weight (sparsity mode)."""
+    def packed_mask(self, layer: str, level: int) -> Tensor:
+        """uint8 [out, ceil(in / 8)]: the mask as stored, bit-packed per output row (a conv
+        weight flattened per output channel), the format the masked ops take with packed=True."""
         if self.mode != "sparsity":
             raise ValueError("LevelDatabase.mask(): a bit-width database holds no masks")
         self._check_level(layer, level)
+        return self._layer(layer)[f"{level}|mask"]
+
+    def mask(self, layer: str, level: int) -> Tensor:
+        """bool, shaped like the layer's weight (sparsity mode)."""
+        packed = self.packed_mask(layer, level)
         shape = self._shapes[layer]
-        columns = int(torch.tensor(shape[1:]).prod())
-        return unpack_mask(self._layer(layer)[f"{level}|mask"], columns).reshape(shape)
+        return unpack_mask(packed, math.prod(shape[1:])).reshape(shape)
 
     def weight(self, layer: str, level: int) -> Tensor:
         """The layer's compressed weight at ``level``, shaped like its weight."""

@@ -1,0 +1,273 @@
+"""Running compressed configurations of a model, and their fitness against the dense model.
+
+Two runners give the outputs of K configurations on one input batch, ``[K, N, ...]``:
+
+- :class:`BatchedCandidates` evaluates all K in one forward: the input is repeated K times along
+  the batch dimension (candidate-major), and every compressible layer is replaced for the call by
+  a K-candidate layer that runs its slice k with configuration k's level through the K-candidate
+  masked ops (one call per layer: the shared weight with K bit-packed masks, or K weights where
+  the database changed them). A layer at the same level in all K configurations runs as one
+  plain masked op over the whole batch. A dropped block (depth mode) passes its candidates'
+  slices through unchanged and runs only the kept ones.
+- :class:`SequentialCandidates` runs one configuration after another the way reference
+  implementations do (swap the compressed weights into the model, run, swap the dense ones back).
+
+Batching along the batch dimension needs a model whose forward treats examples independently
+(eval mode: no BatchNorm batch statistics) and whose compressible layers and blocks take the
+batch as their first dimension, which is the case for the usual MLPs, CNNs and transformers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sparsenas.methods.evopress.database import LevelDatabase
+from sparsenas.ops import masked_conv2d, masked_linear
+from sparsenas.spaces.levels import LevelSpace
+
+FITNESS_KINDS = ("kl", "loss", "perplexity")
+
+
+def _parent_and_attribute(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    parent_name, _, attribute = name.rpartition(".")
+    return (model.get_submodule(parent_name) if parent_name else model), attribute
+
+
+@contextlib.contextmanager
+def _replaced(model: nn.Module, replacements: dict[str, nn.Module]) -> Iterator[None]:
+    """Puts ``replacements`` (qualified name -> module) into ``model`` for the duration."""
+    originals = {}
+    try:
+        for name, module in replacements.items():
+            parent, attribute = _parent_and_attribute(model, name)
+            originals[name] = getattr(parent, attribute)
+            setattr(parent, attribute, module)
+        yield
+    finally:
+        for name, module in originals.items():
+            parent, attribute = _parent_and_attribute(model, name)
+            setattr(parent, attribute, module)
+
+
+class _CandidateLayer(nn.Module):
+    """A Linear / Conv2d evaluated for K configurations at once on x [K * N, ...]."""
+
+    def __init__(self, layer: nn.Module, num_candidates: int, weight: Tensor,
+                 mask: Tensor | None) -> None:
+        super().__init__()
+        self.layer, self.num_candidates = layer, num_candidates
+        # weight: [out, ...] shared or [K, out, ...]; mask: None (weight already final),
+        # packed uint8 [out, bytes] or [K, out, bytes].
+        self.weight, self.mask = weight, mask
+
+    def _call(self, x: Tensor, weight: Tensor, mask: Tensor | None) -> Tensor:
+        layer = self.layer
+        if isinstance(layer, nn.Linear):
+            if mask is None:
+                return F.linear(x, weight, layer.bias)
+            return masked_linear(x, weight, mask, layer.bias, packed=True)
+        if mask is None:
+            return F.conv2d(x, weight, layer.bias, layer.stride, layer.padding, layer.dilation,
+                            layer.groups)
+        return masked_conv2d(x, weight, mask, layer.bias, layer.stride, layer.padding,
+                             layer.dilation, layer.groups, packed=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        per_candidate = (self.mask is not None and self.mask.dim() == 3) or \
+            self.weight.dim() == self.layer.weight.dim() + 1
+        if not per_candidate:
+            return self._call(x, self.weight, self.mask)
+        k = self.num_candidates
+        mask = self.mask
+        if mask is None:
+            # Per-candidate final weights: the masked op with all-ones masks.
+            columns = math.prod(self.weight.shape[2:])
+            mask = torch.full((k, self.weight.shape[1], -(-columns // 8)), 255,
+                              dtype=torch.uint8, device=x.device)
+        out = self._call(x.unflatten(0, (k, -1)), self.weight, mask)
+        return out.flatten(0, 1)
+
+
+class _CandidateBlock(nn.Module):
+    """A residual block dropped (identity) in some of K configurations, on x [K * N, ...]."""
+
+    def __init__(self, block: nn.Module, dropped: Tensor) -> None:
+        super().__init__()
+        self.block, self.dropped = block, dropped
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.dropped.any():
+            return self.block(x)
+        if self.dropped.all():
+            return x
+        slices = x.unflatten(0, (self.dropped.numel(), -1))
+        kept = ~self.dropped
+        out = slices.clone()
+        out[kept] = self.block(slices[kept].flatten(0, 1)).unflatten(0, (int(kept.sum()), -1))
+        return out.flatten(0, 1)
+
+
+class _Runner(ABC):
+    """Outputs [K, N, ...] of K configurations of ``space`` on one input batch."""
+
+    def __init__(self, model: nn.Module, space: LevelSpace,
+                 database: LevelDatabase | None = None) -> None:
+        if space.mode in ("sparsity", "bits"):
+            if database is None or database.mode != space.mode:
+                raise ValueError(f"{type(self).__name__}: {space.mode} mode needs argument "
+                                 f"'database' built for that mode")
+            missing = set(space.unit_names) - set(database.levels)
+            if missing:
+                raise ValueError(f"{type(self).__name__}: the database has no levels for "
+                                 f"{sorted(missing)}")
+        self.model, self.space, self.database = model, space, database
+        self._weights: dict[tuple[str, int], Tensor] = {}
+
+    def final_weight(self, layer: str, level: int) -> Tensor:
+        """The layer's compressed weight at ``level`` (cached)."""
+        key = (layer, level)
+        if key not in self._weights:
+            self._weights[key] = self.database.weight(layer, level)
+        return self._weights[key]
+
+    @abstractmethod
+    def __call__(self, candidates: Sequence[Sequence[int]], inputs: Tensor) -> Tensor:
+        """The model's outputs for each configuration, stacked: [K, N, ...]."""
+
+
+class BatchedCandidates(_Runner):
+    """All K configurations in one forward (see the module docstring)."""
+
+    def _packed_mask(self, layer: str, level: int) -> Tensor:
+        key = (layer, level, "packed")
+        if key not in self._weights:
+            self._weights[key] = self.database.packed_mask(layer, level).to(
+                self.model.get_submodule(layer).weight.device)
+        return self._weights[key]
+
+    def _layer(self, name: str, levels: list[int]) -> nn.Module:
+        layer = self.model.get_submodule(name)
+        k = len(levels)
+        shared = all(level == levels[0] for level in levels)
+        if self.database.changes_weights:
+            if shared:
+                return _CandidateLayer(layer, k, self.final_weight(name, levels[0]), None)
+            weight = torch.stack([self.final_weight(name, level) for level in levels])
+            return _CandidateLayer(layer, k, weight, None)
+        dense = layer.weight.detach()
+        if layer.weight.dim() == 4:
+            dense = dense.contiguous()
+        if shared:
+            return _CandidateLayer(layer, k, dense, self._packed_mask(name, levels[0]))
+        masks = torch.stack([self._packed_mask(name, level) for level in levels])
+        return _CandidateLayer(layer, k, dense, masks)
+
+    @torch.no_grad()
+    def __call__(self, candidates: Sequence[Sequence[int]], inputs: Tensor) -> Tensor:
+        k = len(candidates)
+        per_unit = list(zip(*candidates))
+        if self.space.mode == "depth":
+            device = inputs.device
+            replacements = {name: _CandidateBlock(self.model.get_submodule(name),
+                                                  torch.tensor(flags, device=device).bool())
+                            for name, flags in zip(self.space.unit_names, per_unit)}
+        else:
+            replacements = {name: self._layer(name, list(levels))
+                            for name, levels in zip(self.space.unit_names, per_unit)}
+        repeated = inputs.unsqueeze(0).expand(k, *inputs.shape).flatten(0, 1)
+        with _replaced(self.model, replacements):
+            out = self.model(repeated)
+        return out.unflatten(0, (k, -1))
+
+
+class SequentialCandidates(_Runner):
+    """One configuration after another: compressed weights swapped into the model, one forward,
+    dense weights swapped back (a dropped block is swapped for ``nn.Identity``)."""
+
+    @torch.no_grad()
+    def __call__(self, candidates: Sequence[Sequence[int]], inputs: Tensor) -> Tensor:
+        outputs = []
+        for candidate in candidates:
+            if self.space.mode == "depth":
+                dropped = {name: nn.Identity()
+                           for name, flag in zip(self.space.unit_names, candidate) if flag}
+                with _replaced(self.model, dropped):
+                    outputs.append(self.model(inputs))
+                continue
+            layers = [self.model.get_submodule(name) for name in self.space.unit_names]
+            dense = [layer.weight.data for layer in layers]
+            try:
+                for layer, name, level in zip(layers, self.space.unit_names, candidate):
+                    layer.weight.data = self.final_weight(name, level)
+                outputs.append(self.model(inputs))
+            finally:
+                for layer, weight in zip(layers, dense):
+                    layer.weight.data = weight
+        return torch.stack(outputs)
+
+
+class Fitness:
+    """Fitness of configurations on examples of a calibration pool (lower is better).
+
+    ``kind``: ``"kl"`` — KL(dense ‖ compressed) of the output distributions (softmax over the last
+    dimension), averaged over examples (and positions for sequence outputs); ``"loss"`` — mean
+    cross-entropy against ``targets``; ``"perplexity"`` — exp of that loss. The dense model's
+    log-probabilities are computed once per example and reused by every later call.
+    """
+
+    def __init__(self, runner: _Runner, inputs: Tensor, targets: Tensor | None = None,
+                 kind: str = "kl", batch_size: int = 64) -> None:
+        if kind not in FITNESS_KINDS:
+            raise ValueError(f"Fitness(): argument 'kind' must be one of {FITNESS_KINDS}, got "
+                             f"{kind!r}")
+        if kind != "kl" and (targets is None or len(targets) != len(inputs)):
+            raise ValueError(f"Fitness(): kind {kind!r} needs argument 'targets' with one entry "
+                             f"per input")
+        if batch_size < 1:
+            raise ValueError(f"Fitness(): argument 'batch_size' must be >= 1, got {batch_size}")
+        self.runner, self.inputs, self.targets = runner, inputs, targets
+        self.kind, self.batch_size = kind, batch_size
+        self._dense: dict[int, Tensor] = {}
+
+    @property
+    def pool_size(self) -> int:
+        return len(self.inputs)
+
+    @torch.no_grad()
+    def _dense_log_probs(self, examples: Tensor) -> Tensor:
+        missing = [int(i) for i in examples if int(i) not in self._dense]
+        model = self.runner.model
+        for start in range(0, len(missing), self.batch_size):
+            chunk = missing[start:start + self.batch_size]
+            log_probs = model(self.inputs[chunk]).float().log_softmax(-1)
+            self._dense.update(zip(chunk, log_probs))
+        return torch.stack([self._dense[int(i)] for i in examples])
+
+    @torch.no_grad()
+    def __call__(self, candidates: Sequence[Sequence[int]], examples: Tensor) -> list[float]:
+        """One fitness per configuration on the pool's ``examples`` (indices)."""
+        if len(examples) == 0:
+            raise ValueError("Fitness(): argument 'examples' is empty")
+        total = torch.zeros(len(candidates), dtype=torch.float64)
+        count = 0
+        for start in range(0, len(examples), self.batch_size):
+            chunk = examples[start:start + self.batch_size]
+            log_probs = self.runner(candidates, self.inputs[chunk]).float().log_softmax(-1)
+            if self.kind == "kl":
+                dense = self._dense_log_probs(chunk)
+                pointwise = (dense.exp() * (dense - log_probs)).sum(-1)
+            else:
+                targets = self.targets[chunk].unsqueeze(0).expand(len(candidates),
+                                                                  *self.targets[chunk].shape)
+                pointwise = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+            total += pointwise.flatten(1).double().sum(1).cpu()
+            count += pointwise[0].numel()
+        mean = total / count
+        return (mean.exp() if self.kind == "perplexity" else mean).tolist()
