@@ -9,6 +9,7 @@ from torch import nn
 
 from sparsenas.methods.evopress.database import LevelDatabase
 from sparsenas.methods.evopress.evaluate import BatchedCandidates, Fitness, SequentialCandidates
+from sparsenas.models.lm import GPT
 from sparsenas.methods.evopress.search import (EvolutionConfig, Generation, RacingStage,
                                                initial_state, offspring, run_generation)
 from sparsenas.spaces.levels import (BitWidthSpace, DepthSpace, SparsityLevelSpace,
@@ -45,14 +46,15 @@ def _sparsity_setup(tmp_path, pruner="magnitude", sparsity=0.6):
     return model, space, db
 
 
+@pytest.mark.parametrize("kernel", ["masked", "grouped"])
 @pytest.mark.parametrize("pruner", ["magnitude", "sparsegpt"])
-def test_batched_matches_sequential_sparsity(tmp_path, pruner):
+def test_batched_matches_sequential_sparsity(tmp_path, pruner, kernel):
     model, space, db = _sparsity_setup(tmp_path, pruner)
-    candidates = [space.start] + space.sample(4, 3)
+    candidates = [space.start] + space.sample(4, 3) + [space.start]
     x = _inputs(10)
-    batched = BatchedCandidates(model, space, db)(candidates, x)
+    batched = BatchedCandidates(model, space, db, kernel)(candidates, x)
     sequential = SequentialCandidates(model, space, db)(candidates, x)
-    assert batched.shape == (5, 10, 5)
+    assert batched.shape == (6, 10, 5)
     torch.testing.assert_close(batched, sequential, atol=1e-5, rtol=1e-5)
     # an independent plain computation for one candidate
     with torch.no_grad():
@@ -64,14 +66,15 @@ def test_batched_matches_sequential_sparsity(tmp_path, pruner):
     torch.testing.assert_close(model(x), _model()(x))
 
 
-def test_batched_matches_sequential_bits_and_depth(tmp_path):
+@pytest.mark.parametrize("kernel", ["masked", "grouped"])
+def test_batched_matches_sequential_bits_and_depth(tmp_path, kernel):
     model = _model()
     layers = compressible_layers(model, exclude=["0", "3"])
     space = BitWidthSpace(list(layers), layer_numels(layers), 3)
     db = LevelDatabase.build(tmp_path / "b.safetensors", model, space, [], group_size=8)
     candidates = [space.start] + space.sample(3, 1)
     x = _inputs(6)
-    torch.testing.assert_close(BatchedCandidates(model, space, db)(candidates, x),
+    torch.testing.assert_close(BatchedCandidates(model, space, db, kernel)(candidates, x),
                                SequentialCandidates(model, space, db)(candidates, x),
                                atol=1e-5, rtol=1e-5)
     depth = DepthSpace(["4", "5", "6"], 1)
@@ -84,6 +87,26 @@ def test_batched_matches_sequential_bits_and_depth(tmp_path):
     torch.testing.assert_close(batched[1], direct)
     with pytest.raises(ValueError, match="database"):
         BatchedCandidates(model, space)
+    with pytest.raises(ValueError, match="kernel"):
+        BatchedCandidates(model, space, db, "fast")
+
+
+@pytest.mark.parametrize("kernel", ["masked", "grouped"])
+def test_batched_on_the_gpt(tmp_path, kernel):
+    model = GPT(context=8, width=16, depth=3, heads=2).eval()
+    tokens = torch.randint(256, (5, 8), generator=torch.Generator().manual_seed(0))
+    layers = compressible_layers(model)
+    space = SparsityLevelSpace(list(layers), layer_numels(layers), 0.5, num_levels=2)
+    db = LevelDatabase.build(tmp_path / "gpt.safetensors", model, space, [tokens],
+                             pruner="wanda")
+    candidates = space.sample(4, 0)
+    torch.testing.assert_close(BatchedCandidates(model, space, db, kernel)(candidates, tokens),
+                               SequentialCandidates(model, space, db)(candidates, tokens),
+                               atol=1e-5, rtol=1e-5)
+    depth = DepthSpace(model.residual_block_names(), 1)
+    candidates = depth.sample(3, 0)
+    torch.testing.assert_close(BatchedCandidates(model, depth)(candidates, tokens),
+                               SequentialCandidates(model, depth)(candidates, tokens))
 
 
 def test_fitness_kl_loss_and_dense_cache(tmp_path):

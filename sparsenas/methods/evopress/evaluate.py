@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sparsenas.methods.evopress.database import LevelDatabase
-from sparsenas.ops import masked_conv2d, masked_linear
+from sparsenas.ops import masked_conv2d, masked_linear, pack_mask
 from sparsenas.spaces.levels import LevelSpace
 
 FITNESS_KINDS = ("kl", "loss", "perplexity")
@@ -56,42 +56,64 @@ def _replaced(model: nn.Module, replacements: dict[str, nn.Module]) -> Iterator[
             setattr(parent, attribute, module)
 
 
-class _CandidateLayer(nn.Module):
-    """A Linear / Conv2d evaluated for K configurations at once on x [K * N, ...]."""
+def _layer_call(layer: nn.Module, x: Tensor, weight: Tensor) -> Tensor:
+    """``layer``'s forward with ``weight`` in place of its own."""
+    if isinstance(layer, nn.Linear):
+        return F.linear(x, weight, layer.bias)
+    return F.conv2d(x, weight, layer.bias, layer.stride, layer.padding, layer.dilation,
+                    layer.groups)
+
+
+class _MaskedCandidateLayer(nn.Module):
+    """A Linear / Conv2d for K configurations at once on x [K * N, ...], through the K-candidate
+    masked ops: ``weight`` [out, ...] shared or [K, out, ...]; ``mask`` packed uint8
+    [out, bytes] (one level for all) or [K, out, bytes]."""
 
     def __init__(self, layer: nn.Module, num_candidates: int, weight: Tensor,
-                 mask: Tensor | None) -> None:
+                 mask: Tensor) -> None:
         super().__init__()
         self.layer, self.num_candidates = layer, num_candidates
-        # weight: [out, ...] shared or [K, out, ...]; mask: None (weight already final),
-        # packed uint8 [out, bytes] or [K, out, bytes].
         self.weight, self.mask = weight, mask
 
-    def _call(self, x: Tensor, weight: Tensor, mask: Tensor | None) -> Tensor:
-        layer = self.layer
+    def forward(self, x: Tensor) -> Tensor:
+        layer, weight, mask = self.layer, self.weight, self.mask
+        per_candidate = mask.dim() == 3
+        if per_candidate:
+            x = x.unflatten(0, (self.num_candidates, -1))
         if isinstance(layer, nn.Linear):
-            if mask is None:
-                return F.linear(x, weight, layer.bias)
-            return masked_linear(x, weight, mask, layer.bias, packed=True)
-        if mask is None:
-            return F.conv2d(x, weight, layer.bias, layer.stride, layer.padding, layer.dilation,
-                            layer.groups)
-        return masked_conv2d(x, weight, mask, layer.bias, layer.stride, layer.padding,
-                             layer.dilation, layer.groups, packed=True)
+            out = masked_linear(x, weight, mask, layer.bias, packed=True)
+        else:
+            out = masked_conv2d(x, weight, mask, layer.bias, layer.stride, layer.padding,
+                                layer.dilation, layer.groups, packed=True)
+        return out.flatten(0, 1) if per_candidate else out
+
+
+class _GroupedCandidateLayer(nn.Module):
+    """A Linear / Conv2d for K configurations at once on x [K * N, ...]: the candidates at the
+    same level share one dense call with that level's compressed weight (mutation changes few
+    layers, so a layer usually holds two or three distinct levels among the K)."""
+
+    def __init__(self, layer: nn.Module, levels: Sequence[int], weights: dict[int, Tensor]) -> None:
+        super().__init__()
+        self.layer, self.weights = layer, weights
+        groups: dict[int, list[int]] = {}
+        for k, level in enumerate(levels):
+            groups.setdefault(level, []).append(k)
+        self.num_candidates = len(levels)
+        self.groups = {level: torch.tensor(ks) for level, ks in groups.items()}
 
     def forward(self, x: Tensor) -> Tensor:
-        per_candidate = (self.mask is not None and self.mask.dim() == 3) or \
-            self.weight.dim() == self.layer.weight.dim() + 1
-        if not per_candidate:
-            return self._call(x, self.weight, self.mask)
-        k = self.num_candidates
-        mask = self.mask
-        if mask is None:
-            # Per-candidate final weights: the masked op with all-ones masks.
-            columns = math.prod(self.weight.shape[2:])
-            mask = torch.full((k, self.weight.shape[1], -(-columns // 8)), 255,
-                              dtype=torch.uint8, device=x.device)
-        out = self._call(x.unflatten(0, (k, -1)), self.weight, mask)
+        if len(self.groups) == 1:
+            (level,) = self.groups
+            return _layer_call(self.layer, x, self.weights[level])
+        slices = x.unflatten(0, (self.num_candidates, -1))
+        out = None
+        for level, ks in self.groups.items():
+            part = _layer_call(self.layer, slices[ks.to(x.device)].flatten(0, 1),
+                               self.weights[level]).unflatten(0, (len(ks), -1))
+            if out is None:
+                out = part.new_empty(self.num_candidates, *part.shape[1:])
+            out[ks.to(x.device)] = part
         return out.flatten(0, 1)
 
 
@@ -143,31 +165,58 @@ class _Runner(ABC):
 
 
 class BatchedCandidates(_Runner):
-    """All K configurations in one forward (see the module docstring)."""
+    """All K configurations in one forward (see the module docstring). ``kernel``:
+    ``"masked"`` — each layer is one K-candidate masked op (the shared dense weight with K
+    bit-packed masks, or K stacked weights where the database changed them), which never
+    materialises K masked weights; ``"grouped"`` — each layer runs one dense call per distinct
+    level among the K, with that level's compressed weight (cached), which is faster on CPU."""
+
+    KERNELS = ("masked", "grouped")
+
+    def __init__(self, model: nn.Module, space: LevelSpace, database: LevelDatabase | None = None,
+                 kernel: str = "masked") -> None:
+        if kernel not in self.KERNELS:
+            raise ValueError(f"BatchedCandidates(): argument 'kernel' must be one of "
+                             f"{self.KERNELS}, got {kernel!r}")
+        super().__init__(model, space, database)
+        self.kernel = kernel
+        self._packed: dict[tuple[str, int], Tensor] = {}
+        self._ones: dict[str, Tensor] = {}
 
     def _packed_mask(self, layer: str, level: int) -> Tensor:
-        key = (layer, level, "packed")
-        if key not in self._weights:
-            self._weights[key] = self.database.packed_mask(layer, level).to(
+        key = (layer, level)
+        if key not in self._packed:
+            self._packed[key] = self.database.packed_mask(layer, level).to(
                 self.model.get_submodule(layer).weight.device)
-        return self._weights[key]
+        return self._packed[key]
+
+    def _all_kept(self, name: str, layer: nn.Module) -> Tensor:
+        """A packed mask that keeps every weight (for per-candidate quantised weights)."""
+        if name not in self._ones:
+            columns = math.prod(layer.weight.shape[1:])
+            self._ones[name] = pack_mask(torch.ones(layer.weight.shape[0], columns,
+                                                    dtype=torch.bool,
+                                                    device=layer.weight.device))
+        return self._ones[name]
 
     def _layer(self, name: str, levels: list[int]) -> nn.Module:
         layer = self.model.get_submodule(name)
+        if self.kernel == "grouped":
+            return _GroupedCandidateLayer(layer, levels, {level: self.final_weight(name, level)
+                                                          for level in set(levels)})
         k = len(levels)
         shared = all(level == levels[0] for level in levels)
+        if self.database.mode == "bits":
+            masks = [self._all_kept(name, layer)] * (1 if shared else k)
+        else:
+            masks = [self._packed_mask(name, level) for level in levels[:1 if shared else k]]
+        mask = masks[0] if shared else torch.stack(masks)
         if self.database.changes_weights:
-            if shared:
-                return _CandidateLayer(layer, k, self.final_weight(name, levels[0]), None)
-            weight = torch.stack([self.final_weight(name, level) for level in levels])
-            return _CandidateLayer(layer, k, weight, None)
-        dense = layer.weight.detach()
-        if layer.weight.dim() == 4:
-            dense = dense.contiguous()
-        if shared:
-            return _CandidateLayer(layer, k, dense, self._packed_mask(name, levels[0]))
-        masks = torch.stack([self._packed_mask(name, level) for level in levels])
-        return _CandidateLayer(layer, k, dense, masks)
+            weight = (self.final_weight(name, levels[0]) if shared else
+                      torch.stack([self.final_weight(name, level) for level in levels]))
+        else:
+            weight = layer.weight.detach().contiguous()
+        return _MaskedCandidateLayer(layer, k, weight, mask)
 
     @torch.no_grad()
     def __call__(self, candidates: Sequence[Sequence[int]], inputs: Tensor) -> Tensor:
