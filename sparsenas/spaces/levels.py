@@ -91,6 +91,13 @@ def layer_numels(layers: dict[str, nn.Module]) -> list[int]:
     return [module.weight.numel() for module in layers.values()]
 
 
+def _checked_numels(owner: str, unit_names: Sequence[str], numels: Sequence[int]) -> list[int]:
+    if len(numels) != len(unit_names) or any(int(n) < 1 for n in numels):
+        raise ValueError(f"{owner}(): argument 'numels' must hold one positive weight count per "
+                         f"unit ({len(unit_names)}), got {list(numels)}")
+    return [int(n) for n in numels]
+
+
 class LevelSpace(SearchSpace[Levels]):
     """Candidates are tuples of per-unit values; ``values[u]`` is unit u's ordered value list and
     ``cost(u, v)`` an integer. ``start`` (a tuple) fixes the budget: its total cost."""
@@ -169,19 +176,20 @@ class LevelSpace(SearchSpace[Levels]):
         unit across its whole range a few times."""
         return 4 * sum(len(v) for v in self.values)
 
+    def _random(self, rng: random.Random) -> Levels:
+        """A random configuration at the budget: a random walk of swaps from ``start``."""
+        candidate = self.start
+        for _ in range(self.walk_length()):
+            candidate = self._swap(candidate, rng)
+        return candidate
+
     def sample(self, num: int, seed: int, first: int = 0) -> list[Levels]:
-        """Random configurations at the budget: random walks of swaps from ``start``."""
+        """Random configurations at the budget (candidate i drawn from (seed, i) alone)."""
         if num < 0 or first < 0:
             raise ValueError(f"{type(self).__name__}.sample(): 'num' and 'first' must be >= 0, "
                              f"got {num}, {first}")
-        out = []
-        for index in range(first, first + num):
-            rng = random.Random(f"{seed}:{index}")
-            candidate = self.start
-            for _ in range(self.walk_length()):
-                candidate = self._swap(candidate, rng)
-            out.append(candidate)
-        return out
+        return [self._random(random.Random(f"{seed}:{index}"))
+                for index in range(first, first + num)]
 
     def encode(self, candidate: Levels) -> str:
         return ",".join(str(v) for v in self.check(candidate))
@@ -218,10 +226,7 @@ class SparsityLevelSpace(LevelSpace):
         if num_levels < 1:
             raise ValueError(f"SparsityLevelSpace(): argument 'num_levels' must be >= 1, got "
                              f"{num_levels}")
-        if len(numels) != len(unit_names) or any(n < 1 for n in numels):
-            raise ValueError("SparsityLevelSpace(): argument 'numels' must hold one positive "
-                             "weight count per unit")
-        self.numels = [int(n) for n in numels]
+        self.numels = _checked_numels("SparsityLevelSpace", unit_names, numels)
         self.sparsity = float(sparsity)
         self.num_levels = int(num_levels)
         self.base_kept = [round((1.0 - sparsity) * n) for n in self.numels]
@@ -281,16 +286,9 @@ class DepthSpace(LevelSpace):
                              f"from {self.unit_names}, got {sorted(names)}")
         return tuple(int(name in names) for name in self.unit_names)
 
-    def sample(self, num: int, seed: int, first: int = 0) -> list[Levels]:
-        """Uniformly random sets of ``num_dropped`` blocks."""
-        if num < 0 or first < 0:
-            raise ValueError(f"DepthSpace.sample(): 'num' and 'first' must be >= 0, got {num}, "
-                             f"{first}")
-        out = []
-        for index in range(first, first + num):
-            rng = random.Random(f"{seed}:{index}")
-            out.append(self.from_dropped(rng.sample(self.unit_names, self.num_dropped)))
-        return out
+    def _random(self, rng: random.Random) -> Levels:
+        """A uniformly random set of ``num_dropped`` blocks."""
+        return self.from_dropped(rng.sample(self.unit_names, self.num_dropped))
 
     def describe(self, candidate: Levels) -> dict:
         return {**super().describe(candidate), "dropped": self.dropped(candidate)}
@@ -309,10 +307,7 @@ class BitWidthSpace(LevelSpace):
         if bits not in options:
             raise ValueError(f"BitWidthSpace(): argument 'bits' must be one of {options}, got "
                              f"{bits}")
-        if len(numels) != len(unit_names) or any(n < 1 for n in numels):
-            raise ValueError("BitWidthSpace(): argument 'numels' must hold one positive weight "
-                             "count per unit")
-        self.numels = [int(n) for n in numels]
+        self.numels = _checked_numels("BitWidthSpace", unit_names, numels)
         self.options = options
         super().__init__(unit_names, [options] * len(self.numels),
                          lambda u, b: b * self.numels[u], (bits,) * len(self.numels))
