@@ -4,10 +4,12 @@ Two runners give the outputs of K configurations on one input batch, ``[K, N, ..
 
 - :class:`BatchedCandidates` evaluates all K in one forward: the input is repeated K times along
   the batch dimension (candidate-major), and every compressible layer is replaced for the call by
-  a K-candidate layer that runs its slice k with configuration k's level through the K-candidate
-  masked ops (one call per layer: the shared weight with K bit-packed masks, or K weights where
-  the database changed them). A layer at the same level in all K configurations runs as one
-  plain masked op over the whole batch. A dropped block (depth mode) passes its candidates'
+  a K-candidate layer that runs its slice k with configuration k's level. Kernel ``"masked"``:
+  one K-candidate masked op per layer (the shared weight with K bit-packed masks, or K weights
+  where the database changed them); a layer at the same level in all K configurations runs as
+  one plain masked op over the whole batch. Kernel ``"grouped"``: one dense call per distinct
+  level among the K. Which is faster depends on K and the layer shapes (measured by
+  ``benchmarks/evopress_offspring.py``). A dropped block (depth mode) passes its candidates'
   slices through unchanged and runs only the kept ones.
 - :class:`SequentialCandidates` runs one configuration after another the way reference
   implementations do (swap the compressed weights into the model, run, swap the dense ones back).
@@ -20,8 +22,8 @@ batch as their first dimension, which is the case for the usual MLPs, CNNs and t
 from __future__ import annotations
 
 import contextlib
-from abc import ABC, abstractmethod
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -169,7 +171,7 @@ class BatchedCandidates(_Runner):
     ``"masked"`` — each layer is one K-candidate masked op (the shared dense weight with K
     bit-packed masks, or K stacked weights where the database changed them), which never
     materialises K masked weights; ``"grouped"`` — each layer runs one dense call per distinct
-    level among the K, with that level's compressed weight (cached), which is faster on CPU."""
+    level among the K, with that level's compressed weight (cached)."""
 
     KERNELS = ("masked", "grouped")
 
