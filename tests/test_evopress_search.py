@@ -209,3 +209,32 @@ def test_search_lowers_kl_on_a_model(tmp_path):
     everything = torch.arange(64)
     assert fitness([state.parent], everything)[0] < fitness([space.start], everything)[0]
     assert space.total_kept(state.parent) == space.total_kept(space.start)
+
+
+@pytest.mark.parametrize("mode", ["sparsity", "depth", "bits"])
+def test_every_evaluated_configuration_keeps_the_budget(tmp_path, mode):
+    model = GPT(context=8, width=16, depth=4, heads=2).eval()
+    tokens = torch.randint(256, (32, 8), generator=torch.Generator().manual_seed(0))
+    layers = compressible_layers(model)
+    if mode == "depth":
+        space, db = DepthSpace(model.residual_block_names(), 2), None
+    elif mode == "bits":
+        space = BitWidthSpace(list(layers), layer_numels(layers), 3)
+        db = LevelDatabase.build(tmp_path / "b.safetensors", model, space, [], group_size=8)
+    else:
+        space = SparsityLevelSpace(list(layers), layer_numels(layers), 0.6, num_levels=3)
+        db = LevelDatabase.build(tmp_path / "s.safetensors", model, space, [tokens])
+    fitness = Fitness(BatchedCandidates(model, space, db), tokens)
+    evaluated = []
+
+    def evaluate(candidates, examples):
+        evaluated.extend(candidates)
+        return fitness(candidates, examples)
+
+    state = initial_state(space)
+    config = EvolutionConfig(offspring=4, stages=((2, 8), (1, 16)), seed=1)
+    for _ in range(4):
+        state, _ = run_generation(state, space, config, evaluate, len(tokens))
+    assert len(set(evaluated)) > 4
+    assert {space.total_cost(c) for c in evaluated} == {space.budget}
+    assert space.total_cost(state.parent) == space.budget
