@@ -238,3 +238,21 @@ def test_every_evaluated_configuration_keeps_the_budget(tmp_path, mode):
     assert len(set(evaluated)) > 4
     assert {space.total_cost(c) for c in evaluated} == {space.budget}
     assert space.total_cost(state.parent) == space.budget
+
+
+@pytest.mark.parametrize("name, widths", [("mlp", {"hidden": (32, 32)}),
+                                          ("cnn", {"channels": (8, 16)})])
+def test_runtime_models_with_batchnorm(tmp_path, name, widths):
+    from sparsenas.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, input_shape=(1, 8, 8), num_classes=10, **widths).eval()
+    x = torch.randn(12, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    layers = compressible_layers(model)
+    space = SparsityLevelSpace(list(layers), layer_numels(layers), 0.7, num_levels=2)
+    db = LevelDatabase.build(tmp_path / "m.safetensors", model, space, [x], pruner="sparsegpt")
+    candidates = space.sample(3, 0)
+    expected = SequentialCandidates(model, space, db)(candidates, x)
+    for kernel in ("masked", "grouped"):
+        torch.testing.assert_close(BatchedCandidates(model, space, db, kernel)(candidates, x),
+                                   expected, atol=1e-5, rtol=1e-5)
