@@ -9,9 +9,9 @@ from torch import nn
 
 from sparsenas.methods.evopress.database import LevelDatabase
 from sparsenas.methods.evopress.evaluate import BatchedCandidates, Fitness, SequentialCandidates
+from sparsenas.methods.evopress.search import (EvolutionConfig, Generation, initial_state,
+                                               offspring, run_generation)
 from sparsenas.models.lm import GPT
-from sparsenas.methods.evopress.search import (EvolutionConfig, Generation, RacingStage,
-                                               initial_state, offspring, run_generation)
 from sparsenas.spaces.levels import (BitWidthSpace, DepthSpace, SparsityLevelSpace,
                                      compressible_layers, layer_numels)
 
