@@ -14,6 +14,7 @@ from sparsenas.data.datasets import (
     load_synthetic,
     read_idx,
 )
+from sparsenas.data.text import load_stdlib_text
 
 __all__ = [
     "DATASETS",
@@ -25,6 +26,7 @@ __all__ = [
     "load_dataset",
     "load_digits",
     "load_mnist",
+    "load_stdlib_text",
     "load_synthetic",
     "read_idx",
 ]

@@ -1,9 +1,10 @@
 """Parent networks with node masks, their K-candidate batched form, a small ViT, DARTS networks
-on sparse layers, and a model registry."""
+on sparse layers, an elastic supernet, a small GPT, and a model registry."""
 
 from sparsenas.models.batched import CandidateBatch, weight_masks
 from sparsenas.models.darts import DartsNetwork, DartsSearchNetwork, Genotype
 from sparsenas.models.elastic import ChildConfig, ElasticChild, ElasticNet
+from sparsenas.models.lm import GPT
 from sparsenas.models.networks import CNN, MLP, NodeMaskedNet
 from sparsenas.models.registry import MODELS, ParentConfig, create_model, list_models
 from sparsenas.models.vit import ViT, ViTWidths, flops, num_parameters
@@ -17,6 +18,7 @@ __all__ = [
     "DartsSearchNetwork",
     "ElasticChild",
     "ElasticNet",
+    "GPT",
     "Genotype",
     "MLP",
     "NodeMaskedNet",
