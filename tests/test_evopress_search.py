@@ -240,8 +240,8 @@ def test_every_evaluated_configuration_keeps_the_budget(tmp_path, mode):
     assert space.total_cost(state.parent) == space.budget
 
 
-@pytest.mark.parametrize("name, widths", [("mlp", {"hidden": (32, 32)}),
-                                          ("cnn", {"channels": (8, 16)})])
+@pytest.mark.parametrize("name, widths", [("mlp", {"widths": (32, 32)}),
+                                          ("cnn", {"widths": (8, 16)})])
 def test_runtime_models_with_batchnorm(tmp_path, name, widths):
     from sparsenas.models import create_model
 
