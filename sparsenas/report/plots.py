@@ -34,6 +34,20 @@ def save_figure(figure: plt.Figure, path: str | Path) -> Path:
     return path
 
 
+def _finish(figure: plt.Figure, axes: plt.Axes, path: str | Path, xlabel: str, ylabel: str,
+            title: str | None = None, legend_size: float | None = 10) -> Path:
+    """Labels, grid and legend (``legend_size`` None: no legend; ``title`` None: keep it), then
+    the atomic save."""
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    if title is not None:
+        axes.set_title(title)
+    axes.grid(alpha=0.3)
+    if legend_size is not None:
+        axes.legend(fontsize=legend_size)
+    return save_figure(figure, path)
+
+
 def _non_empty(name: str, values: Mapping | Sequence) -> None:
     if len(values) == 0:
         raise ValueError(f"argument {name!r} is empty: nothing to plot")
@@ -65,12 +79,7 @@ def plot_search_trajectory(runs: Mapping[str, Sequence[Sequence[float]]], path: 
         steps = np.arange(1, length + 1)
         line, = axes.plot(steps, mean, label=f"{label} ({len(label_runs)} runs)")
         axes.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
-    axes.set_xlabel(xlabel)
-    axes.set_ylabel(ylabel)
-    axes.set_title(title)
-    axes.grid(alpha=0.3)
-    axes.legend()
-    return save_figure(figure, path)
+    return _finish(figure, axes, path, xlabel, ylabel, title)
 
 
 def plot_proxy_vs_accuracy(proxy: Sequence[float], accuracy: Sequence[float], path: str | Path,
@@ -101,10 +110,7 @@ def plot_proxy_vs_accuracy(proxy: Sequence[float], accuracy: Sequence[float], pa
     if hidden:
         heading += f" ({hidden} not drawn)"
     axes.set_title(f"{title}\n{heading}" if title else heading, fontsize=10)
-    axes.set_xlabel(proxy_name)
-    axes.set_ylabel(accuracy_name)
-    axes.grid(alpha=0.3)
-    return save_figure(figure, path)
+    return _finish(figure, axes, path, proxy_name, accuracy_name, legend_size=None)
 
 
 def pareto_front(costs: Sequence[float], accuracies: Sequence[float]) -> list[int]:
@@ -138,12 +144,7 @@ def plot_pareto_front(series: Mapping[str, tuple[Sequence[float], Sequence[float
                   linewidth=1.5)
     if log_x:
         axes.set_xscale("log")
-    axes.set_xlabel(cost_name)
-    axes.set_ylabel(accuracy_name)
-    axes.set_title(title)
-    axes.grid(alpha=0.3)
-    axes.legend()
-    return save_figure(figure, path)
+    return _finish(figure, axes, path, cost_name, accuracy_name, title)
 
 
 def plot_tau_vs_epochs(curves: Mapping[str, Mapping[int, tuple[float, float, float]]],
@@ -160,9 +161,5 @@ def plot_tau_vs_epochs(curves: Mapping[str, Mapping[int, tuple[float, float, flo
         line, = axes.plot(epochs, tau, marker="o", label=metric)
         axes.fill_between(epochs, low, high, color=line.get_color(), alpha=0.15)
     axes.axhline(0.0, color="black", linewidth=0.8)
-    axes.set_xlabel("training epochs before the metric (0 = at initialisation)")
-    axes.set_ylabel("Kendall τ with final accuracy")
-    axes.set_title(title)
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
-    return save_figure(figure, path)
+    return _finish(figure, axes, path, "training epochs before the metric (0 = at initialisation)",
+                   "Kendall τ with final accuracy", title, legend_size=8)
