@@ -140,3 +140,11 @@ def test_candidate_batch_refuses_mixed_shapes():
     with pytest.raises(ValueError, match="one shape"):
         arch_candidate_batch([decode_arch("mlp:w8:k0:relu:plain:keep=1"),
                               decode_arch("mlp:w16:k0:relu:plain:keep=1")], (1, 8, 8), 10)
+
+
+def test_arch_is_a_model_but_not_a_node_search_parent():
+    from sparsenas.models import ParentConfig
+
+    with pytest.raises(ValueError, match="model 'arch' has no node space"):
+        ParentConfig(model="arch", widths=(8,)).validate()
+    ParentConfig(model="cnn", widths=(8,)).validate()

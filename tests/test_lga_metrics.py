@@ -16,7 +16,7 @@ from sparsenas.methods.lga.metrics import (LABEL_AGNOSTIC, METRICS, check_metric
                                            nonlinear_advantage, ntk_metrics, shuffled_labels)
 from sparsenas.models import arch_candidate_batch, build_arch, decode_arch
 from sparsenas.ntk import label_gradient_alignment
-from sparsenas.train.trainer import TrainConfig
+from sparsenas.train import TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_bad_input(data):
 
 
 def test_metrics_after_epochs_of_one_run_and_candidates_equal_singles(data):
-    config = TrainConfig(epochs=2, batch_size=32, lr=0.05, device="cpu")
+    config = TrainConfig(epochs=2, batch_size=32, lr=0.05)
     batch = metric_batch(data, per_class=3, seed=0)
     archs = [decode_arch(t) for t in ("mlp:w12:k0:relu:res:keep=1/1",
                                       "mlp:w12:k0:relu:res:keep=0.5/1",
@@ -96,11 +96,12 @@ def test_metrics_after_epochs_of_one_run_and_candidates_equal_singles(data):
     group = arch_candidate_batch(archs, data.input_shape, 10, seed=5)
     single = build_arch(archs[0].shape(), data.input_shape, 10)
     batched = metrics_during_training(group, data, batch, config, seed=7, epochs=(1, 2),
-                                      single=single)
+                                      single=single, device="cpu")
     assert len(batched) == 3 and all(sorted(r) == [0, 1, 2] for r in batched)
     for k in (0, 2):
         model = build_arch(archs[k], data.input_shape, 10, seed=5)
-        alone = metrics_during_training(model, data, batch, config, seed=7, epochs=(2, 1))[0]
+        alone = metrics_during_training(model, data, batch, config, seed=7, epochs=(2, 1),
+                                        device="cpu")[0]
         for epoch in (0, 1, 2):
             for name in ("lga", "trace", "mean", "ntk_regression_accuracy", "lga_shuffled"):
                 assert batched[k][epoch][name] == pytest.approx(alone[epoch][name], rel=1e-3,

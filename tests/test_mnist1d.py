@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sparsenas.data import DATASETS, DatasetError, load_dataset
-from sparsenas.models import MLP, CNN
+from sparsenas.models import CNN, MLP
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +57,8 @@ def test_seeded_and_global_generators_untouched(small, offline):
 
 def test_models_accept_the_signals(small):
     x = small.x_train[:8]
-    assert MLP(small.input_shape, 10, hidden=(16,))(x).shape == (8, 10)
-    assert CNN(small.input_shape, 10, channels=(4,))(x).shape == (8, 10)
+    assert MLP(small.input_shape, 10, widths=(16,))(x).shape == (8, 10)
+    assert CNN(small.input_shape, 10, widths=(4,))(x).shape == (8, 10)
 
 
 def test_bad_sample_count():

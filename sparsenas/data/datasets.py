@@ -314,8 +314,8 @@ def load_dataset(name: str, root: str | Path | None = None, seed: int = 0, **opt
 class DataConfig(ConfigPiece):
     """Which data a study uses (a config piece: each field is a CLI option)."""
 
-    dataset: str = option("digits", "dataset: digits (embedded), synthetic, or mnist / cifar10 "
-                                    "from local files (nothing is downloaded)")
+    dataset: str = option("digits", "dataset: digits (embedded), synthetic, mnist1d (generated), "
+                                    "or mnist / cifar10 from local files (nothing is downloaded)")
     data_root: str | None = option(None, "directory of the file-based datasets", runtime=True)
     data_seed: int = option(0, "seed of the train / validation / test split")
 

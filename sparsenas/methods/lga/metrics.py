@@ -28,7 +28,7 @@ from sparsenas.ntk import (class_balanced_indices, condition_number, eigen_score
                            frobenius_norm, label_gradient_alignment, mean_entry,
                            ntk_regression_accuracy, trace)
 from sparsenas.seeds import derive_seed
-from sparsenas.train.trainer import EpochMetrics, TrainConfig, Trainer, TrainerHook
+from sparsenas.train import EpochMetrics, TrainConfig, Trainer, TrainerHook
 
 LABEL_AGNOSTIC = ("condition_number", "trace", "frobenius_norm", "mean", "eigen_score")
 METRICS = LABEL_AGNOSTIC + ("ntk_regression_accuracy", "lga", "lga_shuffled")
@@ -144,11 +144,12 @@ class _EpochMetricsHook(TrainerHook):
 
 def metrics_during_training(model: nn.Module, data: Dataset, batch: MetricBatch,
                             config: TrainConfig, seed: int, epochs: Sequence[int] = (1, 2, 3),
-                            single: nn.Module | None = None,
-                            shuffle_seed: int = 0) -> list[dict[int, dict[str, float]]]:
+                            single: nn.Module | None = None, shuffle_seed: int = 0,
+                            device: str | torch.device = "auto"
+                            ) -> list[dict[int, dict[str, float]]]:
     """The metrics at initialisation (key 0) and after each epoch count in ``epochs``, all from
-    one training run of max(epochs) epochs (``Trainer.fit`` with the given config and seed; the
-    LR schedule therefore spans max(epochs)). After training, each epoch's entry also holds that
+    one training run of max(epochs) epochs (``Trainer.fit`` with the given config and seed on
+    ``device``; the LR schedule therefore spans max(epochs)). After training, each epoch's entry also holds that
     epoch's ``train_acc`` and ``val_acc``.
 
     ``model`` is one network (returns a one-element list) or a :class:`CandidateBatch` of K
@@ -176,6 +177,7 @@ def metrics_during_training(model: nn.Module, data: Dataset, batch: MetricBatch,
     trained = [e for e in epoch_counts if e > 0]
     if trained:
         hook = _EpochMetricsHook(measure, tuple(trained), results)
-        Trainer(config, hooks=[hook]).fit(model, data, seed, epochs=max(trained))
+        Trainer(config, hooks=[hook], device=device).fit(model, data, seed,
+                                                          epochs=max(trained))
     return results
 
