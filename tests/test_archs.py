@@ -11,6 +11,7 @@ from torch import nn
 from sparsenas.models import (MODELS, Arch, arch_candidate_batch, build_arch, create_model,
                               decode_arch, encode_arch, group_by_shape)
 from sparsenas.nn import NodeMask, Residual
+from sparsenas.spaces import SPACES
 from sparsenas.spaces.archs import ArchSpace
 
 
@@ -30,6 +31,7 @@ def test_default_population_is_distinct_varied_and_grouped():
     assert all(len({population[i].shape() for i in g}) == 1 for g in groups)
     assert max(len(g) for g in groups) == 4 and len(groups) <= 22
     assert len(space) == 4800 and len(space.shapes()) == 320
+    assert SPACES.get("arch") is ArchSpace
 
 
 def test_population_larger_than_the_space_is_refused():
