@@ -14,6 +14,8 @@ from sparsenas.nn import NodeMask, Residual
 from sparsenas.spaces import SPACES
 from sparsenas.spaces.archs import ArchSpace
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def test_default_population_is_distinct_varied_and_grouped():
     space = ArchSpace()

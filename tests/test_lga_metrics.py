@@ -18,6 +18,8 @@ from sparsenas.models import arch_candidate_batch, build_arch, decode_arch
 from sparsenas.ntk import label_gradient_alignment
 from sparsenas.train import TrainConfig
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
 def data():

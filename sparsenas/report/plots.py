@@ -2,13 +2,12 @@
 fronts of accuracy against a cost, and τ against training epochs per metric.
 
 Plain functions of plain data (lists, arrays, dicts) and a path; each writes one PNG atomically
-(drawn to a temporary name in the same directory, then renamed) and returns the path.
+(:func:`sparsenas.report.io.save_figure`) and returns the path.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -18,20 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from sparsenas.report.io import save_figure  # noqa: E402
 from sparsenas.report.stats import bootstrap_ci, kendall_tau  # noqa: E402
-
-
-def save_figure(figure: plt.Figure, path: str | Path) -> Path:
-    """Writes ``figure`` to ``path`` as a PNG: a reader never sees a partial file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    try:
-        figure.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        plt.close(figure)
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def _finish(figure: plt.Figure, axes: plt.Axes, path: str | Path, xlabel: str, ylabel: str,
