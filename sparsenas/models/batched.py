@@ -8,11 +8,12 @@ NodeMask layers stay in place, so a switched-off node also leaves BatchNorm and 
 exactly zero. Residual blocks (:class:`sparsenas.nn.Residual`) are converted block by block;
 after one, a node is live when it is live on the skip path or in the block. Element-wise
 activations (ReLU, tanh, GELU, ...) apply to all candidates at once. Candidate k therefore computes
-what the parent computes with candidate k's node masks set (in train and eval mode). With per-candidate weights its gradients are the ones that
-network would get: the candidates' parameters are disjoint, so summing their losses trains each
-one independently. With shared weights the Linear / Conv2d weights and biases are one tensor whose
-gradient is the sum of the candidates' gradients; BatchNorm stays per candidate (different
-sub-networks have different statistics).
+what the parent computes with candidate k's node masks set (in train and eval mode). With
+per-candidate weights its gradients are the ones that network would get: the candidates'
+parameters are disjoint, so summing their losses trains each one independently. With shared
+weights the Linear / Conv2d weights and biases are one tensor whose gradient is the sum of the
+candidates' gradients; BatchNorm stays per candidate (different sub-networks have different
+statistics).
 """
 
 from __future__ import annotations

@@ -149,8 +149,8 @@ def metrics_during_training(model: nn.Module, data: Dataset, batch: MetricBatch,
                             ) -> list[dict[int, dict[str, float]]]:
     """The metrics at initialisation (key 0) and after each epoch count in ``epochs``, all from
     one training run of max(epochs) epochs (``Trainer.fit`` with the given config and seed on
-    ``device``; the LR schedule therefore spans max(epochs)). After training, each epoch's entry also holds that
-    epoch's ``train_acc`` and ``val_acc``.
+    ``device``; the LR schedule therefore spans max(epochs)). After training, each epoch's entry
+    also holds that epoch's ``train_acc`` and ``val_acc``.
 
     ``model`` is one network (returns a one-element list) or a :class:`CandidateBatch` of K
     candidates trained together (returns K results): then ``single`` is a network of the parent's
