@@ -214,7 +214,8 @@ def _migrate(args: argparse.Namespace) -> int:
         raise ValueError(f"store {str(args.store)!r} does not exist")
     with Store(args.store) as store:
         names = [s.name for s in store.studies()]
-    print(f"{args.store}: up to date; studies: {', '.join(names) or 'none'}")
+        state = "migrated from sparsenas 0.1.0" if store.migrated_from else "already up to date"
+    print(f"{args.store}: {state}; studies: {', '.join(names) or 'none'}")
     return 0
 
 
