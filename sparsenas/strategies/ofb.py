@@ -30,12 +30,12 @@ else ``<store directory>/<store name>.checkpoints``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import stats
 
 from sparsenas.config import ConfigPiece, option
 from sparsenas.data import DataConfig, Dataset
@@ -43,6 +43,8 @@ from sparsenas.methods.ofb import OFBSupernet, kept_sizes, to_plain_vit, uniform
 from sparsenas.methods.ofb.objective import OFBConfig, OFBObjective, ofb_step
 from sparsenas.models.vit import ViT, flops, num_parameters
 from sparsenas.report.io import save_figure
+from sparsenas.report.plots import plot_pareto_front
+from sparsenas.report.stats import welch_p_value
 from sparsenas.seeds import derive_seed
 from sparsenas.store import TrialRecord, load_state, save_state
 from sparsenas.strategies.base import STRATEGIES, Strategy, Summary
@@ -396,7 +398,7 @@ class OnceForBoth(Strategy):
             lines.append(
                 f"| {row['variant']} | {row['target_flops']:.4g} | {row['flops']:.4g} | "
                 f"{row['params']:.0f} | {100 * row['mean_acc']:.2f}{spread} | {row['n']} | "
-                f"{'—' if row['p_vs_ofb'] is None else format(row['p_vs_ofb'], '.3f')} | "
+                f"{'—' if math.isnan(row['p_vs_ofb']) else format(row['p_vs_ofb'], '.3f')} | "
                 f"{sum(t.final['flops_within_tolerance'] for t in trials)}/{row['n']} | "
                 f"{one_hot} | {row['latency_ms']:.3f} ({row['parent_latency_ms']:.3f}) |")
         lines += ["", *self._claim(rows, finals)]
@@ -467,22 +469,14 @@ class OnceForBoth(Strategy):
         ax.legend(fontsize=7)
         paths["flops_plot"] = save_figure(figure, out_dir / "flops_during_search.png")
 
-        figure, ax = plt.subplots(figsize=(6, 4))
-        for variant, group in finals.items():
-            if group:
-                x = [t.final["flops"] for t in group]
-                y = [100 * t.final["test_acc"] for t in group]
-                ax.scatter(x, y, label=variant, alpha=0.8)
-        targets = {t.final["target_flops"] for g in finals.values() for t in g}
-        for value in targets:
-            ax.axvline(value, color="grey", linewidth=1, linestyle=":")
-        ax.set_xlabel("FLOPs of the final network")
-        ax.set_ylabel("test accuracy %")
-        ax.set_title("accuracy against FLOPs (dotted: target)")
-        ax.grid(alpha=0.3)
-        if targets:
-            ax.legend(fontsize=8)
-        paths["accuracy_plot"] = save_figure(figure, out_dir / "accuracy_vs_flops.png")
+        series = {variant: ([t.final["flops"] for t in group],
+                            [100 * t.final["test_acc"] for t in group])
+                  for variant, group in finals.items() if group}
+        if series:
+            paths["accuracy_plot"] = plot_pareto_front(
+                series, out_dir / "accuracy_vs_flops.png", cost_name="FLOPs of the final network",
+                accuracy_name="test accuracy %",
+                title=f"accuracy against FLOPs (target {summary.details['target']:.4g})")
         return paths
 
 
@@ -496,14 +490,6 @@ def _widths_record(model: ViT) -> dict:
             "mlp_hidden": list(w.mlp_hidden)}
 
 
-def _welch_p(a: list[float], b: list[float]) -> float | None:
-    """Welch's t-test p-value, or None where it is undefined (fewer than two runs a side, or no
-    spread at all)."""
-    if len(a) < 2 or len(b) < 2 or (np.ptp(a) == 0 and np.ptp(b) == 0):
-        return None
-    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
-
-
 def _row(variant: str, trials: list[TrialRecord], ofb_accs: list[float]) -> dict:
     def mean(key: str) -> float | None:
         return float(np.mean([t.final[key] for t in trials])) if trials else None
@@ -513,7 +499,7 @@ def _row(variant: str, trials: list[TrialRecord], ofb_accs: list[float]) -> dict
             "params": mean("params"), "mean_acc": mean("test_acc"),
             "std_acc": float(np.std(accs, ddof=1)) if len(accs) > 1 else (0.0 if accs else None),
             "n": len(trials),
-            "p_vs_ofb": None if variant == "ofb" else _welch_p(accs, ofb_accs),
+            "p_vs_ofb": math.nan if variant == "ofb" else welch_p_value(accs, ofb_accs),
             "flops_within_tolerance": sum(t.final["flops_within_tolerance"] for t in trials),
             "all_frozen": (None if variant == "uniform"
                            else sum(t.config["all_frozen"] for t in trials)),
