@@ -18,7 +18,7 @@ from sparsenas.sampling import _philox
 _MAX_COLUMNS = 1 << 31
 
 
-def _check_columns(op: str, arg: str, n: int) -> None:
+def check_columns(op: str, arg: str, n: int) -> None:
     if not 0 <= n < _MAX_COLUMNS:
         raise ValueError(f"{op}(): argument '{arg}' (the number of positions per row) must be in "
                          f"[0, 2^31), got {n}")
@@ -53,7 +53,7 @@ def _check_floating(op: str, arg: str, x: Tensor) -> None:
     if x.dim() != 2:
         raise ValueError(f"{op}(): argument '{arg}' must be 2-D [B, n], got shape "
                          f"{tuple(x.shape)}")
-    _check_columns(op, arg, x.shape[1])
+    check_columns(op, arg, x.shape[1])
 
 
 def _mask_from_order(order: Tensor, k: Tensor, packed: bool) -> Tensor:
@@ -74,7 +74,7 @@ def uniform_k_mask(k: Tensor, n: int, seed: int, first_candidate: int = 0, strea
     """Row r (candidate first_candidate + r) keeps the k[r] positions with the smallest
     (primary key, tie key, position), the keys being Philox words of (seed, candidate, stream)."""
     op = "uniform_k_mask"
-    _check_columns(op, "n", n)
+    check_columns(op, "n", n)
     _check_k(op, k, None, n, k.device)
     rows = k.shape[0]
     _check_candidates(op, first_candidate, rows, stream)

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from sparsenas._extension import has_native_kernel, native
+from sparsenas.ops import _checks
 from sparsenas.sampling import _reference
 
 _SEED_RANGE = (-(1 << 63), 1 << 64)
@@ -44,6 +45,10 @@ def _row_counts(op: str, k: int | Tensor, batch_shape: tuple[int, ...], n: int,
     """k as the int64 [B] tensor of per-row counts the ops take (B = prod(batch_shape))."""
     rows = math.prod(batch_shape)
     if isinstance(k, Tensor):
+        _checks.data_device(op, "k", k)
+        if k.device != device:
+            raise ValueError(f"{op}(): argument 'k' must be on {device} (where the masks are "
+                             f"made), got {_checks.describe(k)}")
         if k.dtype == torch.bool or k.is_floating_point() or k.is_complex():
             raise TypeError(f"{op}(): argument 'k' must be an int or an integer tensor, got {k.dtype}")
         if tuple(k.shape) != batch_shape:
@@ -81,7 +86,8 @@ def uniform_k_masks(
     n = _int(op, "n", n)
     if rows < 0:
         raise ValueError(f"{op}(): argument 'num_candidates' must be >= 0, got {rows}")
-    device = torch.device(device)
+    _reference.check_columns(op, "n", n)
+    device = _checks.device_argument(op, device)
     counts = _row_counts(op, k, (rows,), n, device)
     args = (counts, n, _seed(op, seed), _int(op, "first_candidate", first_candidate),
             _int(op, "stream", stream), bool(packed))
@@ -91,13 +97,14 @@ def uniform_k_masks(
 
 
 def _batched(op: str, arg: str, x: Tensor) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{op}(): argument '{arg}' must be a tensor, got {type(x).__name__}")
+    _checks.tensor(op, arg, x)
+    _checks.data_device(op, arg, x)
     if not x.is_floating_point():
         raise TypeError(f"{op}(): argument '{arg}' must be a floating-point tensor (float32, "
                         f"float64, bfloat16 or float16), got {x.dtype}")
     if x.dim() == 0:
         raise ValueError(f"{op}(): argument '{arg}' must be [..., n], got a 0-d tensor")
+    _reference.check_columns(op, arg, x.shape[-1])
     return x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
 
 
@@ -156,6 +163,11 @@ def gumbel_topk_masks(
 def philox4x32_10(counter: Tensor, key: Tensor) -> Tensor:
     """The Philox4x32-10 generator itself: counter int64 [N, 4] and key int64 [N, 2], both holding
     32-bit words -> int64 [N, 4] of 32-bit words (the same streams the samplers draw from)."""
+    op = "philox4x32_10"
+    _checks.tensor(op, "counter", counter)
+    _checks.tensor(op, "key", key)
+    _checks.data_device(op, "counter", counter)
+    _checks.same_device(op, "key", key, "counter", counter)
     if has_native_kernel("philox4x32_10", counter.device.type):
         return torch.ops.sparsenas.philox4x32_10(counter, key)
     return _reference.philox4x32_10(counter, key)

@@ -1,0 +1,89 @@
+"""Every public op keeps one input contract on both paths: the table of tests/contract_cases.py
+runs on the native kernels in process and on the references (SPARSENAS_DISABLE_EXTENSION=1) in
+one subprocess; each bad input raises the expected exception naming its argument in the
+library's own words, and each edge input gives the right result."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+import sparsenas
+from conftest import SUBPROCESS_CWD
+from contract_cases import CASES, problems, run
+
+IDS = [case.id for case in CASES]
+
+
+def test_case_ids_are_unique():
+    assert len(set(IDS)) == len(IDS)
+
+
+@pytest.fixture(scope="module")
+def reference_outcomes() -> dict:
+    env = dict(os.environ, SPARSENAS_DISABLE_EXTENSION="1")
+    code = "import json, contract_cases; print(json.dumps(contract_cases.run_all()))"
+    completed = subprocess.run([sys.executable, "-c", code], cwd=SUBPROCESS_CWD, env=env,
+                               capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert report["extension"] == "disabled by SPARSENAS_DISABLE_EXTENSION"
+    return report["outcomes"]
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_native_path(case):
+    assert sparsenas.info()["extension"] == "loaded", "the native leg needs the extension"
+    assert problems(case, run(case)) == []
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_reference_path(case, reference_outcomes):
+    assert problems(case, reference_outcomes[case.id]) == []
+
+
+def test_paths_give_the_same_messages(reference_outcomes):
+    differing = {}
+    for case in CASES:
+        native = run(case)
+        if case.error is not None and native.get("message") != reference_outcomes[case.id].get(
+                "message"):
+            differing[case.id] = (native.get("message"), reference_outcomes[case.id].get("message"))
+    assert differing == {}
+
+
+def _import_sparsenas(env: dict, prelude: str = "") -> str:
+    code = (f"import warnings; warnings.simplefilter('always'); {prelude}"
+            "import sparsenas; print(sparsenas.info()['extension'])")
+    completed = subprocess.run([sys.executable, "-c", code], cwd=SUBPROCESS_CWD, env=env,
+                               capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    return completed.stdout + completed.stderr
+
+
+def test_failed_extension_load_warns_once_with_the_reason():
+    # A None entry in sys.modules makes `from sparsenas import _C` raise ImportError, as a
+    # missing or stale build does.
+    output = _import_sparsenas(dict(os.environ), "import sys; sys.modules['sparsenas._C'] = None; ")
+    assert output.count("RuntimeWarning") == 1
+    assert "sparsenas._C failed to load" in output and "Rebuild" in output
+    assert "not importable" in output
+
+
+def test_disabled_extension_does_not_warn():
+    env = dict(os.environ, SPARSENAS_DISABLE_EXTENSION="1")
+    output = _import_sparsenas(env)
+    assert "Warning" not in output
+    assert "disabled by SPARSENAS_DISABLE_EXTENSION" in output
+
+
+def test_loaded_extension_does_not_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        output = _import_sparsenas(dict(os.environ))
+    assert "Warning" not in output and "loaded" in output
