@@ -425,6 +425,33 @@ def unpack_mask(bits: Tensor, n: object, op: str = "unpack_mask") -> int:
     return n
 
 
+# ---- sampling ----------------------------------------------------------------------------------
+
+def philox4x32_10(counter: Tensor, key: Tensor, op: str = "philox4x32_10") -> None:
+    """The metadata rules of ``philox4x32_10`` (csrc/ops/mask_sampling.cpp)."""
+    tensor(op, "counter", counter)
+    tensor(op, "key", key)
+    for arg, t in (("counter", counter), ("key", key)):
+        if t.dtype != torch.int64:
+            raise TypeError(f"{op}(): argument '{arg}' must be int64 (32-bit words), got "
+                            f"{describe(t)}")
+    dim(op, "counter", counter, 2, "[N, 4]")
+    dim(op, "key", key, 2, "[N, 2]")
+    size(op, "counter", counter, 1, 4, "four 32-bit counter words")
+    size(op, "key", key, 1, 2, "two 32-bit key words")
+    size(op, "key", key, 0, counter.shape[0], "N, from counter")
+    same_device(op, "key", key, "counter", counter)
+
+
+def words_values(op: str, arg: str, t: Tensor) -> None:
+    """32-bit words in [0, 2^32) (reference path; the native kernels check the same)."""
+    if t.numel():
+        low, high = int(t.min()), int(t.max())
+        if low < 0 or high > 0xFFFF_FFFF:
+            raise ValueError(f"{op}(): argument '{arg}' must hold 32-bit words in [0, 2^32), got "
+                             f"values in [{low}, {high}]")
+
+
 # ---- NTK blocks --------------------------------------------------------------------------------
 
 def _ntk_common(op: str, out: Tensor, a: Tensor, b: Tensor, bias_term: object,

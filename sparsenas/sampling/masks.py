@@ -163,11 +163,8 @@ def gumbel_topk_masks(
 def philox4x32_10(counter: Tensor, key: Tensor) -> Tensor:
     """The Philox4x32-10 generator itself: counter int64 [N, 4] and key int64 [N, 2], both holding
     32-bit words -> int64 [N, 4] of 32-bit words (the same streams the samplers draw from)."""
-    op = "philox4x32_10"
-    _checks.tensor(op, "counter", counter)
-    _checks.tensor(op, "key", key)
-    _checks.data_device(op, "counter", counter)
-    _checks.same_device(op, "key", key, "counter", counter)
+    _checks.data_device("philox4x32_10", "counter", counter)
+    _checks.philox4x32_10(counter, key)
     if has_native_kernel("philox4x32_10", counter.device.type):
         return torch.ops.sparsenas.philox4x32_10(counter, key)
     return _reference.philox4x32_10(counter, key)
