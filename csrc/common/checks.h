@@ -6,6 +6,7 @@
 #include <c10/util/Exception.h>
 #include <c10/util/Optional.h>
 
+#include <cctype>
 #include <string>
 
 namespace sparsenas {
@@ -26,7 +27,13 @@ inline std::string dtype_name(at::ScalarType type) {
     case at::kBool: return "bool";
     case at::kComplexFloat: return "complex64";
     case at::kComplexDouble: return "complex128";
-    default: return c10::toString(type);
+    default: {
+      // The float8 types and the rest: Python's name is c10's in lower case
+      // (Float8_e4m3fn -> float8_e4m3fn).
+      std::string name = c10::toString(type);
+      for (auto& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      return name;
+    }
   }
 }
 
@@ -43,8 +50,12 @@ inline std::string describe(const at::Tensor& t) {
   return s;
 }
 
+// The floating dtypes the kernels compute in (not the float8 storage types).
 inline void check_floating(const char* op, const char* arg, const at::Tensor& t) {
-  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), op, "(): argument '", arg,
+  const auto type = t.scalar_type();
+  TORCH_CHECK_TYPE(type == at::kFloat || type == at::kDouble || type == at::kBFloat16 ||
+                       type == at::kHalf,
+                   op, "(): argument '", arg,
                    "' must be a floating-point tensor (float32, float64, bfloat16 or float16), got ",
                    describe(t));
 }

@@ -28,11 +28,16 @@ def ntk_gram_block_(out: Tensor, a: Tensor, b: Tensor, rows_per_example: int = 1
 
     Shapes: a [n·T, d], b [n·T, O, p], out [n, n] (sum_outputs) or [n·O, n·O]; T = rows_per_example.
     """
-    _checks.data_device("ntk_gram_block_", "out", out)
-    rows_per_example = _checks.ntk_gram_block(out, a, b, rows_per_example, bias, sum_outputs)
-    if has_native_kernel("ntk_gram_block_", out.device.type):
-        torch.ops.sparsenas.ntk_gram_block_(out, a, b, rows_per_example, bias, sum_outputs)
+    op = "ntk_gram_block_"
+    if has_native_kernel(op, _checks.kernel_device(op, "out", out)):
+        _checks.native_arguments(op, (("a", a), ("b", b)), (),
+                                 (("bias", bias), ("sum_outputs", sum_outputs)))
+        torch.ops.sparsenas.ntk_gram_block_(
+            out, a, b, _checks.integer(op, "rows_per_example", rows_per_example), bias,
+            sum_outputs)
     else:
+        _checks.data_device(op, "out", out)
+        rows_per_example = _checks.ntk_gram_block(out, a, b, rows_per_example, bias, sum_outputs)
         out.add_(reference_gram_block(a, b, rows_per_example, bias, sum_outputs, out.dtype))
 
 
@@ -43,11 +48,14 @@ def ntk_masked_block_(out: Tensor, a: Tensor, b: Tensor, mask: Tensor, bias: boo
     Shapes: a [n, d], b [n, O, p], mask [p, d] (bool, uint8 or floating weights),
     out [n, n] (sum_outputs) or [n·O, n·O].
     """
-    _checks.data_device("ntk_masked_block_", "out", out)
-    _checks.ntk_masked_block(out, a, b, mask, bias, sum_outputs)
-    if has_native_kernel("ntk_masked_block_", out.device.type):
+    op = "ntk_masked_block_"
+    if has_native_kernel(op, _checks.kernel_device(op, "out", out)):
+        _checks.native_arguments(op, (("a", a), ("b", b), ("mask", mask)), (),
+                                 (("bias", bias), ("sum_outputs", sum_outputs)))
         torch.ops.sparsenas.ntk_masked_block_(out, a, b, mask, bias, sum_outputs)
     else:
+        _checks.data_device(op, "out", out)
+        _checks.ntk_masked_block(out, a, b, mask, bias, sum_outputs)
         out.add_(reference_masked_block(a, b, mask, bias, sum_outputs, out.dtype))
 
 

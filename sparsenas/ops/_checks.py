@@ -10,6 +10,13 @@ Conventions: ``TypeError`` for a wrong Python type or dtype, ``ValueError`` for 
 size, device or value. Every message starts with ``<op>(): argument '<name>'`` and says what was
 expected and what was given.
 
+On the native path the public functions check only what the dispatcher would otherwise report
+in its own words (Python types: a list where a tensor belongs, a float where an int belongs) and
+leave the rest to the C++ checks, which keeps a call at batch 1 as cheap as the bare op;
+tests/test_input_contract.py verifies that both paths give the same message for every row of its
+table. A meta tensor among the arguments of a native call reaches the fake kernel, which runs the
+full contract here.
+
 Only metadata is read here (no device synchronisation). Checks that read tensor values (CSR
 ``row_ptr`` / ``col_idx`` and N:M ``indices`` ranges) are ``*_values`` functions that the
 reference path calls; the native CPU kernels check the same ranges while they compute.
@@ -42,6 +49,24 @@ def describe(t: object) -> str:
 def tensor(op: str, arg: str, t: object) -> None:
     if not isinstance(t, Tensor):
         raise TypeError(f"{op}(): argument '{arg}' must be a tensor, got {describe(t)}")
+
+
+def kernel_device(op: str, arg: str, t: object) -> str:
+    """The device type of the tensor argument that picks the kernel."""
+    tensor(op, arg, t)
+    return t.device.type
+
+
+def native_arguments(op: str, tensors: tuple = (), optional: tuple = (),
+                     flags: tuple = ()) -> None:
+    """The Python-type rules of a native call: (name, value) pairs of tensor arguments, optional
+    tensor arguments and bool flags."""
+    for arg, t in tensors:
+        tensor(op, arg, t)
+    for arg, t in optional:
+        optional_tensor(op, arg, t)
+    for arg, value in flags:
+        flag(op, arg, value)
 
 
 def optional_tensor(op: str, arg: str, t: object) -> None:

@@ -37,10 +37,13 @@ def masked_linear(
     values). Bad inputs raise ``TypeError`` (type, dtype) or ``ValueError`` (shape, device) naming
     the argument, on the native and the reference path alike.
     """
-    _checks.data_device("masked_linear", "x", x)
-    _checks.masked_linear(x, weight, mask, bias, packed)
-    if has_native_kernel("masked_linear", x.device.type):
+    op = "masked_linear"
+    if has_native_kernel(op, _checks.kernel_device(op, "x", x)):
+        _checks.native_arguments(op, (("weight", weight), ("mask", mask)), (("bias", bias),),
+                                 (("packed", packed),))
         return torch.ops.sparsenas.masked_linear(x, weight, mask, bias, packed)
+    _checks.data_device(op, "x", x)
+    _checks.masked_linear(x, weight, mask, bias, packed)
     return _reference.masked_linear(x, weight, mask, bias, packed)
 
 

@@ -40,12 +40,18 @@ def masked_conv2d(
     value of 2 scales its weight by 2, and an inf or NaN weight that is masked out gives NaN.
     All tensors must be on one CPU or CUDA device (a meta tensor is refused).
     """
-    _checks.data_device("masked_conv2d", "x", x)
+    op = "masked_conv2d"
+    if has_native_kernel(op, _checks.kernel_device(op, "x", x)):
+        _checks.native_arguments(op, (("weight", weight), ("mask", mask)), (("bias", bias),),
+                                 (("packed", packed),))
+        return torch.ops.sparsenas.masked_conv2d(
+            x, weight, mask, bias, _checks.conv_pair(op, "stride", stride, 1),
+            _checks.conv_pair(op, "padding", padding, 0),
+            _checks.conv_pair(op, "dilation", dilation, 1),
+            _checks.integer(op, "groups", groups, 1, _checks.INT32_MAX), packed)
+    _checks.data_device(op, "x", x)
     stride, padding, dilation, groups = _checks.masked_conv2d(
         x, weight, mask, bias, stride, padding, dilation, groups, packed)
-    if has_native_kernel("masked_conv2d", x.device.type):
-        return torch.ops.sparsenas.masked_conv2d(
-            x, weight, mask, bias, stride, padding, dilation, groups, packed)
     return _reference.masked_conv2d(x, weight, mask, bias, stride, padding, dilation, groups, packed)
 
 

@@ -24,10 +24,13 @@ def sparse_linear(x: Tensor, row_ptr: Tensor, col_idx: Tensor, values: Tensor,
     cost a device synchronisation per call, the kernel skips stored indices >= in instead).
     All tensors must be on one CPU or CUDA device (a meta tensor is refused).
     """
-    _checks.data_device("sparse_linear", "x", x)
-    _checks.sparse_linear(x, row_ptr, col_idx, values, bias)
-    if has_native_kernel("sparse_linear", x.device.type):
+    op = "sparse_linear"
+    if has_native_kernel(op, _checks.kernel_device(op, "x", x)):
+        _checks.native_arguments(op, (("row_ptr", row_ptr), ("col_idx", col_idx),
+                                      ("values", values)), (("bias", bias),))
         return torch.ops.sparsenas.sparse_linear(x, row_ptr, col_idx, values, bias)
+    _checks.data_device(op, "x", x)
+    _checks.sparse_linear(x, row_ptr, col_idx, values, bias)
     _checks.sparse_linear_values(row_ptr, col_idx, x.shape[-1])
     return _reference.sparse_linear(x, row_ptr, col_idx, values, bias)
 
@@ -41,10 +44,12 @@ def nm_linear(x: Tensor, values: Tensor, indices: Tensor, m: int,
     x, values and bias. ``m`` is in [1, 256] and divides ``in``; every index is below ``m``
     (``ValueError`` otherwise). All tensors must be on one CPU or CUDA device.
     """
-    _checks.data_device("nm_linear", "x", x)
+    op = "nm_linear"
+    if has_native_kernel(op, _checks.kernel_device(op, "x", x)):
+        _checks.native_arguments(op, (("values", values), ("indices", indices)), (("bias", bias),))
+        return torch.ops.sparsenas.nm_linear(x, values, indices, _checks.integer(op, "m", m), bias)
+    _checks.data_device(op, "x", x)
     m = _checks.nm_linear(x, values, indices, m, bias)
-    if has_native_kernel("nm_linear", x.device.type):
-        return torch.ops.sparsenas.nm_linear(x, values, indices, m, bias)
     _checks.nm_linear_values(indices, m)
     return _reference.nm_linear(x, values, indices, m, bias)
 
@@ -53,10 +58,12 @@ def nm_mask(weight: Tensor, n: int, m: int) -> Tensor:
     """bool [out, in]: in every group of ``m`` consecutive weights of a row (along the input
     dimension) keep the ``n`` largest |w|; ties go to the lower index, NaN counts as largest.
     ``m`` >= 1 divides ``in`` and 0 <= ``n`` <= ``m``."""
-    _checks.data_device("nm_mask", "weight", weight)
+    op = "nm_mask"
+    if has_native_kernel(op, _checks.kernel_device(op, "weight", weight)):
+        return torch.ops.sparsenas.nm_mask(weight, _checks.integer(op, "n", n),
+                                           _checks.integer(op, "m", m))
+    _checks.data_device(op, "weight", weight)
     n, m = _checks.nm_mask(weight, n, m)
-    if has_native_kernel("nm_mask", weight.device.type):
-        return torch.ops.sparsenas.nm_mask(weight, n, m)
     return _reference.nm_mask(weight, n, m)
 
 
