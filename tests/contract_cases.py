@@ -207,6 +207,7 @@ MASKED_CONV2D = [
     Case("masked_conv2d", "padding 2^70", _mc(padding=2**70), ValueError, "padding"),
     Case("masked_conv2d", "padding 2^30 (padded input reaches 2^31)", _mc(padding=2**30),
          ValueError, "padding"),
+    Case("masked_conv2d", "padding inf", _mc(padding=math.inf), TypeError, "padding"),
     Case("masked_conv2d", "dilation zero", _mc(dilation=0), ValueError, "dilation"),
     Case("masked_conv2d", "dilation 2^40", _mc(dilation=2**40), ValueError, "dilation"),
     Case("masked_conv2d", "output size zero", _mc(padding=0, dilation=4), ValueError, "x"),
@@ -388,6 +389,8 @@ WEIGHTS = lambda: _randn(3, 8).abs() + 0.1  # noqa: E731
 SAMPLING = [
     Case("uniform_k_masks", "n negative (reported as k before)",
          lambda: uniform_k_masks(4, -5, 0, 0), ValueError, "n"),
+    Case("uniform_k_masks", "n inf", lambda: uniform_k_masks(4, math.inf, 2, 0), TypeError, "n"),
+    Case("uniform_k_masks", "n 2^31", lambda: uniform_k_masks(4, 1 << 31, 2, 0), ValueError, "n"),
     Case("uniform_k_masks", "k > n", lambda: uniform_k_masks(4, 8, 9, 0), ValueError, "k"),
     Case("uniform_k_masks", "k a float", lambda: uniform_k_masks(4, 8, 2.5, 0), TypeError, "k"),
     Case("uniform_k_masks", "k a float tensor", lambda: uniform_k_masks(2, 8, torch.ones(2), 0),
@@ -436,6 +439,10 @@ SAMPLING = [
     Case("topk_masks", "k tensor on meta",
          lambda: topk_masks(SCORES(), torch.ones(3, dtype=torch.long, device=META)), ValueError,
          "k"),
+    Case("topk_masks", "zero positions", lambda: topk_masks(torch.ones(3, 0), 0),
+         check=lambda m: m.shape == (3, 0)),
+    Case("gumbel_topk_masks", "zero rows", lambda: gumbel_topk_masks(torch.ones(0, 4), 2, 0),
+         check=lambda m: m.shape == (0, 4)),
     Case("topk_masks", "the k largest", lambda: topk_masks(torch.tensor([[0.1, 0.9, 0.5]]), 2),
          check=lambda m: m.tolist() == [[False, True, True]]),
     Case("gumbel_topk_masks", "weights on meta", lambda: gumbel_topk_masks(WEIGHTS().to(META), 2, 0),
@@ -486,6 +493,7 @@ SAMPLING = [
          lambda: sample_node_masks([8], 0.5, 2, 0, device="meta"), ValueError, "device"),
     Case("kept_nodes", "num_nodes zero", lambda: kept_nodes(0, 0.5), ValueError, "num_nodes"),
     Case("kept_nodes", "sparsity NaN", lambda: kept_nodes(8, math.nan), ValueError, "sparsity"),
+    Case("kept_nodes", "sparsity inf", lambda: kept_nodes(8, math.inf), ValueError, "sparsity"),
 ]
 
 
@@ -515,6 +523,8 @@ COMPACTION = [
          ValueError, "weight"),
     Case("magnitude_mask", "sparsity 1", lambda: magnitude_mask(_randn(4, 4), 1.0), ValueError,
          "sparsity"),
+    Case("magnitude_mask", "sparsity NaN", lambda: magnitude_mask(_randn(4, 4), math.nan),
+         ValueError, "sparsity"),
     Case("magnitude_mask", "sparsity a string", lambda: magnitude_mask(_randn(4, 4), "0.5"),
          TypeError, "sparsity"),
 ]

@@ -175,9 +175,9 @@ def bias(op: str, b: Tensor | None, x: Tensor, candidate_form: bool, candidates:
     size(op, "bias", b, -1, out, out_what)
 
 
-def masked_linear(x: Tensor, weight: Tensor, mask: Tensor, b: Tensor | None, packed: bool,
-                  op: str = "masked_linear") -> None:
-    """The rules of ``masked_linear`` (csrc/ops/masked_linear.cpp: check_masked_linear)."""
+def masked_operands(op: str, x: Tensor, weight: Tensor, mask: Tensor, b: Tensor | None,
+                    packed: bool) -> None:
+    """The types, dtypes and devices of x, weight, mask and bias (both masked ops)."""
     for arg, t in (("x", x), ("weight", weight), ("mask", mask)):
         tensor(op, arg, t)
     optional_tensor(op, "bias", b)
@@ -187,6 +187,12 @@ def masked_linear(x: Tensor, weight: Tensor, mask: Tensor, b: Tensor | None, pac
     same_device(op, "weight", weight, "x", x)
     same_device(op, "mask", mask, "x", x)
     mask_dtype(op, mask, weight, packed)
+
+
+def masked_linear(x: Tensor, weight: Tensor, mask: Tensor, b: Tensor | None, packed: bool,
+                  op: str = "masked_linear") -> None:
+    """The rules of ``masked_linear`` (csrc/ops/masked_linear.cpp: check_masked_linear)."""
+    masked_operands(op, x, weight, mask, b, packed)
     if mask.dim() not in (2, 3):
         raise ValueError(f"{op}(): argument 'mask' must be [out, in] or [K, out, in] "
                          f"(K candidates), got {describe(mask)}")
@@ -241,15 +247,7 @@ def masked_conv2d(x: Tensor, weight: Tensor, mask: Tensor, b: Tensor | None, str
                   ) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], int]:
     """The rules of ``masked_conv2d`` (csrc/ops/masked_conv2d.cpp: check_masked_conv2d); returns
     (stride, padding, dilation, groups) as ints."""
-    for arg, t in (("x", x), ("weight", weight), ("mask", mask)):
-        tensor(op, arg, t)
-    optional_tensor(op, "bias", b)
-    flag(op, "packed", packed)
-    floating(op, "x", x)
-    same_dtype(op, "weight", weight, "x", x)
-    same_device(op, "weight", weight, "x", x)
-    same_device(op, "mask", mask, "x", x)
-    mask_dtype(op, mask, weight, packed)
+    masked_operands(op, x, weight, mask, b, packed)
     stride = conv_pair(op, "stride", stride, 1)
     padding = conv_pair(op, "padding", padding, 0)
     dilation = conv_pair(op, "dilation", dilation, 1)
