@@ -15,7 +15,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from sparsenas.ntk import empirical_ntk, ntk_gram_block_, ntk_masked_block_
+from sparsenas.ntk import (class_balanced_indices, condition_number, empirical_ntk, kendall_tau,
+                           label_gradient_alignment, ntk_gram_block_, ntk_masked_block_,
+                           ntk_regression_accuracy, spearman_rho, trace)
 from sparsenas.ops import masked_conv2d, masked_linear, pack_mask, unpack_mask
 from sparsenas.sampling import (gumbel_topk_masks, kept_nodes, philox4x32_10, sample_node_masks,
                                 topk_masks, uniform_k_masks)
@@ -595,8 +597,37 @@ NTK = [
          "out"),
 ]
 
+LABELS = lambda: torch.tensor([0, 1, 1])  # noqa: E731
+
+NTK_METRICS = [
+    Case("condition_number", "kernel on meta", lambda: condition_number(torch.eye(3, device=META)),
+         ValueError, "kernel"),
+    Case("condition_number", "kernel not square", lambda: condition_number(torch.ones(2, 3)),
+         ValueError, "kernel"),
+    Case("trace", "kernel empty", lambda: trace(torch.ones(0, 0)), ValueError, "kernel"),
+    Case("label_gradient_alignment", "labels on meta",
+         lambda: label_gradient_alignment(torch.eye(3), LABELS().to(META)), ValueError, "labels"),
+    Case("label_gradient_alignment", "labels a list",
+         lambda: label_gradient_alignment(torch.eye(3), [0, 1, 1]), ValueError, "labels"),
+    Case("ntk_regression_accuracy", "kernel_test_train on meta",
+         lambda: ntk_regression_accuracy(torch.eye(3), torch.ones(2, 3, device=META), LABELS(),
+                                         torch.tensor([0, 1]), 2), ValueError, "kernel_test_train"),
+    Case("kendall_tau", "lengths differ", lambda: kendall_tau([1.0, 2.0], [1.0, 2.0, 3.0]),
+         ValueError, "accuracies"),
+    Case("spearman_rho", "scores on meta",
+         lambda: spearman_rho(torch.ones(3, device=META), [1.0, 2.0, 3.0]), ValueError, "scores"),
+    Case("class_balanced_indices", "labels on meta",
+         lambda: class_balanced_indices(torch.tensor([0, 1, 1, 0], device=META), 1, 0), ValueError,
+         "labels"),
+    Case("class_balanced_indices", "per_class a float",
+         lambda: class_balanced_indices(torch.tensor([0, 1, 1, 0]), 1.5, 0), TypeError,
+         "per_class"),
+    Case("kendall_tau", "perfect agreement", lambda: kendall_tau([1.0, 2.0, 3.0], [0.1, 0.2, 0.3]),
+         check=lambda tau: tau == 1.0),
+]
+
 CASES = (MASKED_LINEAR + MASKED_CONV2D + SPARSE_LINEAR + NM_LINEAR + NM_MASK + PACKING + SAMPLING
-         + COMPACTION + NTK)
+         + COMPACTION + NTK + NTK_METRICS)
 
 
 def run(case: Case) -> dict:
