@@ -87,3 +87,31 @@ def test_loaded_extension_does_not_warn():
         warnings.simplefilter("error")
         output = _import_sparsenas(dict(os.environ))
     assert "Warning" not in output and "loaded" in output
+
+
+def test_fake_kernels_refuse_a_meta_tensor_among_real_ones():
+    # Direct operator calls: a meta argument sends the call to the fake kernel, which must raise
+    # as the native kernel does instead of returning an uninitialised tensor.
+    import torch
+
+    ops, meta = torch.ops.sparsenas, torch.device("meta")
+    scores = torch.rand(3, 8)
+    counts = torch.full((3,), 2, dtype=torch.long)
+    x, row_ptr = torch.ones(2, 4), torch.tensor([0, 1, 2], dtype=torch.int32)
+    col_idx, values = torch.tensor([0, 3], dtype=torch.int32), torch.tensor([1.0, 2.0])
+    calls = [
+        (lambda: ops.topk_mask(scores, counts.to(meta)), "'k'"),
+        (lambda: ops.gumbel_topk_mask(scores, counts.to(meta), 0), "'k'"),
+        (lambda: ops.philox4x32_10(torch.zeros(2, 4, dtype=torch.long),
+                                   torch.zeros(2, 2, dtype=torch.long, device=meta)), "'key'"),
+        (lambda: ops.sparse_linear(x, row_ptr, col_idx, values.to(meta)), "'values'"),
+        (lambda: ops.nm_linear(x, torch.ones(1, 2), torch.zeros(1, 2, dtype=torch.uint8,
+                                                                 device=meta), 4), "'indices'"),
+        (lambda: ops.masked_linear(x, torch.ones(3, 4, device=meta),
+                                   torch.ones(3, 4, dtype=torch.bool)), "'weight'"),
+        (lambda: ops.ntk_gram_block_(torch.zeros(2, 2, dtype=torch.float64), x.to(meta),
+                                     torch.ones(2, 1, 3)), "'a'"),
+    ]
+    for call, argument in calls:
+        with pytest.raises(ValueError, match=argument):
+            call()

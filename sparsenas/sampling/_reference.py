@@ -24,7 +24,8 @@ def check_columns(op: str, arg: str, n: int) -> None:
                          f"[0, 2^31), got {n}")
 
 
-def _check_k(op: str, k: Tensor, rows: int | None, n: int, device: torch.device) -> None:
+def check_counts(op: str, k: Tensor, rows: int | None, device: torch.device) -> None:
+    """The metadata rules of the per-row counts (also run by the fake kernels)."""
     if k.dtype != torch.int64:
         raise TypeError(f"{op}(): argument 'k' must be an int64 tensor of per-row counts, got "
                         f"{_checks.describe(k)}")
@@ -35,12 +36,16 @@ def _check_k(op: str, k: Tensor, rows: int | None, n: int, device: torch.device)
         _checks.size(op, "k", k, 0, rows, "B, the number of rows")
     if k.device != device:
         raise ValueError(f"{op}(): argument 'k' must be on {device}, got {_checks.describe(k)}")
+
+
+def _check_k(op: str, k: Tensor, rows: int | None, n: int, device: torch.device) -> None:
+    check_counts(op, k, rows, device)
     if k.numel() and not bool(((k >= 0) & (k <= n)).all()):
         raise ValueError(f"{op}(): argument 'k' must have every value in [0, n] = [0, {n}], got "
                          f"values in [{int(k.min())}, {int(k.max())}]")
 
 
-def _check_candidates(op: str, first_candidate: int, rows: int, stream: int) -> None:
+def check_candidates(op: str, first_candidate: int, rows: int, stream: int) -> None:
     if not 0 <= first_candidate <= (1 << 63) - 1 - rows:
         raise ValueError(f"{op}(): argument 'first_candidate' must be in [0, 2^63 - B), got "
                          f"{first_candidate}")
@@ -48,7 +53,7 @@ def _check_candidates(op: str, first_candidate: int, rows: int, stream: int) -> 
         raise ValueError(f"{op}(): argument 'stream' must be in [0, 2^24), got {stream}")
 
 
-def _check_floating(op: str, arg: str, x: Tensor) -> None:
+def check_rows(op: str, arg: str, x: Tensor) -> None:
     _checks.floating(op, arg, x)
     _checks.dim(op, arg, x, 2, "[B, n]")
     check_columns(op, arg, x.shape[1])
@@ -75,7 +80,7 @@ def uniform_k_mask(k: Tensor, n: int, seed: int, first_candidate: int = 0, strea
     check_columns(op, "n", n)
     _check_k(op, k, None, n, k.device)
     rows = k.shape[0]
-    _check_candidates(op, first_candidate, rows, stream)
+    check_candidates(op, first_candidate, rows, stream)
     candidates = _candidates(first_candidate, rows)
     primary = _philox.uniform_primary_keys(seed, candidates, stream, n)
     tie = _philox.uniform_tie_keys(seed, candidates, stream, n)
@@ -87,7 +92,7 @@ def uniform_k_mask(k: Tensor, n: int, seed: int, first_candidate: int = 0, strea
 def topk_mask(scores: Tensor, k: Tensor, packed: bool = False) -> Tensor:
     """Row r keeps its k[r] largest scores; ties go to the lower position, NaN ranks above +inf."""
     op = "topk_mask"
-    _check_floating(op, "scores", scores)
+    check_rows(op, "scores", scores)
     _check_k(op, k, scores.shape[0], scores.shape[1], scores.device)
     order = torch.sort(scores, dim=1, descending=True, stable=True).indices
     return _mask_from_order(order, k, packed)
@@ -98,10 +103,10 @@ def gumbel_topk_mask(weights: Tensor, k: Tensor, seed: int, first_candidate: int
     """Row r keeps k[r] positions drawn without replacement with probability proportional to its
     weights: the k[r] largest keys log(u) / w (ties to the lower position, zero weight -> -inf)."""
     op = "gumbel_topk_mask"
-    _check_floating(op, "weights", weights)
+    check_rows(op, "weights", weights)
     rows, n = weights.shape
     _check_k(op, k, rows, n, weights.device)
-    _check_candidates(op, first_candidate, rows, stream)
+    check_candidates(op, first_candidate, rows, stream)
     if weights.numel() and not bool((torch.isfinite(weights) & (weights >= 0)).all()):
         raise ValueError(f"{op}(): argument 'weights' must be finite and non-negative, got "
                          f"{_checks.describe(weights)} with a negative, infinite or NaN entry")

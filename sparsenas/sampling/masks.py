@@ -177,18 +177,31 @@ if native is not None:
             return like.new_empty((rows, (n + 7) // 8), dtype=torch.uint8)
         return like.new_empty((rows, n), dtype=torch.bool)
 
+    # The fakes hold the metadata rules of the kernels, so a meta tensor among real ones raises
+    # instead of producing an uninitialised mask.
     @torch.library.register_fake("sparsenas::uniform_k_mask")
     def _uniform_k_mask_fake(k, n, seed, first_candidate=0, stream=0, packed=False):
+        op = "uniform_k_mask"
+        _reference.check_columns(op, "n", n)
+        _reference.check_counts(op, k, None, k.device)
+        _reference.check_candidates(op, first_candidate, k.shape[0], stream)
         return _empty_mask(k, k.shape[0], n, packed)
 
     @torch.library.register_fake("sparsenas::topk_mask")
     def _topk_mask_fake(scores, k, packed=False):
+        _reference.check_rows("topk_mask", "scores", scores)
+        _reference.check_counts("topk_mask", k, scores.shape[0], scores.device)
         return _empty_mask(scores, scores.shape[0], scores.shape[1], packed)
 
     @torch.library.register_fake("sparsenas::gumbel_topk_mask")
     def _gumbel_topk_mask_fake(weights, k, seed, first_candidate=0, stream=0, packed=False):
+        op = "gumbel_topk_mask"
+        _reference.check_rows(op, "weights", weights)
+        _reference.check_counts(op, k, weights.shape[0], weights.device)
+        _reference.check_candidates(op, first_candidate, weights.shape[0], stream)
         return _empty_mask(weights, weights.shape[0], weights.shape[1], packed)
 
     @torch.library.register_fake("sparsenas::philox4x32_10")
     def _philox4x32_10_fake(counter, key):
+        _checks.philox4x32_10(counter, key)
         return torch.empty_like(counter)
