@@ -9,8 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import warnings
-
 import pytest
 
 import sparsenas
@@ -57,36 +55,47 @@ def test_paths_give_the_same_messages(reference_outcomes):
     assert differing == {}
 
 
-def _import_sparsenas(env: dict, prelude: str = "") -> str:
-    code = (f"import warnings; warnings.simplefilter('always'); {prelude}"
-            "import sparsenas; print(sparsenas.info()['extension'])")
-    completed = subprocess.run([sys.executable, "-c", code], cwd=SUBPROCESS_CWD, env=env,
+# One subprocess tries the three ways the extension can load: it fails (a None entry in
+# sys.modules makes `from sparsenas import _C` raise ImportError, as a missing or stale build
+# does), it is disabled, it loads.
+_LOAD_SCRIPT = """
+import importlib, json, os, sys, warnings
+warnings.simplefilter("always")
+results = {}
+
+def load(name):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module = importlib.reload(extension) if "extension" in globals() else None
+    results[name] = {"error": module.load_error, "warnings": [str(w.message) for w in caught]}
+
+sys.modules["sparsenas._C"] = None
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import sparsenas._extension as extension
+results["failed"] = {"error": extension.load_error, "warnings": [str(w.message) for w in caught]}
+os.environ["SPARSENAS_DISABLE_EXTENSION"] = "1"
+load("disabled")
+del sys.modules["sparsenas._C"], os.environ["SPARSENAS_DISABLE_EXTENSION"]
+load("loaded")
+print(json.dumps(results))
+"""
+
+
+def test_extension_load_failure_warns_once_with_the_reason():
+    env = {k: v for k, v in os.environ.items() if k != "SPARSENAS_DISABLE_EXTENSION"}
+    completed = subprocess.run([sys.executable, "-c", _LOAD_SCRIPT], cwd=SUBPROCESS_CWD, env=env,
                                capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr
-    return completed.stdout + completed.stderr
-
-
-def test_failed_extension_load_warns_once_with_the_reason():
-    # A None entry in sys.modules makes `from sparsenas import _C` raise ImportError, as a
-    # missing or stale build does.
-    output = _import_sparsenas(dict(os.environ), "import sys; sys.modules['sparsenas._C'] = None; ")
-    assert output.count("RuntimeWarning") == 1
-    assert "sparsenas._C failed to load" in output and "Rebuild" in output
-    assert "not importable" in output
-
-
-def test_disabled_extension_does_not_warn():
-    env = dict(os.environ, SPARSENAS_DISABLE_EXTENSION="1")
-    output = _import_sparsenas(env)
-    assert "Warning" not in output
-    assert "disabled by SPARSENAS_DISABLE_EXTENSION" in output
-
-
-def test_loaded_extension_does_not_warn():
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        output = _import_sparsenas(dict(os.environ))
-    assert "Warning" not in output and "loaded" in output
+    results = json.loads(completed.stdout.strip().splitlines()[-1])
+    failed = results["failed"]
+    assert failed["error"].startswith("not importable")
+    assert len(failed["warnings"]) == 1
+    assert "sparsenas._C failed to load" in failed["warnings"][0]
+    assert "Rebuild" in failed["warnings"][0]
+    assert results["disabled"] == {"error": "disabled by SPARSENAS_DISABLE_EXTENSION",
+                                   "warnings": []}
+    assert results["loaded"] == {"error": None, "warnings": []}
 
 
 def test_fake_kernels_refuse_a_meta_tensor_among_real_ones():
