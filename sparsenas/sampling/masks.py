@@ -7,6 +7,8 @@ workers give the same masks. The global torch generator is never used.
 
 Masks are bool [..., n], or with ``packed=True`` uint8 [..., ceil(n / 8)] in the format of
 :func:`sparsenas.ops.pack_mask` (bit j of byte b is position 8 b + j).
+A tensor ``k`` must be on the device of the masks (of ``scores`` / ``weights``, or ``device``);
+meta tensors and the meta device are refused (the masks are values).
 """
 
 from __future__ import annotations
