@@ -21,7 +21,8 @@ from sparsenas.ntk import (class_balanced_indices, condition_number, empirical_n
 from sparsenas.ops import masked_conv2d, masked_linear, pack_mask, unpack_mask
 from sparsenas.sampling import (gumbel_topk_masks, kept_nodes, philox4x32_10, sample_node_masks,
                                 topk_masks, uniform_k_masks)
-from sparsenas.sparse import compact, expand, magnitude_mask, nm_linear, nm_mask, sparse_linear
+from sparsenas.sparse import (CSRWeight, NMWeight, compact, expand, magnitude_mask, nm_linear,
+                              nm_mask, select_execution, select_for_mask, sparse_linear)
 
 META = torch.device("meta")
 
@@ -525,6 +526,27 @@ COMPACTION = [
          ValueError, "weight"),
     Case("magnitude_mask", "sparsity 1", lambda: magnitude_mask(_randn(4, 4), 1.0), ValueError,
          "sparsity"),
+    Case("select_execution", "sparsity a string",
+         lambda: select_execution("0.5", "node", 1, 8, 8), TypeError, "sparsity"),
+    Case("select_execution", "batch a float", lambda: select_execution(0.5, "node", 1.5, 8, 8),
+         TypeError, "batch"),
+    Case("select_for_mask", "mask on meta",
+         lambda: select_for_mask(torch.ones(4, 4, dtype=torch.bool, device=META), 1), ValueError,
+         "mask"),
+    Case("select_for_mask", "mask a list", lambda: select_for_mask([[True]], 1), TypeError,
+         "mask"),
+    Case("select_for_mask", "mask float", lambda: select_for_mask(torch.ones(4, 4), 1), TypeError,
+         "mask"),
+    Case("CSRWeight.from_dense", "weight on meta",
+         lambda: CSRWeight.from_dense(torch.ones(3, 4, device=META)), ValueError, "weight"),
+    Case("CSRWeight.from_dense", "weight a list", lambda: CSRWeight.from_dense([[1.0]]),
+         TypeError, "weight"),
+    Case("CSRWeight.from_dense", "mask on meta",
+         lambda: CSRWeight.from_dense(torch.ones(3, 4), torch.ones(3, 4, dtype=torch.bool,
+                                                                   device=META)),
+         ValueError, "mask"),
+    Case("NMWeight.from_dense", "m 300", lambda: NMWeight.from_dense(torch.ones(3, 600), 2, 300),
+         ValueError, "m"),
     Case("magnitude_mask", "sparsity NaN", lambda: magnitude_mask(_randn(4, 4), math.nan),
          ValueError, "sparsity"),
     Case("magnitude_mask", "sparsity a string", lambda: magnitude_mask(_randn(4, 4), "0.5"),

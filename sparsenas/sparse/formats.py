@@ -37,6 +37,8 @@ def magnitude_mask(weight: Tensor, sparsity: float) -> Tensor:
 
 
 def _check_mask(op: str, weight: Tensor, mask: Tensor) -> None:
+    _checks.tensor(op, "mask", mask)
+    _checks.same_device(op, "mask", mask, "weight", weight)
     if weight.dim() != 2:
         raise ValueError(f"{op}(): argument 'weight' must be 2-D [out, in], got "
                          f"{tuple(weight.shape)}")
@@ -59,6 +61,8 @@ class CSRWeight:
     @classmethod
     def from_dense(cls, weight: Tensor, mask: Tensor | None = None) -> CSRWeight:
         """Stores the weights where ``mask`` is True (by default: the non-zero weights)."""
+        _checks.tensor("CSRWeight.from_dense", "weight", weight)
+        _checks.data_device("CSRWeight.from_dense", "weight", weight)
         mask = weight.ne(0) if mask is None else mask
         _check_mask("CSRWeight.from_dense", weight, mask)
         rows, cols = mask.nonzero(as_tuple=True)
@@ -106,6 +110,8 @@ class NMWeight:
     @classmethod
     def from_dense(cls, weight: Tensor, n: int, m: int, mask: Tensor | None = None) -> NMWeight:
         """Stores the weights of an N:M mask (by default :func:`nm_mask` of the magnitudes)."""
+        _checks.tensor("NMWeight.from_dense", "weight", weight)
+        _checks.data_device("NMWeight.from_dense", "weight", weight)
         mask = nm_mask(weight.detach(), n, m) if mask is None else mask
         _check_mask("NMWeight.from_dense", weight, mask)
         n, m = _checks.nm_sizes("NMWeight.from_dense", weight, n, m)
