@@ -26,7 +26,7 @@ def _parent(widths: tuple[int, ...], input_shape, num_classes: int):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         return create_model("mlp", input_shape=input_shape, num_classes=num_classes,
-                            hidden=widths)
+                            widths=widths)
 
 
 def main() -> None:
@@ -39,10 +39,10 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data = load_dataset("digits", seed=0)
     widths, sparsity, epochs = (128, 128), 0.9, 1 if args.quick else 2
-    config = TrainConfig(epochs=epochs, batch_size=64, device=device.type)
+    config = TrainConfig(epochs=epochs, batch_size=64)
     parent = _parent(widths, data.input_shape, data.num_classes)
     counts = (4, 16) if args.quick else (1, 4, 16, 64)
-    Trainer(config).fit(copy.deepcopy(parent), data, seed=0)  # warm-up (lazy imports)
+    Trainer(config, device=device).fit(copy.deepcopy(parent), data, seed=0)  # warm-up (lazy imports)
     rows = []
     for k in counts:
         masks = sample_node_masks(parent.layer_sizes, sparsity, k, seed=1)
@@ -53,10 +53,10 @@ def main() -> None:
             singles.append(single)
 
         def together():
-            return Trainer(config).fit(CandidateBatch(parent, masks), data, seed=2)
+            return Trainer(config, device=device).fit(CandidateBatch(parent, masks), data, seed=2)
 
         def one_after_another():
-            return [Trainer(config).fit(copy.deepcopy(s), data, seed=2) for s in singles]
+            return [Trainer(config, device=device).fit(copy.deepcopy(s), data, seed=2) for s in singles]
 
         batched, alone = together(), one_after_another()
         for i, result in enumerate(alone):

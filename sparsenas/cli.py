@@ -1,20 +1,29 @@
 """The ``sparsenas`` command line.
 
-    sparsenas random-search [options]   run (or --resume) a random-search study
-    sparsenas report --store PATH       table and plots from a study's store
+    sparsenas <strategy> [options]      run (or --resume, or join) a study; one sub-command per
+                                        registered strategy, its flags generated from the
+                                        strategy's config dataclass
+    sparsenas report --store PATH       summary, table and plots of a study in a store
+    sparsenas list --store PATH         the studies in a store
+    sparsenas migrate --store PATH      upgrade a store written by sparsenas 0.1.0
+    sparsenas bench [options]           run the benchmarks (from a source checkout)
     sparsenas info                      what runs natively in this installation
 
-Errors (a bad option, an unknown dataset, a missing data directory, a store holding another
-study) are reported on one line with a non-zero exit status.
+Every error (a bad option, an unknown name, a missing data directory, a store that is not one or
+holds another study under the same name, an output directory that cannot be written) is reported
+on one line with a non-zero exit status, before any work is done where it can be checked up front.
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import time
+import types
+import typing
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -25,170 +34,201 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _floats(text: str) -> tuple[float, ...]:
+def _scalar(kind: type, text: str) -> Any:
     try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
+        return kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers, got {text!r}") from None
+        noun = "an integer" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}") from None
+def _sequence(kind: type):
+    def parse(text: str) -> tuple:
+        values = tuple(_scalar(kind, v.strip()) for v in text.split(",") if v.strip())
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected comma-separated values, got {text!r}")
+        return values
+
+    return parse
 
 
-def _sparsities(text: str) -> tuple[float, ...]:
-    values = _floats(text)
-    bad = [v for v in values if not 0.0 <= v < 1.0]
-    if bad or not values:
-        raise argparse.ArgumentTypeError(f"sparsities must be in [0, 1), got {text!r}")
-    return values
+def _argument(option) -> tuple[list[str], dict[str, Any]]:
+    """argparse spelling of one config option: the flag and its keyword arguments."""
+    flag = "--" + option.name.replace("_", "-")
+    kind = option.type
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    default = option.default
+    shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+    kwargs: dict[str, Any] = {"dest": option.name, "default": argparse.SUPPRESS,
+                              "help": f"{option.help} (default: {shown})"}
+    if kind is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif typing.get_origin(kind) is tuple:
+        item = typing.get_args(kind)[0]
+        kwargs.update(type=_sequence(item), metavar=f"{item.__name__.upper()},...")
+    elif kind in (int, float):
+        kwargs.update(type=lambda text, kind=kind: _scalar(kind, text),
+                      metavar=kind.__name__.upper())
+    else:
+        kwargs["metavar"] = "NAME" if option.choices is None else None
+    if option.choices:
+        kwargs["choices"] = option.choices
+    return [flag], kwargs
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _add_strategy(commands: argparse._SubParsersAction, strategy: type) -> None:
+    from sparsenas.config import flat_options
+
+    p = commands.add_parser(strategy.name, help=strategy.description,
+                            description=strategy.description[0].upper() +
+                            strategy.description[1:] + ".")
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for option in flat_options(strategy.Config):
+        group_name = option.piece or strategy.name
+        if group_name not in groups:
+            groups[group_name] = p.add_argument_group(group_name)
+        flags, kwargs = _argument(option)
+        groups[group_name].add_argument(*flags, **kwargs)
+    study = p.add_argument_group("study")
+    study.add_argument("--preset", default=None,
+                       help=f"start from a named option set ({', '.join(strategy.presets)}); "
+                            f"flags given here override it")
+    study.add_argument("--out", type=Path, default=Path("runs") / strategy.name,
+                       help="directory of the summary, tables, plots and exports")
+    study.add_argument("--store", type=Path, default=None,
+                       help="the SQLite store (default: OUT/study.sqlite); several studies may "
+                            "share one")
+    study.add_argument("--study", default=strategy.name,
+                       help="the study's name in the store")
+    study.add_argument("--resume", action="store_true",
+                       help="continue the study in the store (also: join it as another worker)")
+    p.set_defaults(handler=_run_study, strategy=strategy)
 
 
-def _add_random_search(commands: argparse._SubParsersAction) -> None:
-    from sparsenas.search import RandomSearchConfig
+def _strategy_config(strategy: type, args: argparse.Namespace):
+    from sparsenas.config import flat_options, from_flat
 
-    d = RandomSearchConfig()
-    p = commands.add_parser(
-        "random-search", help="random search over node masks vs random masks vs dense parent",
-        description="Random search over node masks (SPEC 1.1): per seed and sparsity, score N "
-                    "sampled masks, train the best, K random masks and the dense parent fully "
-                    "from one shared initialisation, and compare them.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    data = p.add_argument_group("data and model")
-    data.add_argument("--dataset", default=d.dataset,
-                      help="digits (embedded), synthetic, mnist or cifar10 (local files)")
-    data.add_argument("--data-root", default=None,
-                      help="directory of the mnist / cifar10 files (nothing is downloaded)")
-    data.add_argument("--data-seed", type=int, default=d.data_seed,
-                      help="seed of the train / validation / test split")
-    data.add_argument("--model", default=d.model, help="parent network: mlp or cnn")
-    data.add_argument("--widths", type=_ints, default=d.widths,
-                      help="hidden units (mlp) or channels (cnn) per masked layer, e.g. 128,128")
-    search = p.add_argument_group("search")
-    search.add_argument("--sparsities", type=_sparsities, default=d.sparsities,
-                        help="node sparsity grid, each in [0, 1)")
-    search.add_argument("--budget", choices=("layer", "global"), default=d.budget,
-                        help="layer: every layer keeps round((1-s) n_l) nodes; global: the "
-                             "network keeps that many in all, spread over layers at random")
-    search.add_argument("--num-candidates", type=_positive, default=d.num_candidates,
-                        help="masks the search samples and scores per seed and sparsity (N)")
-    search.add_argument("--num-random", type=_positive, default=d.num_random,
-                        help="random masks trained for comparison per seed and sparsity (K)")
-    search.add_argument("--seeds", type=_ints, default=d.seeds, help="study seeds, e.g. 0,1,2")
-    search.add_argument("--proxy", default=None,
-                        help="score candidates with this registered proxy instead of a short "
-                             "training run")
-    search.add_argument("--search-epochs", type=_positive, default=d.search_epochs,
-                        help="epochs of the short training that scores candidates")
-    search.add_argument("--proxy-batch-size", type=_positive, default=d.proxy_batch_size,
-                        help="examples the proxy sees")
-    train = p.add_argument_group("training")
-    train.add_argument("--epochs", type=_positive, default=d.epochs,
-                       help="epochs of the full training")
-    train.add_argument("--batch-size", type=_positive, default=d.batch_size)
-    train.add_argument("--lr", type=float, default=d.lr)
-    train.add_argument("--optimizer", choices=("sgd", "adam"), default=d.optimizer)
-    train.add_argument("--momentum", type=float, default=d.momentum)
-    train.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    train.add_argument("--schedule", choices=("cosine", "constant"), default=d.schedule)
-    train.add_argument("--patience", type=_positive, default=None,
-                       help="stop when no candidate improved validation accuracy for this many "
-                            "epochs (off by default)")
-    run = p.add_argument_group("runtime")
-    run.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
-    run.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA only)")
-    run.add_argument("--threads", type=_positive, default=1,
-                     help="CPU threads for torch (the default 1 avoids thread oversubscription "
-                          "on small models and shared machines)")
-    run.add_argument("--out", type=Path, default=Path("runs/random-search"),
-                     help="directory of the table, plots and exports")
-    run.add_argument("--store", type=Path, default=None,
-                     help="the study's SQLite store (default: OUT/study.sqlite)")
-    run.add_argument("--save-models", action="store_true",
-                     help="save the trained search-selected and dense networks as safetensors "
-                          "under OUT/checkpoints")
-    run.add_argument("--resume", action="store_true",
-                     help="continue the study in the store (also: join it as another worker)")
-    p.set_defaults(handler=_random_search)
+    names = {o.name for o in flat_options(strategy.Config)}
+    given = {k: v for k, v in vars(args).items() if k in names}
+    preset: dict[str, Any] = {}
+    if args.preset is not None:
+        if args.preset not in strategy.presets:
+            raise ValueError(f"unknown preset {args.preset!r} for {strategy.name}; known: "
+                             f"{', '.join(strategy.presets)}")
+        preset = strategy.presets[args.preset]
+    return from_flat(strategy.Config, {**preset, **given})
 
 
-def _random_search(args: argparse.Namespace) -> int:
+def _run_study(args: argparse.Namespace) -> int:
     import torch
 
-    from sparsenas.data import load_dataset
-    from sparsenas.models import list_models
-    from sparsenas.proxies import list_proxies
-    from sparsenas.search import RandomSearchConfig, RandomSearchStudy, write_report
-    from sparsenas.store import Store
+    from sparsenas.report.io import check_writable, write_report
+    from sparsenas.store import Store, StoreError
+    from sparsenas.study import Study
 
-    torch.set_num_threads(args.threads)
-    if args.model not in list_models():
-        raise ValueError(f"unknown model {args.model!r}; known: {list_models()}")
-    if args.proxy is not None and args.proxy not in list_proxies():
-        raise ValueError(f"unknown proxy {args.proxy!r}; known: {list_proxies()}")
-    config = RandomSearchConfig(
-        dataset=args.dataset, data_root=args.data_root, data_seed=args.data_seed,
-        model=args.model, widths=args.widths, sparsities=args.sparsities, budget=args.budget,
-        num_candidates=args.num_candidates, num_random=args.num_random, seeds=args.seeds,
-        proxy=args.proxy, search_epochs=args.search_epochs,
-        proxy_batch_size=args.proxy_batch_size, epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr, optimizer=args.optimizer, momentum=args.momentum,
-        weight_decay=args.weight_decay, schedule=args.schedule, patience=args.patience,
-        device=args.device, amp=args.amp)
-    store_path = args.store or args.out / "study.sqlite"
+    strategy = args.strategy(_strategy_config(args.strategy, args))
+    config = strategy.config
+    torch.set_num_threads(config.runtime.threads)
     start = time.perf_counter()
-    # Loading the data first reports a missing directory before any file is written.
-    data = load_dataset(config.dataset, config.data_root, seed=config.data_seed)
+    data = config.data.load()  # a missing data directory is reported before any file is written
+    out = check_writable(args.out)
+    store_path = args.store or out / "study.sqlite"
     with Store(store_path) as store:
-        if not args.resume and store.study_config() is not None:
-            raise ValueError(f"store {str(store_path)!r} already holds a study: pass --resume to "
-                             f"continue it, or choose another --out / --store")
-        checkpoints = args.out / "checkpoints" if args.save_models else None
-        RandomSearchStudy(config, store, data=data, checkpoint_dir=checkpoints).run()
-        paths = write_report(store, args.out)
-        table = paths["table"].read_text()
-    print(table)
-    print(f"study finished in {time.perf_counter() - start:.1f} s; store: {store_path}")
+        if not args.resume and store.study(args.study) is not None:
+            raise StoreError(f"store {str(store_path)!r} already holds a study named "
+                             f"{args.study!r}: pass --resume to continue it, or choose another "
+                             f"--study / --out / --store")
+        checkpoints = out / "checkpoints" if config.runtime.save_models else None
+        Study(strategy, store, name=args.study, checkpoint_dir=checkpoints, data=data).run()
+        paths = write_report(store, args.study, strategy, out)
+    print(paths["table"].read_text())
+    print(f"study {args.study!r} finished in {time.perf_counter() - start:.1f} s; store: "
+          f"{store_path}")
     for name, path in paths.items():
         print(f"{name}: {path}")
     return 0
 
 
-def _add_report(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("report", help="summary table and plots from a study's store")
-    p.add_argument("--store", type=Path, required=True, help="the study's SQLite store")
-    p.add_argument("--out", type=Path, default=None,
-                   help="output directory (default: the store's directory)")
-    p.set_defaults(handler=_report)
+def _study_info(store, requested: str | None):
+    studies = store.studies()
+    if requested is not None:
+        info = store.study(requested)
+        if info is None:
+            raise ValueError(f"store {str(store.path)!r} holds no study named {requested!r}; it "
+                             f"holds: {', '.join(s.name for s in studies) or 'none'}")
+        return info
+    if not studies:
+        raise ValueError(f"store {str(store.path)!r} holds no study")
+    if len(studies) > 1:
+        raise ValueError(f"store {str(store.path)!r} holds several studies "
+                         f"({', '.join(s.name for s in studies)}): choose one with --study")
+    return studies[0]
+
+
+def _strategy_for(info):
+    from sparsenas.config import from_flat
+    from sparsenas.strategies import STRATEGIES
+
+    strategy = STRATEGIES.get(info.strategy)
+    return strategy(from_flat(strategy.Config, info.config))
 
 
 def _report(args: argparse.Namespace) -> int:
-    from sparsenas.search import write_report
+    from sparsenas.report.io import write_report
+    from sparsenas.store import Store
+
+    with Store(args.store, readonly=True) as store:
+        info = _study_info(store, args.study)
+        paths = write_report(store, info.name, _strategy_for(info), args.out or args.store.parent)
+    print(paths["table"].read_text())
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from sparsenas.store import Store
+
+    with Store(args.store, readonly=True) as store:
+        studies = store.studies()
+        if not studies:
+            print(f"{args.store}: no studies")
+            return 0
+        print("| study | strategy | units finished | trials | created |")
+        print("|---|---|---|---|---|")
+        for info in studies:
+            planned = len(_strategy_for(info).plan())
+            finished = len(store.finished_units(info.name))
+            created = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.created_at))
+            print(f"| {info.name} | {info.strategy} | {finished} / {planned} | "
+                  f"{len(store.trials(info.name))} | {created} |")
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
     from sparsenas.store import Store
 
     if not args.store.is_file():
         raise ValueError(f"store {str(args.store)!r} does not exist")
     with Store(args.store) as store:
-        paths = write_report(store, args.out or args.store.parent)
-    print(paths["table"].read_text())
-    for name, path in paths.items():
-        print(f"{name}: {path}")
+        names = [s.name for s in store.studies()]
+        state = "migrated from sparsenas 0.1.0" if store.migrated_from else "already up to date"
+    print(f"{args.store}: {state}; studies: {', '.join(names) or 'none'}")
     return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import sparsenas
+
+    places = [Path.cwd(), Path(sparsenas.__file__).resolve().parent.parent]
+    root = next((p for p in places if (p / "benchmarks" / "run.py").is_file()), None)
+    if root is None:
+        raise ValueError("the benchmarks live in the source repository: run `sparsenas bench` "
+                         "from a checkout of it (they are not part of an installed wheel)")
+    command = [sys.executable, "-m", "benchmarks.run", *(["--quick"] if args.quick else []),
+               *(["--only", *args.only] if args.only else [])]
+    return subprocess.run(command, cwd=root).returncode
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -199,10 +239,33 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from sparsenas.strategies import STRATEGIES
+
     parser = _Parser(prog="sparsenas", description="sparse neural architecture search")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    _add_random_search(commands)
-    _add_report(commands)
+    for name in STRATEGIES.names():
+        _add_strategy(commands, STRATEGIES.get(name))
+    report = commands.add_parser("report", help="summary, table and plots of a study in a store")
+    report.add_argument("--store", type=Path, required=True, help="the SQLite store")
+    report.add_argument("--study", default=None,
+                        help="the study (default: the store's only study)")
+    report.add_argument("--out", type=Path, default=None,
+                        help="output directory (default: the store's directory)")
+    report.set_defaults(handler=_report)
+    listing = commands.add_parser("list", help="the studies in a store")
+    listing.add_argument("--store", type=Path, required=True, help="the SQLite store")
+    listing.set_defaults(handler=_list)
+    migrate = commands.add_parser("migrate", help="upgrade a store written by sparsenas 0.1.0 "
+                                                  "in place")
+    migrate.add_argument("--store", type=Path, required=True, help="the SQLite store")
+    migrate.set_defaults(handler=_migrate)
+    bench = commands.add_parser("bench", help="run the benchmarks (from a source checkout); "
+                                              "results go to benchmarks/results/")
+    bench.add_argument("--quick", action="store_true", help="short runs (a smoke test)")
+    bench.add_argument("--only", nargs="+", metavar="NAME",
+                       help="run only these (masked_linear, masked_conv2d, sampling, sparse, ntk, "
+                            "candidate_training)")
+    bench.set_defaults(handler=_bench)
     commands.add_parser("info", help="what this installation runs natively").set_defaults(
         handler=_info)
     return parser
@@ -216,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except (ValueError, KeyError, StoreError, OSError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"sparsenas: error: {message}", file=sys.stderr)
+        print(f"sparsenas: error: {str(message).splitlines()[0]}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("sparsenas: interrupted; finished units are in the store, continue with --resume",

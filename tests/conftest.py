@@ -29,3 +29,23 @@ def pytest_report_header(config):
         f"sparsenas {report['sparsenas']}, torch {report['torch']}, extension: {report['extension']}",
         f"test devices: {', '.join(DEVICES)}",
     ]
+
+
+@pytest.fixture
+def one_thread():
+    """Runs a test with one torch thread: tiny models are faster without intra-op threads, and
+    much faster on a loaded machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def exact_float32_convolutions():
+    """Full float32 cuDNN convolutions (no TF32, whose 10-bit mantissa would fail comparisons
+    between different convolution calls)."""
+    previous = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = previous

@@ -14,7 +14,7 @@ from sparsenas.sampling import sample_node_masks
 def _parent(name: str, device: torch.device, seed: int = 0):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        kwargs = {"hidden": (12, 10)} if name == "mlp" else {"channels": (6, 5)}
+        kwargs = {"widths": (12, 10) if name == "mlp" else (6, 5)}
         return create_model(name, input_shape=(1, 8, 8), num_classes=4, **kwargs).to(device)
 
 
@@ -65,6 +65,36 @@ def test_batched_candidates_match_single_networks(name, device):
         torch.testing.assert_close(exported(x), logits[k])
         assert [m.sum().item() for m in exported.state_dict().values() if m.dtype == torch.bool] \
             == [m[k].sum().item() for m in masks]
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_shared_weights_sum_the_candidates_gradients(name, device):
+    parent = _parent(name, device).double()
+    masks = sample_node_masks(parent.layer_sizes, 0.5, 3, seed=3, device=device)
+    batch = CandidateBatch(parent, masks, shared_weights=True)
+    x = torch.randn(16, 1, 8, 8, device=device, dtype=torch.float64)
+    y = torch.randint(0, 4, (16,), device=device)
+    logits = batch(x)
+    sum(torch.nn.functional.cross_entropy(logits[k], y) for k in range(3)).backward()
+    shared = {n: p for n, p in batch.named_parameters() if n.endswith(("weight", "bias"))
+              and p.dim() == dict(parent.named_parameters())[
+                  n.replace(".module.", ".")].dim()}
+    assert shared, "no shared parameter"
+    expected = {n: torch.zeros_like(p) for n, p in shared.items()}
+    for k in range(3):
+        single = _single(parent, masks, k)
+        single_logits = single(x)
+        torch.testing.assert_close(logits[k], single_logits)
+        torch.nn.functional.cross_entropy(single_logits, y).backward()
+        params = dict(single.named_parameters())
+        for n in shared:
+            expected[n] += params[n.replace(".module.", ".")].grad
+    for n, p in shared.items():
+        torch.testing.assert_close(p.grad, expected[n])
+    exported = copy.deepcopy(parent)
+    exported.load_state_dict(batch.candidate_state_dict(1))
+    exported.train()
+    torch.testing.assert_close(exported(x), logits[1].detach())
 
 
 def test_batched_rejects_wrong_masks():

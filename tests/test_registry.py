@@ -9,6 +9,8 @@ from sparsenas.data import DATASETS
 from sparsenas.models import MODELS
 from sparsenas.proxies import PROXIES
 from sparsenas.registry import Registry, UnknownNameError
+from sparsenas.spaces import SPACES
+from sparsenas.strategies import STRATEGIES
 
 
 def test_register_get_and_names():
@@ -50,7 +52,8 @@ def test_loader_runs_once_before_first_lookup():
     assert len(calls) == 1
 
 
-@pytest.mark.parametrize("registry,kind,known", [(MODELS, "model", "mlp"),
+@pytest.mark.parametrize("registry,kind,known", [(MODELS, "model", "mlp"), (SPACES, "space", "node"),
+                                                 (STRATEGIES, "strategy", "evolution"),
                                                  (DATASETS, "dataset", "digits"),
                                                  (PROXIES, "proxy", "lga")])
 def test_library_registries_share_the_error(registry, kind, known):

@@ -17,7 +17,8 @@ from sparsenas.nn import NodeMask, node_mask_modules
 
 
 class NodeMaskedNet(nn.Module):
-    """A parent network: ``body`` is a flat Sequential of the layers in forward order."""
+    """A parent network: ``body`` is a flat Sequential of the layers in forward order. Every
+    registered node-masked parent takes ``widths`` (nodes per masked layer) as its size option."""
 
     def __init__(self, body: nn.Sequential) -> None:
         super().__init__()
@@ -49,12 +50,12 @@ class MLP(NodeMaskedNet):
     """Flatten -> [Linear -> BatchNorm1d -> ReLU -> NodeMask] per hidden width -> Linear head."""
 
     def __init__(self, input_shape: Sequence[int], num_classes: int,
-                 hidden: Sequence[int] = (256, 256)) -> None:
-        if not hidden:
-            raise ValueError("MLP(): argument 'hidden' must name at least one hidden width")
+                 widths: Sequence[int] = (256, 256)) -> None:
+        if not widths:
+            raise ValueError("MLP(): argument 'widths' must name at least one hidden width")
         layers: list[nn.Module] = [nn.Flatten()]
         width = int(torch.tensor(input_shape).prod())
-        for units in hidden:
+        for units in widths:
             layers += [nn.Linear(width, units), nn.BatchNorm1d(units), nn.ReLU(),
                        NodeMask(units, dim=-1)]
             width = units
@@ -67,12 +68,12 @@ class CNN(NodeMaskedNet):
     channel width -> global average pool -> Linear head."""
 
     def __init__(self, input_shape: Sequence[int], num_classes: int,
-                 channels: Sequence[int] = (32, 64)) -> None:
-        if not channels:
-            raise ValueError("CNN(): argument 'channels' must name at least one channel width")
+                 widths: Sequence[int] = (32, 64)) -> None:
+        if not widths:
+            raise ValueError("CNN(): argument 'widths' must name at least one channel width")
         in_channels, height = int(input_shape[0]), int(min(input_shape[1:]))
         layers: list[nn.Module] = []
-        for width in channels:
+        for width in widths:
             layers += [nn.Conv2d(in_channels, width, 3, padding=1), nn.BatchNorm2d(width),
                        nn.ReLU(), NodeMask(width, dim=1)]
             if height >= 4:

@@ -1,6 +1,14 @@
-"""Results store: one SQLite database per study, crash-safe and shared by concurrent workers."""
+"""Results store: named studies in one SQLite file, crash-safe and shared by concurrent workers."""
 
 from sparsenas.store.checkpoints import load_checkpoint, save_checkpoint
-from sparsenas.store.sqlite_store import Store, StoreError, TrialRecord
+from sparsenas.store.sqlite_store import (
+    LEGACY_STUDY,
+    TRIAL_STATES,
+    Store,
+    StoreError,
+    StudyInfo,
+    TrialRecord,
+)
 
-__all__ = ["Store", "StoreError", "TrialRecord", "load_checkpoint", "save_checkpoint"]
+__all__ = ["LEGACY_STUDY", "Store", "StoreError", "StudyInfo", "TRIAL_STATES", "TrialRecord",
+           "load_checkpoint", "save_checkpoint"]

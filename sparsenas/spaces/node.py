@@ -1,4 +1,8 @@
-"""The node space of a parent network: sample, mutate and encode node masks (SPEC §1.1)."""
+"""The node space of a parent network: sample, mutate and encode node masks.
+
+A candidate is a list of bool [n_l] masks, one per masked layer; :func:`stack_candidates` turns K
+candidates into the per-layer [K, n_l] masks that :class:`sparsenas.models.CandidateBatch` trains
+together."""
 
 from __future__ import annotations
 
@@ -10,12 +14,23 @@ from torch import Tensor
 from sparsenas.ops import pack_mask, unpack_mask
 from sparsenas.sampling import kept_nodes, sample_node_masks
 from sparsenas.seeds import derive_seed
+from sparsenas.spaces.base import SearchSpace
 
 
 BUDGETS = ("layer", "global")
 
 
-class NodeSpace:
+NodeCandidate = list[Tensor]
+
+
+def stack_candidates(candidates: Sequence[NodeCandidate]) -> list[Tensor]:
+    """K candidates -> one bool [K, n_l] tensor per layer."""
+    if not candidates:
+        raise ValueError("stack_candidates(): argument 'candidates' must not be empty")
+    return [torch.stack(per_layer) for per_layer in zip(*candidates)]
+
+
+class NodeSpace(SearchSpace[NodeCandidate]):
     """Node masks of a parent with ``layer_sizes`` nodes per masked layer at sparsity ``s`` (one
     value, or one per layer).
 
@@ -40,9 +55,12 @@ class NodeSpace:
         self.sparsities = sparsities
         self.kept = [kept_nodes(n, s) for n, s in zip(self.layer_sizes, sparsities)]
 
-    def sample(self, num_candidates: int, seed: int, first_candidate: int = 0) -> list[Tensor]:
-        """Candidates ``first_candidate ..`` as one bool [B, n_l] per layer; candidate i depends
-        only on (seed, i)."""
+    def sample(self, num: int, seed: int, first: int = 0) -> list[NodeCandidate]:
+        """Candidates ``first .. first + num - 1``; candidate i depends only on (seed, i)."""
+        per_layer = self._sample_layers(num, seed, first)
+        return [[m[i] for m in per_layer] for i in range(num)]
+
+    def _sample_layers(self, num_candidates: int, seed: int, first_candidate: int) -> list[Tensor]:
         if self.budget == "layer":
             return sample_node_masks(self.layer_sizes, self.sparsities, num_candidates, seed,
                                      first_candidate)
@@ -61,13 +79,13 @@ class NodeSpace:
                 masks[layer][row] = flat[offsets[layer]:offsets[layer + 1]]
         return masks
 
-    def mutate(self, masks: Sequence[Tensor], seed: int, swaps: int = 1) -> list[Tensor]:
+    def mutate(self, candidate: NodeCandidate, seed: int, swaps: int = 1) -> NodeCandidate:
         """A neighbour of one candidate (bool [n_l] per layer): ``swaps`` times, a kept node is
         exchanged with a dropped one of the same layer (``budget="layer"``: every layer keeps its
         node count) or of any layer (``budget="global"``: the total is kept, and every layer
         keeps at least one node)."""
         generator = torch.Generator().manual_seed(seed)
-        result = [m.clone() for m in masks]
+        result = [m.clone() for m in candidate]
         if self.budget == "global":
             flat = torch.cat(result)
             owner = torch.cat([torch.full((n,), layer) for layer, n in
@@ -95,10 +113,10 @@ class NodeSpace:
             mask[dropped[int(torch.randint(len(dropped), (1,), generator=generator))]] = True
         return result
 
-    def encode(self, masks: Sequence[Tensor]) -> str:
-        """One candidate (bool [n_l] per layer) as text: per layer the hex of its bit-packed
-        mask, layers joined by '.'."""
-        return ".".join(bytes(pack_mask(m.cpu()).tolist()).hex() for m in masks)
+    def encode(self, candidate: NodeCandidate) -> str:
+        """One candidate as text: per layer the hex of its bit-packed mask, layers joined by
+        '.'."""
+        return ".".join(bytes(pack_mask(m.cpu()).tolist()).hex() for m in candidate)
 
     def decode(self, text: str) -> list[Tensor]:
         """The inverse of :meth:`encode`."""
@@ -106,5 +124,11 @@ class NodeSpace:
         if len(parts) != len(self.layer_sizes):
             raise ValueError(f"NodeSpace.decode(): expected {len(self.layer_sizes)} layers, got "
                              f"{len(parts)}")
-        return [unpack_mask(torch.tensor(list(bytes.fromhex(p)), dtype=torch.uint8), n)
-                for p, n in zip(parts, self.layer_sizes)]
+        try:
+            return [unpack_mask(torch.tensor(list(bytes.fromhex(p)), dtype=torch.uint8), n)
+                    for p, n in zip(parts, self.layer_sizes)]
+        except ValueError:
+            raise ValueError(f"NodeSpace.decode(): {text!r} is not an encoded node mask") from None
+
+    def describe(self, candidate: NodeCandidate) -> dict:
+        return {"kept": [int(m.sum()) for m in candidate]}
