@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
 from sparsenas.ntk.kernels import ntk_gram_block_, ntk_masked_block_
+from sparsenas.ops._checks import data_device, describe
 
 Mode = Literal["full", "sum_logits", "trace", "diagonal"]
 MODES = ("full", "sum_logits", "trace", "diagonal")
@@ -85,7 +86,7 @@ def empirical_ntk(
     if not params:
         raise ValueError("empirical_ntk(): argument 'model' has no trainable parameters "
                          "(requires_grad=True); its NTK is empty")
-    masks = _check_masks(model, masks or {})
+    masks = _check_masks(model, {} if masks is None else masks)
     n = x.shape[0]
     chunk = n if chunk_size is None else chunk_size
 
@@ -118,7 +119,16 @@ def _check_arguments(model: nn.Module, x: Tensor, mode: str, chunk_size: int | N
                         f"{type(model).__name__}")
     if not isinstance(x, Tensor) or x.dim() < 1:
         raise TypeError("empirical_ntk(): argument 'x' must be a tensor [n, ...] with the batch "
-                        f"first, got {type(x).__name__}")
+                        f"first, got {describe(x)}")
+    if x.shape[0] == 0:
+        raise ValueError("empirical_ntk(): argument 'x' must hold at least one example "
+                         f"(x.shape[0] >= 1), got {describe(x)}")
+    data_device("empirical_ntk", "x", x)
+    for name, p in model.named_parameters():
+        if p.requires_grad and p.device != x.device:
+            raise ValueError(f"empirical_ntk(): argument 'x' must be on the device of the "
+                             f"model's parameters (parameter {name!r} is on {p.device}), got "
+                             f"{describe(x)}")
     if mode not in MODES:
         raise ValueError(f"empirical_ntk(): argument 'mode' must be one of {MODES}, got {mode!r}")
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
@@ -136,6 +146,9 @@ def _check_arguments(model: nn.Module, x: Tensor, mode: str, chunk_size: int | N
 
 
 def _check_masks(model: nn.Module, masks: dict[str, Tensor]) -> dict[str, Tensor]:
+    if not isinstance(masks, dict):
+        raise TypeError("empirical_ntk(): argument 'masks' must be a dict from weight names to "
+                        f"masks, got {describe(masks)}")
     modules = dict(model.named_modules())
     checked = {}
     for name, mask in masks.items():
@@ -148,6 +161,7 @@ def _check_masks(model: nn.Module, masks: dict[str, Tensor]) -> dict[str, Tensor
             got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
             raise ValueError(f"empirical_ntk(): argument 'masks' entry {name!r} must have the "
                              f"weight's shape {tuple(module.weight.shape)}, got {got}")
+        data_device("empirical_ntk", "masks", mask)
         checked[name] = mask.to(module.weight.device)
     return checked
 
