@@ -1,4 +1,4 @@
-"""The empirical neural tangent kernel of a model on a batch (SPEC §1.2, §2.4).
+"""The empirical neural tangent kernel of a model on a batch.
 
 Θ = J Jᵀ with J the Jacobian of the model's outputs f(x) [n, O] with respect to its trainable
 parameters. Modes:

@@ -1,4 +1,4 @@
-"""NTK block operators (SPEC §2.4): public API, pure-PyTorch references and fake kernels.
+"""NTK block operators: public API, pure-PyTorch references and fake kernels.
 
 Both ops add one layer's contribution to an empirical-NTK matrix in place. Notation: the layer
 sees ``a`` [n·T, d] (inputs; T rows per example, e.g. a convolution's output positions after

@@ -1,5 +1,5 @@
 """Metrics on an empirical NTK, Label-Gradient Alignment, rank correlations and a class-balanced
-batch sampler (SPEC §1.2).
+batch sampler.
 
 Every metric takes a kernel Θ [n, n] (any mode of :func:`sparsenas.ntk.empirical_ntk` that gives
 a square matrix) and returns a Python float. Spectral metrics run ``eigvalsh`` in float64. A
@@ -87,7 +87,7 @@ def eigen_score(kernel: Tensor) -> float:
 
 
 def label_gradient_alignment(kernel: Tensor, labels: Tensor) -> float:
-    """LGA = ⟨Θ − μ(Θ), Y − μ(Y)⟩_F / (‖Θ − μ(Θ)‖_F ‖Y − μ(Y)‖_F) (SPEC §1.2), higher is better.
+    """LGA = ⟨Θ − μ(Θ), Y − μ(Y)⟩_F / (‖Θ − μ(Θ)‖_F ‖Y − μ(Y)‖_F), higher is better.
 
     Y_ij = +1 if labels i and j are equal, −1 otherwise; μ is the scalar mean of all entries.
     Raises a ValueError when the batch holds a single class (Y − μ(Y) = 0: alignment undefined);

@@ -1,4 +1,4 @@
-"""Batched mask sampling: exact-k uniform, top-k of scores, Gumbel-top-k (SPEC §2.3).
+"""Batched mask sampling: exact-k uniform, top-k of scores, Gumbel-top-k.
 
 Every random mask comes from the counter-based Philox4x32-10 generator keyed by
 (seed, candidate index, stream): row r of a call is candidate ``first_candidate + r``, and its mask

@@ -1,4 +1,4 @@
-"""Compaction: node-masked networks as physically smaller dense networks (SPEC §2.2).
+"""Compaction: node-masked networks as physically smaller dense networks.
 
 A node mask (see :mod:`sparsenas.nn.node_mask`) zeroes units / channels where they leave their
 block (Linear/Conv2d -> optional BatchNorm -> activation -> NodeMask). Compaction removes those

@@ -1,4 +1,4 @@
-"""Sparse execution ops (SPEC §2.2): public API over ``torch.ops.sparsenas.*``, fakes and
+"""Sparse execution ops: public API over ``torch.ops.sparsenas.*``, fakes and
 autograd. Each call runs the native kernel when one exists for the input's device and the
 pure-PyTorch reference otherwise."""
 

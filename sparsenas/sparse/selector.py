@@ -1,4 +1,4 @@
-"""Per-layer choice between dense-masked, compacted and sparse execution (SPEC §2.2).
+"""Per-layer choice between dense-masked, compacted and sparse execution.
 
 The choice rests on crossover points measured on this kind of machine and stored as data in
 ``sparsenas/sparse/crossovers.json``; ``python -m benchmarks.sparse --calibrate`` re-measures them
