@@ -140,6 +140,7 @@ def _run_study(args: argparse.Namespace) -> int:
     torch.set_num_threads(config.runtime.threads)
     start = time.perf_counter()
     data = config.data.load()  # a missing data directory is reported before any file is written
+    strategy.check_data(data)  # and so is a config that does not fit the data
     out = check_writable(args.out)
     store_path = args.store or out / "study.sqlite"
     with Store(store_path) as store:
@@ -221,7 +222,8 @@ def _migrate(args: argparse.Namespace) -> int:
         raise ValueError(f"store {str(args.store)!r} does not exist")
     with Store(args.store) as store:
         names = [s.name for s in store.studies()]
-    print(f"{args.store}: up to date; studies: {', '.join(names) or 'none'}")
+        state = "migrated from sparsenas 0.1.0" if store.migrated_from else "already up to date"
+    print(f"{args.store}: {state}; studies: {', '.join(names) or 'none'}")
     return 0
 
 

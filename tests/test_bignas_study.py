@@ -21,11 +21,12 @@ from sparsenas.cli import main
 from sparsenas.config import from_flat
 from sparsenas.methods.bignas.ddp import shard_bounds, train
 from sparsenas.methods.bignas.training import SupernetConfig, checkpoint_path
-from sparsenas.store import Store, load_training_checkpoint
+from sparsenas.store import Store
+from sparsenas.store.checkpoints import load_state
 from sparsenas.strategies.bignas import BigNAS
 
 TINY = dict(stem_channels=4, stage_channels=(4, 8), epochs=2, batch_size=128, num_mutations=1,
-            calibration_batches=2, latency_seconds=0.005, seeds=(0,))
+            calibration_batches=2, latency_seconds=0.02, seeds=(0,))
 COLUMNS = {"variant", "child", "flops", "params", "latency_ms", "mean_acc", "std_acc", "n"}
 
 
@@ -68,10 +69,10 @@ def test_tiny_study_end_to_end(reference, one_thread):
     directory = path.with_name("study-checkpoints") / "bignas"
     for variant in ("bignas", "uniform", "no-kd"):
         for epoch in (1, 2):
-            weights, state, metadata = load_training_checkpoint(
-                checkpoint_path(directory, variant, 0, epoch))
+            state = load_state(checkpoint_path(directory, variant, 0, epoch))
             assert state["step"]["step_index"] == epoch * 9  # ceil(1078 / 128) steps per epoch
-            assert metadata["variant"] == variant and "stem_conv.weight" in weights
+            assert state["variant"] == variant and "stem_conv.weight" in state["weights"]
+            assert set(state["trainer"]["optimizers"]["weights"]) == {"state", "param_groups"}
     with Store(path, readonly=True) as store:
         children = store.trials("bignas", kind="child")
         epochs = store.trials("bignas", kind="epoch")
@@ -94,7 +95,8 @@ def test_tiny_study_end_to_end(reference, one_thread):
     assert len(rows) == 16 and all(COLUMNS <= set(row) for row in rows)
     assert {(r["variant"], r["child"]) for r in rows} == set(selected)
     assert all(r["n"] == 1 and r["std_acc"] is None for r in rows)
-    assert (path.parent / "report" / "pareto.png").stat().st_size > 0
+    for plot in ("pareto_flops.png", "pareto_latency.png"):
+        assert (path.parent / "report" / plot).stat().st_size > 0
     assert "| standalone | selected-flops |" in table
 
 
@@ -120,11 +122,11 @@ def test_ddp_entry_resumes_per_epoch_and_refuses_another_supernets_checkpoint(tm
     assert train([*options, "--checkpoint-dir", str(tmp_path / "pieces"), "--end-epoch", "1"]) == 0
     assert not checkpoint_path(tmp_path / "pieces", "bignas", 0, 2).exists()
     assert train([*options, "--checkpoint-dir", str(tmp_path / "pieces")]) == 0
-    whole = load_training_checkpoint(checkpoint_path(tmp_path / "whole", "bignas", 0, 2))
-    pieces = load_training_checkpoint(checkpoint_path(tmp_path / "pieces", "bignas", 0, 2))
-    assert whole[1]["step"] == pieces[1]["step"] == {"step_index": 18}
-    for name, tensor in whole[0].items():
-        assert torch.equal(tensor, pieces[0][name]), name
+    whole = load_state(checkpoint_path(tmp_path / "whole", "bignas", 0, 2))
+    pieces = load_state(checkpoint_path(tmp_path / "pieces", "bignas", 0, 2))
+    assert whole["step"] == pieces["step"] == {"step_index": 18}
+    for name, tensor in whole["weights"].items():
+        assert torch.equal(tensor, pieces["weights"][name]), name
     capsys.readouterr()
     other = ["--stem-channels", "4", "--stage-channels", "8,8", "--epochs", "2"]
     assert train([*other, "--checkpoint-dir", str(tmp_path / "whole")]) == 1
@@ -156,8 +158,9 @@ def test_torchrun_two_processes_match_one_with_the_same_global_batch(tmp_path):
     for n, run in runs.items():
         assert run.returncode == 0, run.stderr[-2000:]
         assert f"({n} process(es))" in run.stdout
-    one, _, _ = load_training_checkpoint(checkpoint_path(tmp_path / "p1", "bignas", 0, 1))
-    two, state, _ = load_training_checkpoint(checkpoint_path(tmp_path / "p2", "bignas", 0, 1))
+    one = load_state(checkpoint_path(tmp_path / "p1", "bignas", 0, 1))["weights"]
+    state = load_state(checkpoint_path(tmp_path / "p2", "bignas", 0, 1))
+    two = state["weights"]
     assert state["step"] == {"step_index": 9}
     config = SupernetConfig(stem_channels=4, stage_channels=(4, 8))
     from sparsenas.data import load_dataset
@@ -187,6 +190,7 @@ def test_kill_9_during_training_resumes_from_the_last_epoch(tmp_path, reference)
         except Exception:  # not created yet, or the schema is being written
             pass
         time.sleep(0.02)
+    assert victim.poll() is None, victim.communicate()[1][-2000:]
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
     with Store(store_path, readonly=True) as store:
@@ -199,13 +203,12 @@ def test_kill_9_during_training_resumes_from_the_last_epoch(tmp_path, reference)
         after = results(store, "bignas")
     assert _reproducible(after) == _reproducible(expected)
     assert all(after[key] == value for key, value in before.items())
-    assert "pareto_plot" in out
+    assert "pareto_flops_plot" in out
 
 
-def test_latency_budget_no_child_meets_fails_before_training(tmp_path, capsys, one_thread):
+def test_latency_budget_no_child_meets_fails_before_the_study_starts(tmp_path, capsys, one_thread):
     argv = ["bignas", *flags(TINY), "--out", str(tmp_path), "--latency-budget", "0.0001"]
     assert main(argv) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("sparsenas: error: no child meets the latency budget 0.0001")
-    with Store(tmp_path / "study.sqlite", readonly=True) as store:
-        assert store.finished_units("bignas") == set()
+    assert not (tmp_path / "study.sqlite").exists()  # refused before the study is recorded

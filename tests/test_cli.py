@@ -214,7 +214,9 @@ def test_report_list_and_migrate(tmp_path, capsys, finished):
     write_store_0_1_0(old, {"epochs": 3}, [("u", "t")])
     assert "sparsenas migrate --store" in _one_line_error(capsys, ["report", "--store", str(old)])
     assert main(["migrate", "--store", str(old)]) == 0
-    assert f"studies: {LEGACY_STUDY}" in capsys.readouterr().out
+    assert f"migrated from sparsenas 0.1.0; studies: {LEGACY_STUDY}" in capsys.readouterr().out
+    assert main(["migrate", "--store", str(old)]) == 0
+    assert "already up to date" in capsys.readouterr().out
     assert main(["info"]) == 0
     assert "ops (cpu / cuda):" in capsys.readouterr().out
 

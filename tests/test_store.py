@@ -10,8 +10,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
-from sparsenas.store import LEGACY_STUDY, Store, StoreError, TrialRecord
+from sparsenas.store import (LEGACY_STUDY, Store, StoreError, TrialRecord, load_state,
+                             save_checkpoint, save_state)
 
 
 def _trial(key: str, acc: float = 0.5, **extra) -> TrialRecord:
@@ -209,29 +211,29 @@ def test_store_written_by_0_1_0_is_refused_read_only_and_migrated_for_writing(tm
         assert len(store.trials(LEGACY_STUDY)) == 3
 
 
-def test_training_checkpoint_round_trips_optimiser_and_scheduler_state(tmp_path):
-    import torch
-
-    from sparsenas.store import load_training_checkpoint, save_training_checkpoint
-
+def test_nested_state_round_trips_through_safetensors(tmp_path):
     model = torch.nn.Linear(3, 2)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 0.5 ** e)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1, betas=(0.5, 0.999))
     model(torch.ones(4, 3)).sum().backward()
     optimizer.step()
-    scheduler.step()
-    state = {"optimizers": {"weights": optimizer.state_dict()},
-             "schedulers": {"weights": scheduler.state_dict()}, "step": {"step_index": 7}}
-    path = save_training_checkpoint(tmp_path / "c.safetensors", model.state_dict(), state,
-                                    {"variant": "x"})
-    weights, loaded, metadata = load_training_checkpoint(path)
-    assert metadata == {"variant": "x"} and set(weights) == {"weight", "bias"}
-    assert loaded["step"] == {"step_index": 7}
-    assert list(loaded["optimizers"]["weights"]["state"]) == [0, 1]  # int keys survive
-    again = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    again.load_state_dict(loaded["optimizers"]["weights"])
-    torch.testing.assert_close(again.state_dict()["state"][0]["momentum_buffer"],
-                               optimizer.state_dict()["state"][0]["momentum_buffer"])
-    assert loaded["schedulers"]["weights"]["last_epoch"] == 1
-    with pytest.raises(TypeError, match="state/x holds a set"):
-        save_training_checkpoint(tmp_path / "d.safetensors", {}, {"x": {1, 2}})
+    state = {"optimizer": optimizer.state_dict(), "step": torch.tensor(7),
+             "generator": torch.Generator().manual_seed(3).get_state(),
+             "plain": [1, 0.1, None, "x", True, (2, 3)]}
+    loaded = load_state(save_state(tmp_path / "s.safetensors", state))
+    assert loaded["plain"] == [1, 0.1, None, "x", True, (2, 3)]
+    assert torch.equal(loaded["step"], state["step"])
+    assert torch.equal(loaded["generator"], state["generator"])
+    saved, restored = state["optimizer"], loaded["optimizer"]
+    assert list(restored["state"]) == [0, 1]  # optimiser state keys stay ints
+    assert restored["param_groups"] == saved["param_groups"]  # betas stays a tuple
+    for index, entries in saved["state"].items():
+        for name, value in entries.items():
+            assert torch.equal(restored["state"][index][name], value)
+    fresh = torch.optim.Adam(model.parameters(), lr=0.1)
+    fresh.load_state_dict(restored)
+    assert fresh.param_groups[0]["betas"] == (0.5, 0.999)
+    with pytest.raises(TypeError, match="cannot store a set"):
+        save_state(tmp_path / "bad.safetensors", {"x": {1, 2}})
+    save_checkpoint(tmp_path / "weights.safetensors", {"w": torch.zeros(2)})
+    with pytest.raises(ValueError, match="not a checkpoint written by save_state"):
+        load_state(tmp_path / "weights.safetensors")

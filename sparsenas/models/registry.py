@@ -11,6 +11,8 @@ from torch import nn
 
 from sparsenas.config import ConfigPiece, option
 from sparsenas.data import Dataset
+from sparsenas.models.archs import build_arch
+from sparsenas.models.darts import DartsNetwork, DartsSearchNetwork
 from sparsenas.models.networks import CNN, MLP, NodeMaskedNet
 from sparsenas.registry import Registry
 from sparsenas.seeds import derive_seed
@@ -18,6 +20,9 @@ from sparsenas.seeds import derive_seed
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 MODELS.register("mlp", MLP)
 MODELS.register("cnn", CNN)
+MODELS.register("darts-search", DartsSearchNetwork)
+MODELS.register("darts", DartsNetwork)
+MODELS.register("arch", build_arch)
 
 
 def create_model(name: str, **kwargs) -> nn.Module:

@@ -32,58 +32,50 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]
     return load_file(str(path)), metadata
 
 
-_TENSOR = "__tensor__"
-_DICT = "__dict__"
-
-
-def _split_state(value: Any, tensors: dict[str, Tensor], path: str) -> Any:
-    """Plain JSON data for ``value`` with every tensor moved into ``tensors`` (a reference left
-    in its place); dicts keep their key types (optimiser states are keyed by int)."""
+def _encode(value: Any, tensors: dict[str, Tensor]) -> Any:
+    """Plain JSON for ``value``: tensors move to ``tensors`` (replaced by their key), dicts keep
+    their key types (optimiser state is keyed by int) and tuples stay tuples."""
     if isinstance(value, Tensor):
-        tensors[path] = value
-        return {_TENSOR: path}
+        key = f"t{len(tensors)}"
+        tensors[key] = value
+        return {"__tensor__": key}
     if isinstance(value, dict):
-        return {_DICT: [[k, _split_state(v, tensors, f"{path}/{k}")] for k, v in value.items()]}
-    if isinstance(value, (list, tuple)):
-        return [_split_state(v, tensors, f"{path}/{i}") for i, v in enumerate(value)]
+        return {"__items__": [[k, _encode(v, tensors)] for k, v in value.items()]}
+    if isinstance(value, tuple):
+        return {"__tuple__": [_encode(v, tensors) for v in value]}
+    if isinstance(value, list):
+        return [_encode(v, tensors) for v in value]
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
-    raise TypeError(f"training state: {path} holds a {type(value).__name__}, which a checkpoint "
-                    f"cannot store (tensors and plain data only)")
+    raise TypeError(f"save_state(): cannot store a {type(value).__name__} (tensors, dicts, "
+                    f"lists, tuples, numbers, strings and None only)")
 
 
-def _join_state(value: Any, tensors: dict[str, Tensor]) -> Any:
-    if isinstance(value, dict) and _TENSOR in value:
-        return tensors[value[_TENSOR]]
-    if isinstance(value, dict):
-        return {k: _join_state(v, tensors) for k, v in value[_DICT]}
+def _decode(value: Any, tensors: dict[str, Tensor]) -> Any:
     if isinstance(value, list):
-        return [_join_state(v, tensors) for v in value]
+        return [_decode(v, tensors) for v in value]
+    if isinstance(value, dict):
+        if "__tensor__" in value:
+            return tensors[value["__tensor__"]]
+        if "__tuple__" in value:
+            return tuple(_decode(v, tensors) for v in value["__tuple__"])
+        return {k: _decode(v, tensors) for k, v in value["__items__"]}
     return value
 
 
-def save_training_checkpoint(path: str | Path, weights: dict[str, Tensor], state: dict[str, Any],
-                             metadata: dict[str, str] | None = None) -> Path:
-    """One atomic safetensors file holding model ``weights`` and a training ``state`` (optimiser,
-    scheduler and step state: nested dicts / lists of tensors and plain data), its tensors beside
-    the weights and its structure as JSON in the metadata."""
+def save_state(path: str | Path, state: dict[str, Any]) -> Path:
+    """Writes a nested state (dicts, lists, tuples, tensors, plain values: a model's state dict,
+    a train step's progress, a Trainer's ``TrainResult.state`` with its optimiser and scheduler
+    state) atomically as one safetensors file: the tensors as tensors, the structure as JSON in
+    the metadata. :func:`load_state` returns it with key types, tuples and tensors restored."""
     tensors: dict[str, Tensor] = {}
-    structure = _split_state(state, tensors, "state")
-    clash = sorted(set(weights) & set(tensors))
-    if clash:
-        raise ValueError(f"save_training_checkpoint(): weight names {clash} clash with the state")
-    return save_checkpoint(path, {**weights, **tensors},
-                           {**(metadata or {}), "training_state": json.dumps(structure)})
+    structure = json.dumps(_encode(state, tensors))
+    return save_checkpoint(path, tensors, {"state": structure})
 
 
-def load_training_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any],
-                                                        dict[str, str]]:
-    """(weights, training state, metadata) of a file written by
-    :func:`save_training_checkpoint`."""
+def load_state(path: str | Path) -> dict[str, Any]:
+    """The nested state written by :func:`save_state` (tensors on the CPU, freshly allocated)."""
     tensors, metadata = load_checkpoint(path)
-    if "training_state" not in metadata:
-        raise ValueError(f"checkpoint {str(path)!r} holds no training state")
-    structure = json.loads(metadata.pop("training_state"))
-    state = _join_state(structure, tensors)
-    weights = {k: v for k, v in tensors.items() if not k.startswith("state/")}
-    return weights, state, metadata
+    if "state" not in metadata:
+        raise ValueError(f"{path}: not a checkpoint written by save_state (no 'state' metadata)")
+    return _decode(json.loads(metadata["state"]), tensors)

@@ -152,6 +152,7 @@ class Store:
         try:
             self._db.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
             version = self._schema_version()
+            self.migrated_from = version if version == 1 and not readonly else None
             if readonly:
                 if version == 0:
                     raise StoreError(f"store {str(self.path)!r} holds no study")

@@ -33,7 +33,7 @@ from sparsenas.methods.bignas.training import (VARIANTS, SandwichConfig, Standal
                                                 SupernetConfig, checkpoint_path, load_epoch,
                                                 save_epoch, train_epoch)
 from sparsenas.models.elastic import ChildConfig, ElasticNet
-from sparsenas.report.io import save_figure
+from sparsenas.report.plots import plot_pareto_front
 from sparsenas.seeds import derive_seed
 from sparsenas.spaces.elastic import ElasticSpace
 from sparsenas.store import TrialRecord
@@ -135,28 +135,30 @@ class BigNAS(Strategy):
                              "per-epoch checkpoints")
         return ctx.store_path.with_name(f"{ctx.store_path.stem}-checkpoints") / ctx.study
 
-    def _supernet(self, ctx: StudyContext, seed: int) -> tuple[ElasticNet, ElasticSpace]:
-        model = self.config.supernet.build(ctx.data, seed)
-        space = ElasticSpace.for_model(model, self.config.supernet.resolutions,
-                                       self.config.supernet.width_multipliers)
+    def check_data(self, data: Dataset) -> None:
+        model, space = self._supernet(data, seed=0)
         smallest, biggest = model.flops(space.smallest()), model.flops(space.biggest())
         if smallest > self.config.flops_budget * biggest:
             raise ValueError(f"no child meets the FLOPs budget {self.config.flops_budget:g} of the "
                              f"biggest child's: the smallest child has "
                              f"{smallest / biggest:.3f} of its FLOPs")
+        self._latency_budget_check(model, space)
+
+    def _supernet(self, data: Dataset, seed: int) -> tuple[ElasticNet, ElasticSpace]:
+        model = self.config.supernet.build(data, seed)
+        space = ElasticSpace.for_model(model, self.config.supernet.resolutions,
+                                       self.config.supernet.width_multipliers)
         return model, space
 
     def _epoch(self, unit: Unit, ctx: StudyContext) -> list[TrialRecord]:
         c = self.config
         seed, variant, epoch = unit.params["seed"], unit.params["variant"], unit.params["epoch"]
-        model, space = self._supernet(ctx, seed)
+        model, space = self._supernet(ctx.data, seed)
         step = c.sandwich.step(variant, space, c.training, seed)
         directory = self._checkpoints(ctx)
         state = None
         if epoch > 1:
             state = load_epoch(checkpoint_path(directory, variant, seed, epoch - 1), model, step)
-        elif variant == "bignas":
-            self._latency_budget_check(model, space)
         result = train_epoch(model, step, ctx.data, c.training, derive_seed("batches", seed),
                              epoch, state, ctx.hooks, ctx.device)
         save_epoch(checkpoint_path(directory, variant, seed, epoch), model, step, result, variant)
@@ -211,7 +213,7 @@ class BigNAS(Strategy):
     def _select(self, unit: Unit, ctx: StudyContext) -> list[TrialRecord]:
         c = self.config
         seed, variant = unit.params["seed"], unit.params["variant"]
-        model, space = self._supernet(ctx, seed)
+        model, space = self._supernet(ctx.data, seed)
         load_epoch(checkpoint_path(self._checkpoints(ctx), variant, seed, c.training.epochs),
                    model)
         data = ctx.data.to("cpu")
@@ -347,50 +349,31 @@ class BigNAS(Strategy):
         return "\n".join(lines) + "\n"
 
     def plots(self, summary: Summary, trials: list[TrialRecord], out_dir: Path) -> dict[str, Path]:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        figure, axes = plt.subplots(1, 2, figsize=(11, 4))
-        panels = (("selected-flops", "flops", "MFLOPs", 1e-6),
-                  ("selected-latency", "latency_ms", "CPU latency (ms, batch 1)", 1.0))
-        for ax, (child, cost_key, label, scale) in zip(axes, panels):
+        panels = (("flops", "selected-flops", "flops", "MFLOPs", 1e-6),
+                  ("latency", "selected-latency", "latency_ms", "CPU latency (ms, batch 1)", 1.0))
+        paths = {}
+        for name, child, cost_key, label, scale in panels:
+            series = {}
             for variant, searches in summary.details["searches"].items():
-                points = [(scale * row["cost"], row["score"]) for search, _ in searches[child]
-                          for row in search if row["score"] is not None]
-                if not points:
-                    continue
-                cost, score = np.array(points).T
-                line = ax.scatter(cost, 100 * score, s=10, alpha=0.35, label=variant)
-                front = _pareto_front(cost, score)
-                ax.step(front[0], 100 * front[1], where="post", color=line.get_facecolor()[0])
-            standalone = [(scale * t.config[cost_key], t.final["val_acc"])
+                points = [(scale * row["cost"], 100 * row["score"])
+                          for search, _ in searches[child] for row in search
+                          if row["score"] is not None]
+                if points:
+                    series[variant] = tuple(zip(*points))
+            standalone = [(scale * t.config[cost_key], 100 * t.final["val_acc"])
                           for t in summary.details["standalone"]]
             if standalone:
-                cost, score = np.array(standalone).T
-                ax.scatter(cost, 100 * score, marker="x", color="black", label="standalone")
-            ax.set_xlabel(label)
-            ax.set_ylabel("validation accuracy % (calibrated)")
-            ax.grid(alpha=0.3)
-            ax.legend()
-        figure.suptitle("BigNAS children: accuracy against cost (lines: Pareto fronts)")
-        return {"pareto_plot": save_figure(figure, out_dir / "pareto.png")}
+                series["standalone"] = tuple(zip(*standalone))
+            if series:
+                paths[f"pareto_{name}_plot"] = plot_pareto_front(
+                    series, out_dir / f"pareto_{name}.png", cost_name=label,
+                    accuracy_name="validation accuracy % (calibrated)",
+                    title=f"BigNAS children: accuracy against {name} (lines: Pareto fronts)")
+        return paths
 
 
 def _mean(values: list) -> float | None:
     return float(np.mean(values)) if values else None
-
-
-def _pareto_front(cost: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The points no cheaper-or-equal point beats, by increasing cost."""
-    order = np.lexsort((-score, cost))
-    best, front = -np.inf, []
-    for i in order:
-        if score[i] > best:
-            best = score[i]
-            front.append(i)
-    return cost[front], score[front]
 
 
 __all__ = ["BigNAS", "BigNASConfig"]

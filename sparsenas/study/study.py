@@ -41,9 +41,9 @@ class Unit:
 @dataclass
 class StudyContext:
     """What a unit sees while it runs: the config, the finished trials of the units it depends on,
-    trainer hooks (progress), where checkpoints go (``checkpoint_dir``, None unless asked for;
-    ``store_path``, the store's file, from which one-shot methods derive a directory for the
-    checkpoints they always need), and the data (loaded on first use)."""
+    trainer hooks (progress), where checkpoints go, the store's path (one-shot methods keep their
+    resumable state beside it when ``checkpoint_dir`` is None), and the data (loaded on first
+    use)."""
 
     config: Any
     study: str
@@ -106,13 +106,16 @@ class Study:
     def context(self, unit: Unit, hooks: list[TrainerHook] | None = None) -> StudyContext:
         dependencies = {key: self.store.trials(self.name, unit=key) for key in unit.depends_on}
         return StudyContext(self.strategy.config, self.name, dependencies, hooks or [],
-                            self.checkpoint_dir, self.data, Path(self.store.path))
+                            self.checkpoint_dir, self.data, self.store.path)
 
     def run(self) -> None:
         """Runs every unfinished unit; returns when all are finished, whichever worker finished
         them."""
         units = self.strategy.plan()
         check_plan(units)
+        if self.data is None:
+            self.data = self.strategy.config.data.load()
+        self.strategy.check_data(self.data)  # before the store records the study
         self.store.create_study(self.name, self.strategy.name, identity(self.strategy.config))
         self.executor.run(self, units)
 

@@ -10,7 +10,6 @@ scheduler state, the step counter and the supernet's architecture (checked on lo
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from sparsenas.data import Dataset
 from sparsenas.models.elastic import ElasticNet
 from sparsenas.seeds import derive_seed
 from sparsenas.spaces.elastic import ElasticSpace
-from sparsenas.store import load_training_checkpoint, save_training_checkpoint
+from sparsenas.store.checkpoints import load_state, save_state
 from sparsenas.train import StepOutput, TrainConfig, Trainer, TrainerHook, TrainResult, TrainStep
 from sparsenas.train.sandwich import SandwichStep, exponential_decay_lambda
 from sparsenas.train.steps import candidate_logits
@@ -143,19 +142,19 @@ def checkpoint_path(directory: Path, variant: str, seed: int, epoch: int) -> Pat
 
 def save_epoch(path: Path, model: ElasticNet, step: SandwichStep, result: TrainResult,
                variant: str) -> Path:
-    """The supernet after ``result``'s last epoch: weights, trainer and step state, architecture."""
-    state = {"trainer": result.state, "step": step.state_dict()}
-    return save_training_checkpoint(path, model.state_dict(), state,
-                                    {"architecture": json.dumps(model.architecture),
-                                     "variant": variant, "epoch": str(result.state["epoch"])})
+    """The supernet after ``result``'s last epoch, atomically in one file: weights, trainer and
+    step state, architecture."""
+    return save_state(path, {"weights": model.state_dict(), "trainer": result.state,
+                             "step": step.state_dict(), "architecture": model.architecture,
+                             "variant": variant, "epoch": result.state["epoch"]})
 
 
 def load_epoch(path: Path, model: ElasticNet, step: SandwichStep | None = None) -> dict:
     """Loads a :func:`save_epoch` checkpoint into ``model`` (and ``step``); returns the trainer
     state. A checkpoint of another supernet raises a one-line ValueError."""
-    weights, state, metadata = load_training_checkpoint(path)
-    model.check_architecture(json.loads(metadata.get("architecture", "{}")))
-    model.load_state_dict(weights)
+    state = load_state(path)
+    model.check_architecture(state.get("architecture", {}))
+    model.load_state_dict(state["weights"])
     if step is not None:
         step.load_state_dict(state["step"])
     return state["trainer"]
