@@ -25,9 +25,11 @@ from sparsenas.study.evolution import regularized_evolution
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-OPTIONS = dict(dataset="digits", population=4, per_shape=2, epochs=2, metric_epochs=(1,),
-               guide_epochs=1, seeds=(0, 1), per_class=2, bootstrap=50, search_budget=3,
-               evolution_population=2, tournament=1, search_seeds=(0, 1), batch_size=256)
+OPTIONS = dict(dataset="digits",
+               metrics=("condition_number", "ntk_regression_accuracy", "lga", "lga_shuffled"),
+               population=4, per_shape=2, epochs=2, metric_epochs=(1,), guide_epochs=1,
+               seeds=(0, 1), per_class=2, bootstrap=50, search_budget=3, evolution_population=2,
+               tournament=1, search_seeds=(0, 1), batch_size=256)
 
 
 @pytest.fixture(scope="module")

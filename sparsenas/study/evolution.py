@@ -14,6 +14,7 @@ from typing import TypeVar
 import torch
 
 from sparsenas.seeds import derive_seed
+from sparsenas.spaces.base import SearchSpace
 
 Member = TypeVar("Member")
 Candidate = TypeVar("Candidate")
@@ -43,11 +44,11 @@ def aging_children(history: Sequence[Member], population: int, tournament: int, 
     return offspring, winners
 
 
-def regularized_evolution(space, score: Callable[[Candidate], float], evaluations: int,
+def regularized_evolution(space: SearchSpace, score: Callable[[Candidate], float], evaluations: int,
                           population: int, tournament: int, seed: int) -> list[Candidate]:
     """Sequential aging evolution over ``space`` (a SearchSpace) for ``evaluations`` scorings
-    (higher scores win; a tie goes to the member drawn first): ``population`` random members, then one
-    child per generation. Returns every evaluated candidate in evaluation order."""
+    (higher scores win; a tie goes to the member drawn first): ``population`` random members,
+    then one child per generation. Returns every evaluated candidate in evaluation order."""
     if evaluations < population:
         raise ValueError(f"regularized_evolution(): argument 'evaluations' ({evaluations}) must "
                          f"be >= 'population' ({population})")
