@@ -5,14 +5,12 @@ as one-line CLI errors, and kill -9 mid-study resuming through the CLI."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import time
 
 import numpy as np
 import pytest
 from scipy import stats
-from study_helpers import cli, flags, results, run_in_process
+from study_helpers import cli, flags, kill_after_units, results, run_in_process
 
 from sparsenas.cli import main
 from sparsenas.config import from_flat
@@ -160,19 +158,8 @@ def test_kill_9_mid_study_resumes_without_lost_or_repeated_trials(study, tmp_pat
     store_path = tmp_path / "study.sqlite"
     argv = ["lga", *flags(OPTIONS), "--out", str(tmp_path / "out"), "--store", str(store_path)]
     victim = cli(*argv)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and victim.poll() is None:
-        if store_path.exists():
-            try:
-                with Store(store_path, readonly=True) as store:
-                    finished = len(store.finished_units("lga")) if store.study("lga") else 0
-            except Exception:  # the victim may be creating the schema right now
-                finished = 0
-            if finished >= 2:
-                break
-        time.sleep(0.02)
-    os.kill(victim.pid, signal.SIGKILL)
-    victim.wait()
+    kill_after_units(victim, store_path, "lga", 2)
+    assert victim.returncode == -signal.SIGKILL
     with Store(store_path, readonly=True) as store:
         before = results(store, "lga")
         finished_before = store.finished_units("lga")
