@@ -135,7 +135,7 @@ def test_member_space_evolution_stays_in_the_members_and_is_deterministic():
 @pytest.mark.parametrize("argv, message", [
     (["--metrics", "lga,ntk_magic"], "unknown metric 'ntk_magic'"),
     (["--metric-epochs", "1,-1"], "metric_epochs must be a non-empty list of epoch counts >= 0"),
-    (["--guide-epochs", "5"], "guide_epochs (5) must be one of the measured epoch counts"),
+    (["--guide-epochs", "5"], "guide_epochs (5) must be one of metric_epochs"),
     (["--population", "4801"], "population must be in [2, 4800]"),
     (["--per-class", "1"], "LGA needs repeated classes"),
     (["--search-budget", "70"], "search_budget must be in [2, population=64]"),

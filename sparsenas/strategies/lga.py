@@ -80,13 +80,12 @@ class LgaConfig(ConfigPiece):
             check_metric(name)
         if not self.metrics or len(set(self.metrics)) != len(self.metrics):
             raise ValueError(f"metrics must be distinct and non-empty, got {list(self.metrics)}")
-        if not self.metric_epochs or min(self.metric_epochs) < 0 or self.guide_epochs < 0:
-            raise ValueError(f"metric_epochs must be a non-empty list of epoch counts >= 0 and "
-                             f"guide_epochs >= 0, got {list(self.metric_epochs)} and "
-                             f"{self.guide_epochs}")
-        if self.guide_epochs not in self.measured_epochs:
-            raise ValueError(f"guide_epochs ({self.guide_epochs}) must be one of the measured "
-                             f"epoch counts {list(self.measured_epochs)}")
+        if not self.metric_epochs or min(self.metric_epochs) < 0:
+            raise ValueError(f"metric_epochs must be a non-empty list of epoch counts >= 0, got "
+                             f"{list(self.metric_epochs)}")
+        if self.guide_epochs < 1 or self.guide_epochs not in self.metric_epochs:
+            raise ValueError(f"guide_epochs ({self.guide_epochs}) must be one of metric_epochs "
+                             f"{list(self.metric_epochs)} and >= 1")
         size = len(ArchSpace())
         if not 2 <= self.population <= size:
             raise ValueError(f"population must be in [2, {size}] (the architecture space holds "
@@ -277,8 +276,7 @@ class LgaStudy(Strategy):
             scores = [-_value(t.final, "condition_number", 0) for t in table.metrics]
             return np.array(scores), ntk_seconds, np.zeros(len(scores))
         if guide == "val_acc":
-            scores = [_value(t.final, "val_acc", e) for t in table.metrics] if e > 0 else \
-                [0.0] * len(table.metrics)
+            scores = [_value(t.final, "val_acc", e) for t in table.metrics]
             return np.array(scores), e * epoch_seconds, np.full(len(scores), e)
         scores = [runs[0].final["val_acc"] for runs in table.trained]
         return np.array(scores), train_seconds, np.full(len(scores), c.training.epochs)
