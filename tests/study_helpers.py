@@ -3,8 +3,11 @@ timings, start the CLI as a separate process."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -51,3 +54,22 @@ def flags(options: dict) -> list[str]:
         text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
         out += [f"--{name.replace('_', '-')}", text]
     return out
+
+
+def kill_after_units(victim: subprocess.Popen, store_path: Path, study: str, units: int,
+                     timeout: float = 300) -> None:
+    """Waits until ``units`` units of ``study`` are finished in the store (or the process ends),
+    then kills the process with SIGKILL."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and victim.poll() is None:
+        if store_path.exists():
+            try:
+                with Store(store_path, readonly=True) as store:
+                    finished = len(store.finished_units(study)) if store.study(study) else 0
+            except Exception:  # the victim may be creating the schema right now
+                finished = 0
+            if finished >= units:
+                break
+        time.sleep(0.02)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from sparsenas.config import option
 from sparsenas.report.plots import plot_search_trajectory
@@ -30,6 +29,7 @@ from sparsenas.store import TrialRecord
 from sparsenas.strategies.base import STRATEGIES, Strategy, Summary
 from sparsenas.strategies.random_search import check_seeds
 from sparsenas.study import StudyContext, Unit
+from sparsenas.study.evolution import aging_children
 from sparsenas.study.scoring import (NodeSearchConfig, best_trial, score_candidates,
                                      train_candidates, trained_trials)
 
@@ -115,17 +115,11 @@ class RegularizedEvolution(Strategy):
             candidates = space.sample(c.population, derive_seed("population", seed))
             parents = [None] * len(candidates)
         else:
-            population = self._history(unit, ctx)[-c.population:]
-            candidates, parents = [], []
-            for child in range(c.children):
-                generator = torch.Generator().manual_seed(
-                    derive_seed("tournament", seed, generation, child))
-                drawn = torch.randperm(len(population), generator=generator)[:c.tournament]
-                winner = best_trial([population[int(i)] for i in drawn])
-                candidates.append(space.mutate(space.decode(winner.config["mask"]),
-                                               derive_seed("mutate", seed, generation, child),
-                                               swaps=c.swaps))
-                parents.append(winner.key)
+            candidates, winners = aging_children(
+                self._history(unit, ctx), c.population, c.tournament, c.children, best_trial,
+                lambda winner, s: space.mutate(space.decode(winner.config["mask"]), s,
+                                               swaps=c.swaps), seed, generation)
+            parents = [winner.key for winner in winners]
         scores = score_candidates(parent, candidates, c.scoring, c.training, ctx,
                                   derive_seed("round-batches", seed, generation)
                                   if c.scoring.proxy is None else derive_seed("proxy-batch", seed))
