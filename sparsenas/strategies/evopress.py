@@ -279,11 +279,11 @@ def work_dir(ctx: StudyContext) -> Path:
 
 
 @torch.no_grad()
-def held_out(runner, candidates: list, x: Tensor, y: Tensor, classify: bool,
+def held_out(model: nn.Module, runner, candidates: list, x: Tensor, y: Tensor, classify: bool,
              batch_size: int = 64) -> list[dict[str, float]]:
-    """Per configuration on (x, y): KL(dense ‖ compressed), cross-entropy, and accuracy
-    (classifiers) or perplexity (language models)."""
-    model = runner.model
+    """Per configuration on (x, y): KL(dense ``model`` ‖ compressed), cross-entropy, and
+    accuracy (classifiers) or perplexity (language models); ``runner(candidates, x)`` gives the
+    compressed outputs [K, N, ...]."""
     kl = torch.zeros(len(candidates), dtype=torch.float64)
     loss = torch.zeros_like(kl)
     correct = torch.zeros_like(kl)
@@ -363,15 +363,14 @@ class EvoPress(Strategy):
         save_checkpoint(session.work_dir / "dense.safetensors",
                         {k: v.clone() for k, v in model.state_dict().items()})
         session.build_or_open_database()
-        dense = held_out(session.runner(), [session.space.start], *self._eval_set(session),
-                         classify=c.model != "gpt")[0]
+        dense = held_out(model, lambda candidates, x: model(x).unsqueeze(0), [None],
+                         *self._eval_set(session), classify=c.model != "gpt")[0]
         metric = "accuracy" if c.model != "gpt" else "perplexity"
         final = {metric: dense[metric], "loss": dense["loss"], "units": session.space.num_units,
                  "budget": session.space.budget,
                  "database_bytes": (session.database.size_bytes()
                                     if session.database is not None else 0)}
-        config = {"database": str(session.database_path) if session.database else None,
-                  "work_dir": str(session.work_dir), "units": session.space.unit_names}
+        config = {"units": session.space.unit_names}  # paths are runtime facts, not results
         return [TrialRecord(key="dense", kind="dense", seed=c.seed, config=config, epochs=[],
                             final=final, seconds=0.0)]
 
@@ -438,7 +437,7 @@ class EvoPress(Strategy):
             space.encode(x) for x in space.sample(c.random_count, random_seed)]})
         names = list(methods)
         candidates = [methods[name][0] for name in names]
-        outcomes = held_out(session.runner(), candidates, *self._eval_set(session),
+        outcomes = held_out(session.model, session.runner(), candidates, *self._eval_set(session),
                             classify=c.model != "gpt")
         trials = []
         for name, candidate, outcome in zip(names, candidates, outcomes):
