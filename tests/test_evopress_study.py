@@ -19,7 +19,7 @@ from sparsenas.methods.evopress.database import LevelDatabase
 from sparsenas.store import Store, load_checkpoint
 from sparsenas.strategies.evopress import EvoPress, EvoPressConfig
 
-TINY = {"gpt_width": 16, "gpt_depth": 3, "gpt_heads": 2, "lm_steps": 20, "offspring": 4,
+TINY = {"embed_width": 16, "blocks": 3, "heads": 2, "lm_steps": 20, "offspring": 4,
         "generations": 2, "stage_survivors": [2, 1], "stage_examples": [8, 16],
         "calibration": 16, "eval_examples": 16, "random_count": 3, "num_levels": 2}
 TARGETS = {"sparsity": 0.6, "depth": 1, "bits": 3}
@@ -198,3 +198,16 @@ def test_kill_9_mid_search_then_resume(tmp_path):
     assert after == expected
     assert after["final/evopress"][0]["levels_encoded"] == \
         expected["generation=0006"][0]["levels"]
+
+
+def test_digits_vit_depth_and_bits(tmp_path, one_thread):
+    for mode, target in (("depth", 1), ("bits", 4)):
+        options = {**TINY, "model": "vit", "dataset": "digits", "epochs": 1, "mode": mode,
+                   "target": target}
+        path = tmp_path / mode / "study.sqlite"
+        run_in_process(EvoPress, path, options)
+        with Store(path, readonly=True) as store:
+            trials = {t.key: t for t in store.trials("evopress")}
+        costs = _costs(mode, options, path, trials)
+        assert costs == {1 if mode == "depth" else trials["dense"].final["budget"]}
+        assert "accuracy" in trials["final/evopress"].final

@@ -52,7 +52,8 @@ from sparsenas.study import RuntimeConfig, StudyContext, Unit
 from sparsenas.train import TrainConfig, Trainer
 
 MODES = ("sparsity", "depth", "bits")
-MODEL_NAMES = ("gpt", "mlp", "cnn")
+MODEL_NAMES = ("gpt", "mlp", "cnn", "vit")
+TRANSFORMERS = ("gpt", "vit")
 KERNELS = ("masked", "grouped", "sequential")
 LM_DATASET = "stdlib_text"
 
@@ -70,12 +71,12 @@ class EvoPressConfig(ConfigPiece):
                                 f"(bits: one of {', '.join(map(str, BIT_OPTIONS))})")
     pruner: str = option("magnitude", "how a layer's level is built (sparsity mode)",
                          choices=PRUNERS)
-    model: str = option("gpt", "gpt (byte-level LM on stdlib_text), or mlp / cnn (classifiers "
-                               "on an image dataset)", choices=MODEL_NAMES)
+    model: str = option("gpt", "gpt (byte-level LM on stdlib_text), or mlp / cnn / vit "
+                               "(classifiers on an image dataset)", choices=MODEL_NAMES)
     widths: tuple[int, ...] = option((64, 64), "mlp / cnn hidden widths")
-    gpt_width: int = option(64, "gpt embedding width")
-    gpt_depth: int = option(4, "gpt residual blocks")
-    gpt_heads: int = option(4, "gpt attention heads")
+    embed_width: int = option(64, "gpt / vit embedding width")
+    blocks: int = option(4, "gpt / vit residual blocks")
+    heads: int = option(4, "gpt / vit attention heads")
     lm_steps: int = option(1500, "gpt training steps (AdamW, cosine schedule)")
     lm_batch_size: int = option(32, "gpt training batch size")
     lm_lr: float = option(3e-3, "gpt learning rate")
@@ -123,9 +124,9 @@ class EvoPressConfig(ConfigPiece):
         if (self.model == "gpt") != (self.data.dataset == LM_DATASET):
             raise ValueError(f"model {self.model!r} does not fit dataset {self.data.dataset!r}: "
                              f"the gpt takes {LM_DATASET}, mlp / cnn take image datasets")
-        if self.mode == "depth" and self.model != "gpt":
+        if self.mode == "depth" and self.model not in TRANSFORMERS:
             raise ValueError(f"mode depth needs residual blocks, which model {self.model!r} has "
-                             f"none of; use --model gpt")
+                             f"none of; use --model gpt or vit")
         if self.mode in ("depth", "bits") and self.target != round(self.target):
             raise ValueError(f"target must be a whole number in mode {self.mode}, got "
                              f"{self.target}")
@@ -153,8 +154,12 @@ class EvoPressConfig(ConfigPiece):
             torch.manual_seed(derive_seed("evopress-init", self.seed))
             if self.model == "gpt":
                 model = create_model("gpt", vocab_size=num_classes, context=input_shape[0],
-                                     width=self.gpt_width, depth=self.gpt_depth,
-                                     heads=self.gpt_heads)
+                                     width=self.embed_width, depth=self.blocks,
+                                     heads=self.heads)
+            elif self.model == "vit":
+                model = create_model("vit", input_shape=input_shape, num_classes=num_classes,
+                                     embed_dim=self.embed_width, depth=self.blocks,
+                                     num_heads=self.heads)
             else:
                 model = create_model(self.model, input_shape=input_shape,
                                      num_classes=num_classes, widths=tuple(self.widths))
@@ -317,7 +322,7 @@ class EvoPress(Strategy):
                    "best-of-random and block-importance baselines")
     Config = EvoPressConfig
     presets = {
-        "quick": {"gpt_width": 32, "gpt_depth": 4, "gpt_heads": 2, "lm_steps": 200,
+        "quick": {"embed_width": 32, "blocks": 4, "heads": 2, "lm_steps": 200,
                   "offspring": 8, "generations": 6, "stage_survivors": [4, 2, 1],
                   "stage_examples": [8, 16, 48], "calibration": 64, "eval_examples": 64,
                   "random_count": 8, "num_levels": 3, "epochs": 10},
@@ -476,9 +481,12 @@ class EvoPress(Strategy):
     def _table(self, rows: list[dict], metric: str, dense: TrialRecord | None,
                generations: int) -> str:
         c = self.config
-        model = (f"gpt (width {c.gpt_width}, {c.gpt_depth} blocks, {c.lm_steps} steps) on "
-                 f"{c.data.dataset}" if c.model == "gpt" else
-                 f"{c.model} {list(c.widths)} on {c.data.dataset}")
+        model = (f"gpt (width {c.embed_width}, {c.blocks} blocks, {c.lm_steps} steps)"
+                 if c.model == "gpt" else
+                 f"vit (width {c.embed_width}, {c.blocks} blocks, {c.training.epochs} epochs)"
+                 if c.model == "vit" else
+                 f"{c.model} {list(c.widths)} ({c.training.epochs} epochs)")
+        model += f" on {c.data.dataset}"
         pruner = f", pruner {c.pruner}" if c.mode == "sparsity" else ""
         lines = [
             f"EvoPress, mode {c.mode}, target {c.target:g}{pruner}: {model}; {generations} / "
