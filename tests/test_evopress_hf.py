@@ -31,7 +31,8 @@ def _tokens(n=12, seed=1):
 
 def test_conv1d_refused_then_wrapped_exactly(one_thread):
     hf = _gpt2()
-    with pytest.raises(ValueError, match=r"Conv1D layers \(weight \[in, out\]\); wrap the model in .*CausalLMLogits"):
+    with pytest.raises(ValueError, match=r"Conv1D layers \(weight \[in, out\]\); wrap the "
+                                         r"model in .*CausalLMLogits"):
         compressible_layers(hf)
     tokens = _tokens()
     with torch.no_grad():

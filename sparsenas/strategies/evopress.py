@@ -23,7 +23,9 @@ puts (or finds) the database elsewhere.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -337,13 +339,16 @@ class EvoPress(Strategy):
         return units
 
     def run_unit(self, unit: Unit, ctx: StudyContext) -> list[TrialRecord]:
+        start = time.perf_counter()
         if unit.kind == "dense":
-            return self._dense(ctx)
-        session = _Session(self.config, ctx, self._load_dense(ctx))
-        session.open_database()
-        if unit.kind == "generation":
-            return self._generation(unit, ctx, session)
-        return self._final(unit, ctx, session)
+            trials = self._dense(ctx)
+        else:
+            session = _Session(self.config, ctx, self._load_dense(ctx))
+            session.open_database()
+            trials = (self._generation(unit, ctx, session) if unit.kind == "generation" else
+                      self._final(unit, ctx, session))
+        seconds = (time.perf_counter() - start) / len(trials)
+        return [dataclasses.replace(trial, seconds=seconds) for trial in trials]
 
     # Units -------------------------------------------------------------------------------------
 
@@ -402,7 +407,8 @@ class EvoPress(Strategy):
         evolution = c.evolution
         next_state, stages = run_generation(state, session.space, evolution, session.fitness(),
                                             len(session.pool_x))
-        config = {"parent": session.space.encode(state.parent), "offspring": stages[0]["candidates"],
+        config = {"parent": session.space.encode(state.parent),
+                  "offspring": stages[0]["candidates"],
                   "stages": stages, "rng": generation_seeds(evolution, state.index),
                   "state": next_state.to_dict(), "levels": session.space.encode(next_state.parent)}
         final = {"fitness": next_state.parent_fitness,
