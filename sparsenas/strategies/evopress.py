@@ -479,8 +479,10 @@ class EvoPress(Strategy):
         generations = sorted((t for t in trials if t.kind == "generation"),
                              key=lambda t: t.generation)
         curve = [(t.generation, t.final["fitness"]) for t in generations]
-        final_levels = {t.config["method"]: t.config["levels"] for t in trials
-                        if t.kind == "final"}
+        # per unit in the model's order (the stored dict's key order is not kept)
+        units = dense.config["units"] if dense is not None else []
+        final_levels = {t.config["method"]: dict(zip(units, map(int, t.config[
+            "levels_encoded"].split(",")))) for t in trials if t.kind == "final"}
         return Summary(rows, self._table(rows, metric, dense, len(curve)),
                        {"curve": curve, "levels": final_levels})
 
