@@ -132,6 +132,7 @@ def _run_study(args: argparse.Namespace) -> int:
     torch.set_num_threads(config.runtime.threads)
     start = time.perf_counter()
     data = config.data.load()  # a missing data directory is reported before any file is written
+    strategy.check_data(data)  # and so is a config that does not fit the data
     out = check_writable(args.out)
     store_path = args.store or out / "study.sqlite"
     with Store(store_path) as store:

@@ -1,6 +1,15 @@
-"""Parent networks with node masks, their K-candidate batched form, a small ViT, DARTS networks
-on sparse layers, an elastic supernet, a small GPT, and a model registry."""
+"""Parent networks with node masks, the architecture-space networks, their K-candidate batched
+form, a small ViT, DARTS networks on sparse layers, an elastic supernet, a small GPT, and a model
+registry."""
 
+from sparsenas.models.archs import (
+    Arch,
+    arch_candidate_batch,
+    build_arch,
+    decode_arch,
+    encode_arch,
+    group_by_shape,
+)
 from sparsenas.models.batched import CandidateBatch, weight_masks
 from sparsenas.models.darts import DartsNetwork, DartsSearchNetwork, Genotype
 from sparsenas.models.elastic import ChildConfig, ElasticChild, ElasticNet
@@ -10,6 +19,12 @@ from sparsenas.models.registry import MODELS, ParentConfig, create_model, list_m
 from sparsenas.models.vit import ViT, ViTWidths, flops, num_parameters
 
 __all__ = [
+    "Arch",
+    "arch_candidate_batch",
+    "build_arch",
+    "decode_arch",
+    "encode_arch",
+    "group_by_shape",
     "CNN",
     "MODELS",
     "CandidateBatch",

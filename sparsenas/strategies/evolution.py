@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from sparsenas.config import option
-from sparsenas.report.io import save_figure
+from sparsenas.report.plots import plot_search_trajectory
 from sparsenas.seeds import derive_seed
 from sparsenas.spaces.node import BUDGETS, NodeSpace
 from sparsenas.store import TrialRecord
@@ -220,22 +220,13 @@ class RegularizedEvolution(Strategy):
         return "\n".join(lines) + "\n"
 
     def plots(self, summary: Summary, trials: list[TrialRecord], out_dir: Path) -> dict[str, Path]:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         curves = summary.details["trajectories"]
-        figure, axes = plt.subplots(figsize=(6, 4))
-        for seed, curve in curves.items():
-            axes.plot(np.arange(1, len(curve) + 1), curve, label=f"seed {seed}")
-        axes.set_xlabel("evaluations")
-        axes.set_ylabel("best score so far")
-        axes.set_title("regularised evolution: search trajectory")
-        axes.grid(alpha=0.3)
-        if curves:
-            axes.legend()
-        return {"trajectory_plot": save_figure(figure, out_dir / "trajectory.png")}
+        if not curves:
+            return {}
+        return {"trajectory_plot": plot_search_trajectory(
+            {"regularised evolution": [list(curve) for curve in curves.values()]},
+            out_dir / "trajectory.png", ylabel="best score so far",
+            title=f"regularised evolution over {len(curves)} seed(s)")}
 
 
 __all__ = ["EvolutionConfig", "RegularizedEvolution"]

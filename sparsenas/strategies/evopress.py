@@ -140,7 +140,6 @@ class EvoPressConfig(ConfigPiece):
                              f"reach: an average sparsity in (0, 1)")
         if self.database is not None and self.mode != "depth":
             _check_database_mode(Path(self.database), self.mode)
-        self.space(self.build_model(_shapes(self)))  # a target the levels cannot reach fails here
 
     @property
     def evolution(self) -> EvolutionConfig:
@@ -182,11 +181,6 @@ class EvoPressConfig(ConfigPiece):
                              f"{error}") from None
 
 
-def _shapes(config: EvoPressConfig) -> tuple[tuple[int, ...], int]:
-    data = config.data.load()
-    return data.input_shape, data.num_classes
-
-
 def _check_database_mode(path: Path, mode: str) -> None:
     """A database file given with --database that was built for another mode is refused before
     any work (its model is checked once the dense model exists)."""
@@ -220,9 +214,6 @@ class _Session:
         data = ctx.data
         order = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(
             derive_seed("evopress-calibration", config.seed)))[:config.calibration]
-        if len(order) < config.calibration:
-            raise ValueError(f"calibration ({config.calibration}) is larger than the train split "
-                             f"({len(data.x_train)} examples)")
         self.pool_x = data.x_train[order].to(self.device)
         self.pool_y = data.y_train[order].to(self.device)
         self.database: LevelDatabase | None = None
@@ -329,6 +320,15 @@ class EvoPress(Strategy):
                   "stage_examples": [8, 16, 48], "calibration": 64, "eval_examples": 64,
                   "random_count": 8, "num_levels": 3, "epochs": 10},
     }
+
+    def check_data(self, data: Dataset) -> None:
+        """A model with too few compressible layers or a target its levels cannot reach fails
+        here, before the study is recorded."""
+        c = self.config
+        c.space(c.build_model((data.input_shape, data.num_classes)))
+        if len(data.x_train) < c.calibration:
+            raise ValueError(f"calibration ({c.calibration}) is larger than the train split of "
+                             f"{c.data.dataset} ({len(data.x_train)} examples)")
 
     def plan(self) -> list[Unit]:
         units = [Unit("dense", "dense")]
