@@ -51,3 +51,27 @@ def flags(options: dict) -> list[str]:
         text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
         out += [f"--{name.replace('_', '-')}", text]
     return out
+
+
+def kill_once_finished(victim: subprocess.Popen, store_path: Path, study: str, unit: str,
+                       timeout: float = 300) -> set[str]:
+    """Waits until ``unit`` of ``study`` is finished in the store (or the process exits), kills
+    the process with SIGKILL and returns the finished units."""
+    import os
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and victim.poll() is None:
+        try:
+            with Store(store_path, readonly=True) as store:
+                finished = store.finished_units(study) if store.study(study) else set()
+        except Exception:  # not created yet, or the victim is writing the schema right now
+            finished = set()
+        if unit in finished:
+            break
+        time.sleep(0.02)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    with Store(store_path, readonly=True) as store:
+        return set(store.finished_units(study))

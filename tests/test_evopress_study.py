@@ -5,13 +5,10 @@ bad input as one-line CLI errors, and kill -9 / resume through the CLI."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import time
 
 import pytest
 import torch
-from study_helpers import cli, flags, run_in_process
+from study_helpers import cli, flags, kill_once_finished, run_in_process
 
 from sparsenas.cli import main
 from sparsenas.config import from_flat
@@ -172,21 +169,7 @@ def test_kill_9_mid_search_then_resume(tmp_path):
     store_path = tmp_path / "study.sqlite"
     argv = ["evopress", *flags(options), "--out", str(tmp_path / "out"), "--store",
             str(store_path)]
-    victim = cli(*argv)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and victim.poll() is None:
-        try:
-            with Store(store_path, readonly=True) as store:
-                finished = store.finished_units("evopress") if store.study("evopress") else []
-        except Exception:  # not created yet, or the schema is being written
-            finished = []
-        if "generation=0002" in finished:
-            break
-        time.sleep(0.02)
-    os.kill(victim.pid, signal.SIGKILL)
-    victim.wait()
-    with Store(store_path, readonly=True) as store:
-        finished = store.finished_units("evopress")
+    finished = kill_once_finished(cli(*argv), store_path, "evopress", "generation=0002")
     assert "generation=0002" in finished and "final" not in finished, finished
     resumed = cli(*argv, "--resume")
     out, err = resumed.communicate(timeout=300)
@@ -198,6 +181,7 @@ def test_kill_9_mid_search_then_resume(tmp_path):
     assert after == expected
     assert after["final/evopress"][0]["levels_encoded"] == \
         expected["generation=0006"][0]["levels"]
+    assert (tmp_path / "out" / "summary.md").read_text() == table
 
 
 def test_digits_vit_depth_and_bits(tmp_path, one_thread):
