@@ -56,20 +56,25 @@ def flags(options: dict) -> list[str]:
     return out
 
 
-def kill_after_units(victim: subprocess.Popen, store_path: Path, study: str, units: int,
-                     timeout: float = 300) -> None:
-    """Waits until ``units`` units of ``study`` are finished in the store (or the process ends),
-    then kills the process with SIGKILL."""
+def kill_after(victim: subprocess.Popen, store_path: Path, study: str, until: int | str,
+               timeout: float = 300) -> set[str]:
+    """Waits until ``until`` units of ``study`` are finished in the store (a count), or the unit
+    named ``until`` is (or the process ends), kills the process with SIGKILL and returns the
+    finished units."""
+    def done(finished: set[str]) -> bool:
+        return until in finished if isinstance(until, str) else len(finished) >= until
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and victim.poll() is None:
-        if store_path.exists():
-            try:
-                with Store(store_path, readonly=True) as store:
-                    finished = len(store.finished_units(study)) if store.study(study) else 0
-            except Exception:  # the victim may be creating the schema right now
-                finished = 0
-            if finished >= units:
-                break
+        try:
+            with Store(store_path, readonly=True) as store:
+                finished = store.finished_units(study) if store.study(study) else set()
+        except Exception:  # not created yet, or the victim is writing the schema right now
+            finished = set()
+        if done(finished):
+            break
         time.sleep(0.02)
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
+    with Store(store_path, readonly=True) as store:
+        return set(store.finished_units(study))

@@ -10,7 +10,7 @@ import signal
 import numpy as np
 import pytest
 from scipy import stats
-from study_helpers import cli, flags, kill_after_units, results, run_in_process
+from study_helpers import cli, flags, kill_after, results, run_in_process
 
 from sparsenas.cli import main
 from sparsenas.config import from_flat
@@ -158,7 +158,7 @@ def test_kill_9_mid_study_resumes_without_lost_or_repeated_trials(study, tmp_pat
     store_path = tmp_path / "study.sqlite"
     argv = ["lga", *flags(OPTIONS), "--out", str(tmp_path / "out"), "--store", str(store_path)]
     victim = cli(*argv)
-    kill_after_units(victim, store_path, "lga", 2)
+    kill_after(victim, store_path, "lga", 2)
     assert victim.returncode == -signal.SIGKILL
     with Store(store_path, readonly=True) as store:
         before = results(store, "lga")

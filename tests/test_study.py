@@ -7,7 +7,7 @@ from __future__ import annotations
 import signal
 
 import pytest
-from study_helpers import cli, flags, kill_after_units, results, run_in_process
+from study_helpers import cli, flags, kill_after, results, run_in_process
 
 from sparsenas.config import from_flat
 from sparsenas.store import Store
@@ -41,7 +41,7 @@ def test_kill_9_mid_study_then_resume(tmp_path, case):
     store_path = tmp_path / "study.sqlite"
     argv = [name, *flags(options), "--out", str(tmp_path / "out"), "--store", str(store_path)]
     victim = cli(*argv)
-    kill_after_units(victim, store_path, name, 1)
+    kill_after(victim, store_path, name, 1)
     assert victim.returncode == -signal.SIGKILL
     with Store(store_path, readonly=True) as store:
         finished_before = results(store, name)

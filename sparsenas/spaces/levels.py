@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from torch import nn
 
+from sparsenas.models.hf import is_conv1d
 from sparsenas.spaces.base import SearchSpace
 
 Levels = tuple[int, ...]
@@ -34,6 +35,8 @@ BIT_OPTIONS: tuple[int, ...] = (2, 3, 4, 5, 6, 8)
 def compressible_layers(model: nn.Module, exclude: Iterable[str] = (),
                         exclude_head: bool = True) -> dict[str, nn.Module]:
     """The model's ``nn.Linear`` / ``nn.Conv2d`` layers by qualified name, in registration order.
+    A model holding ``transformers`` Conv1D layers (GPT-2) is refused with the way to convert them
+    (:class:`sparsenas.models.hf.CausalLMLogits`), rather than compressed without them.
 
     ``exclude`` names layers to leave out; ``exclude_head`` leaves out the last such layer (the
     output head of the usual model layouts, including a head tied to an embedding). A layer whose
@@ -45,6 +48,12 @@ def compressible_layers(model: nn.Module, exclude: Iterable[str] = (),
     excluded = set(exclude)
     layers: dict[str, nn.Module] = {}
     seen_weights: set[int] = set()
+    transposed = [name for name, module in model.named_modules() if is_conv1d(module)]
+    if transposed:
+        raise ValueError(f"compressible_layers(): {', '.join(transposed[:3])}"
+                         f"{' …' if len(transposed) > 3 else ''} are transformers Conv1D layers "
+                         f"(weight [in, out]); wrap the model in "
+                         f"sparsenas.models.hf.CausalLMLogits, which turns them into nn.Linear")
     for name, module in model.named_modules(remove_duplicate=False):
         if isinstance(module, (nn.Linear, nn.Conv2d)) and id(module.weight) not in seen_weights:
             seen_weights.add(id(module.weight))
