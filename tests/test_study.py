@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 
 import pytest
+from conftest import SUBPROCESS_CWD
 from study_helpers import cli, flags, kill_after, results, run_in_process
 
 from sparsenas.config import from_flat
@@ -117,8 +118,12 @@ def test_two_studies_in_one_store(tmp_path):
         assert {t.kind for t in store.trials("random-search")} == {"search", "final"}
 
 
-def test_ray_executor_matches_local(tmp_path):
+def test_ray_executor_matches_local(tmp_path, monkeypatch):
     import ray
+
+    # Ray workers start in the driver's working directory; from the repository root they would
+    # import the source tree instead of the installed package (the executor refuses that).
+    monkeypatch.chdir(SUBPROCESS_CWD)
 
     strategy, options = CASES["random-search"]
     options = {**options, "seeds": (0, 1), "sparsities": (0.5,)}

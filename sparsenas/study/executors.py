@@ -76,11 +76,26 @@ class LocalExecutor(Executor):
                 study.commit(claimed, trials)
 
 
-def _run_remote(strategy: Strategy, unit: Unit, context_args: dict,
-                threads: int) -> list[TrialRecord]:
+def _installation() -> tuple[str, str]:
+    """Where sparsenas is imported from and whether its native kernels loaded."""
+    import sparsenas
+
+    return sparsenas.__file__, sparsenas.info()["extension"]
+
+
+def _run_remote(strategy: Strategy, unit: Unit, context_args: dict, threads: int,
+                driver: tuple[str, str]) -> list[TrialRecord]:
     """A unit in a Ray worker (the strategy arrives pickled: its class and its config)."""
     from sparsenas.study.study import StudyContext
 
+    worker = _installation()
+    if worker != driver:
+        # A worker started in a source checkout imports the source tree, which may lack the
+        # compiled kernels the driver uses: its results would differ in the last bits.
+        raise ValueError(f"Ray workers import sparsenas from {worker[0]} (extension: "
+                         f"{worker[1]}) but this process from {driver[0]} (extension: "
+                         f"{driver[1]}): start the study outside the source tree, or install "
+                         f"sparsenas in editable mode")
     torch.set_num_threads(threads)
     return strategy.run_unit(unit, StudyContext(strategy.config, **context_args))
 
@@ -102,6 +117,7 @@ class RayExecutor(Executor):
         if not ray.is_initialized():
             ray.init(num_cpus=self.workers, include_dashboard=False, log_to_driver=False)
         remote = ray.remote(num_cpus=1, max_retries=0)(_run_remote)
+        driver = _installation()
         in_flight: dict[Any, Unit] = {}
         unit_bar, epoch_bar = _bars(study, units)
         try:
@@ -118,7 +134,8 @@ class RayExecutor(Executor):
                                         "dependencies": context.dependencies,
                                         "checkpoint_dir": context.checkpoint_dir,
                                         "store_path": context.store_path}
-                        ref = remote.remote(study.strategy, unit, context_args, self.threads)
+                        ref = remote.remote(study.strategy, unit, context_args, self.threads,
+                                            driver)
                         in_flight[ref] = unit
                     if not in_flight:  # everything left is in other workers' hands
                         time.sleep(study.poll_seconds)
