@@ -79,6 +79,25 @@ def device_name(device: torch.device) -> str:
     return f"{cpu} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
 
 
+def vector_extensions() -> list[str]:
+    """The x86 vector extensions this CPU reports (what the native kernels can dispatch to)."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("flags")).split(":", 1)[1].split()
+    except (OSError, StopIteration):
+        return []
+    return [f for f in ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl",
+                        "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags]
+
+
+def blas() -> str:
+    """The BLAS torch was built with (from torch.__config__.show())."""
+    for line in torch.__config__.show().splitlines():
+        if "BLAS_INFO" in line:
+            return line.split("BLAS_INFO=", 1)[1].split(",")[0].strip()
+    return "unknown"
+
+
 def environment(device: torch.device) -> dict:
     import sparsenas
 
@@ -86,6 +105,9 @@ def environment(device: torch.device) -> dict:
     return {
         "device": device_name(device),
         "device_type": device.type,
+        "vector_extensions": vector_extensions(),
+        "blas": blas(),
+        "load_average_1min": os.getloadavg()[0],
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
         "sparsenas": sparsenas.__version__,
@@ -104,8 +126,10 @@ def write_results(name: str, device: torch.device, rows: list[dict], columns: li
         json.dumps({"benchmark": name, "environment": env, "notes": notes, "rows": rows},
                    indent=2) + "\n")
     lines = [f"# {name} ({device.type})", "",
-             f"Device: {env['device']}. torch {env['torch']}, sparsenas {env['sparsenas']}, "
-             f"{env['date']}.", ""]
+             f"Device: {env['device']}; vector extensions: "
+             f"{', '.join(env['vector_extensions']) or 'none reported'}; BLAS: {env['blas']}. "
+             f"torch {env['torch']}, sparsenas {env['sparsenas']}, {env['date']}; load average "
+             f"(1 min) at the end: {env['load_average_1min']:.1f}.", ""]
     if notes:
         lines += [notes, ""]
     lines.append("| " + " | ".join(columns) + " |")
