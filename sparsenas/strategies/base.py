@@ -60,6 +60,7 @@ class Strategy(ABC):
 
 
 def _load_builtin_strategies() -> None:
+    import sparsenas.strategies.dass  # noqa: F401
     import sparsenas.strategies.evolution  # noqa: F401
     import sparsenas.strategies.random_search  # noqa: F401
 

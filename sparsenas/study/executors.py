@@ -116,7 +116,8 @@ class RayExecutor(Executor):
                         context = study.context(unit)
                         context_args = {"study": study.name,
                                         "dependencies": context.dependencies,
-                                        "checkpoint_dir": context.checkpoint_dir}
+                                        "checkpoint_dir": context.checkpoint_dir,
+                                        "store_path": context.store_path}
                         ref = remote.remote(study.strategy, unit, context_args, self.threads)
                         in_flight[ref] = unit
                     if not in_flight:  # everything left is in other workers' hands

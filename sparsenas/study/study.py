@@ -41,7 +41,8 @@ class Unit:
 @dataclass
 class StudyContext:
     """What a unit sees while it runs: the config, the finished trials of the units it depends on,
-    trainer hooks (progress), where checkpoints go, and the data (loaded on first use)."""
+    trainer hooks (progress), where checkpoints go, the data (loaded on first use), and the
+    store's path (one-shot methods keep their per-epoch checkpoints beside it)."""
 
     config: Any
     study: str
@@ -49,6 +50,7 @@ class StudyContext:
     hooks: list[TrainerHook] = field(default_factory=list)
     checkpoint_dir: Path | None = None
     preloaded_data: Dataset | None = None
+    store_path: Path | None = None
 
     @property
     def data(self) -> Dataset:
@@ -103,7 +105,7 @@ class Study:
     def context(self, unit: Unit, hooks: list[TrainerHook] | None = None) -> StudyContext:
         dependencies = {key: self.store.trials(self.name, unit=key) for key in unit.depends_on}
         return StudyContext(self.strategy.config, self.name, dependencies, hooks or [],
-                            self.checkpoint_dir, self.data)
+                            self.checkpoint_dir, self.data, self.store.path)
 
     def run(self) -> None:
         """Runs every unfinished unit; returns when all are finished, whichever worker finished
