@@ -131,13 +131,14 @@ class DassConfig(ConfigPiece):
         return ("dass", "darts-v2", "darts-here") + ((GIVEN,) if self.genotype else ())
 
 
-def check_input_size(data: Dataset, cells: int, option_name: str) -> None:
-    """A one-line error when ``data``'s images cannot pass the reduction cells of ``cells``."""
+def check_input_size(data: Dataset, dataset: str, cells: int, option_name: str) -> None:
+    """A one-line error when the images of ``data`` (dataset ``dataset``) cannot pass the
+    reduction cells of ``cells`` cells."""
     reductions = len(reduction_layers(cells))
     factor = 2 ** reductions
     _, height, width = data.input_shape
     if height % factor or width % factor:
-        raise ValueError(f"input size {height}x{width} of dataset {data.name!r} cannot pass the "
+        raise ValueError(f"input size {height}x{width} of dataset {dataset!r} cannot pass the "
                          f"{reductions} reduction cells of {option_name} {cells}: height and width "
                          f"must be multiples of {factor}")
 
@@ -176,8 +177,9 @@ class Dass(Strategy):
         return units
 
     def run_unit(self, unit: Unit, ctx: StudyContext) -> list[TrialRecord]:
-        check_input_size(ctx.data, self.config.cells, "--cells")
-        check_input_size(ctx.data, self.config.eval_cells, "--eval-cells")
+        dataset = self.config.data.dataset
+        check_input_size(ctx.data, dataset, self.config.cells, "--cells")
+        check_input_size(ctx.data, dataset, self.config.eval_cells, "--eval-cells")
         if unit.kind == "search":
             return self._search_epoch(unit, ctx)
         return self._evaluate(unit, ctx)
@@ -327,11 +329,15 @@ class Dass(Strategy):
             if any(r is None or r["mean_acc"] is None for r in cells):
                 continue
             dass, *darts = cells
-            accurate = all(dass["mean_acc"] > r["mean_acc"] for r in darts)
+            gap = min(dass["mean_acc"] - r["mean_acc"] for r in darts)
+            stds = [r["std_acc"] for r in cells if r["std_acc"] is not None]
+            # a gap below the seeds' spread is no evidence either way
+            spread = (f" (smallest gap {100 * gap:+.2f} points, "
+                      f"{'within' if abs(gap) <= max(stds) else 'beyond'} one std)" if stds else "")
             more_ops = all(dass["param_ops"] > r["param_ops"] for r in darts)
             lines.append(f"kept fraction {keep:g}: DASS {100 * dass['mean_acc']:.2f}% vs "
                          + ", ".join(f"{r['genotype']} {100 * r['mean_acc']:.2f}%" for r in darts)
-                         + f" — more accurate than both: {'yes' if accurate else 'no'}; "
+                         + f" — more accurate than both: {'yes' if gap > 0 else 'no'}{spread}; "
                          f"parametric ops {dass['param_ops']} vs "
                          + ", ".join(str(r["param_ops"]) for r in darts)
                          + f" — more than both: {'yes' if more_ops else 'no'}")
