@@ -1,4 +1,4 @@
-"""Empirical-NTK benchmark (SPEC §5, §6): sparsenas.ntk.empirical_ntk against
+"""Empirical-NTK benchmark: sparsenas.ntk.empirical_ntk against
 
 - the torch.func Jacobian contraction (PyTorch tutorial "Neural Tangent Kernels":
   vmap(jacrev) per-example Jacobians, contracted with einsum),

@@ -1,4 +1,4 @@
-"""Mask sampling benchmark: exact-k uniform masks (SPEC §6 row 5), top-k and Gumbel-top-k masks,
+"""Mask sampling benchmark: exact-k uniform masks, top-k and Gumbel-top-k masks,
 against the PyTorch code a researcher would write, measured side by side in one run.
 
     python -m benchmarks.sampling [--quick] [--device cpu|cuda]
@@ -130,7 +130,7 @@ def main() -> None:
         rows += bench_gumbel(1024, 4096, 205, device, min_run_time)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     notes = ("speedup_vs_fastest_baseline = fastest baseline time / method time, same problem, same "
-             f"run, {torch.get_num_threads()} torch thread(s) for every method. SPEC §6 target for "
+             f"run, {torch.get_num_threads()} torch thread(s) for every method. Target for "
              f"exact-k 1024 x 4096 on CPU: >= 10. Machine load average at the end: {load:.1f} "
              f"on {os.cpu_count()} cores (a shared machine: timings of parallel methods suffer most).")
     name = "sampling" + ("_quick" if args.quick else "")

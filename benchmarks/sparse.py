@@ -1,4 +1,4 @@
-"""Sparse execution benchmark (SPEC §2.2, §5, §6 rows 3-4).
+"""Sparse execution benchmark.
 
     python -m benchmarks.sparse [--quick] [--calibrate] [--device cpu|cuda]
 

@@ -10,7 +10,7 @@
 #endif
 
 TORCH_LIBRARY(sparsenas, m) {
-  // ---- masked linear / conv (SPEC §2.1) ----
+  // ---- masked linear / conv ----
   m.def("masked_linear(Tensor x, Tensor weight, Tensor mask, Tensor? bias=None, bool packed=False) -> Tensor");
   m.def("masked_linear_grad_input(Tensor grad, Tensor weight, Tensor mask, bool packed=False) -> Tensor");
   m.def("masked_linear_grad_weight(Tensor grad, Tensor x, Tensor weight, Tensor mask, bool packed=False, bool weight_grad=True, bool mask_grad=False) -> (Tensor, Tensor)");
@@ -20,20 +20,20 @@ TORCH_LIBRARY(sparsenas, m) {
   m.def("masked_conv2d(Tensor x, Tensor weight, Tensor mask, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation, int groups, bool packed=False) -> Tensor");
   m.def("masked_conv2d_backward(Tensor grad, Tensor x, Tensor weight, Tensor mask, int[]? bias_sizes, int[2] stride, int[2] padding, int[2] dilation, int groups, bool packed, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
 
-  // ---- mask sampling (SPEC §2.3) ----
+  // ---- mask sampling ----
   m.def("uniform_k_mask(Tensor k, int n, int seed, int first_candidate=0, int stream=0, bool packed=False) -> Tensor");
   m.def("topk_mask(Tensor scores, Tensor k, bool packed=False) -> Tensor");
   m.def("gumbel_topk_mask(Tensor weights, Tensor k, int seed, int first_candidate=0, int stream=0, bool packed=False) -> Tensor");
   m.def("philox4x32_10(Tensor counter, Tensor key) -> Tensor");
 
-  // ---- sparse execution (SPEC §2.2) ----
+  // ---- sparse execution ----
   m.def("sparse_linear(Tensor x, Tensor row_ptr, Tensor col_idx, Tensor values, Tensor? bias=None) -> Tensor");
   m.def("sparse_linear_backward(Tensor grad, Tensor x, Tensor row_ptr, Tensor col_idx, Tensor values, bool[2] output_mask) -> (Tensor, Tensor)");
   m.def("nm_linear(Tensor x, Tensor values, Tensor indices, int m, Tensor? bias=None) -> Tensor");
   m.def("nm_linear_backward(Tensor grad, Tensor x, Tensor values, Tensor indices, int m, bool[2] output_mask) -> (Tensor, Tensor)");
   m.def("nm_mask(Tensor weight, int n, int m) -> Tensor");
 
-  // ---- NTK (SPEC §2.4) ----
+  // ---- NTK ----
   m.def("ntk_gram_block_(Tensor(a!) out, Tensor a, Tensor b, int rows_per_example=1, bool bias=True, bool sum_outputs=False) -> ()");
   m.def("ntk_masked_block_(Tensor(a!) out, Tensor a, Tensor b, Tensor mask, bool bias=True, bool sum_outputs=False) -> ()");
 }

@@ -1,11 +1,14 @@
 """Loads the native extension ``sparsenas._C``, which registers ``torch.ops.sparsenas.*``.
 
 Set ``SPARSENAS_DISABLE_EXTENSION=1`` to run every op on its pure-PyTorch reference instead.
+When the extension fails to load otherwise (not built, or built against another torch), every
+op runs its reference too, and one ``RuntimeWarning`` at import says why and how to rebuild.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from types import ModuleType
 
 import torch
@@ -19,6 +22,12 @@ def _load() -> tuple[ModuleType | None, str | None]:
     try:
         from sparsenas import _C
     except ImportError as error:
+        warnings.warn(
+            f"sparsenas: the native extension sparsenas._C failed to load ({error}); every op "
+            f"runs its pure-PyTorch reference, which is much slower. Rebuild the extension "
+            f"against the installed torch {torch.__version__} (from the source tree: pip install "
+            f"--no-build-isolation -e .), or set SPARSENAS_DISABLE_EXTENSION=1 to use the "
+            f"references without this warning.", RuntimeWarning, stacklevel=2)
         return None, f"not importable ({error})"
     return _C, None
 

@@ -77,19 +77,26 @@ def _argument(option) -> tuple[list[str], dict[str, Any]]:
     return [flag], kwargs
 
 
-def _add_strategy(commands: argparse._SubParsersAction, strategy: type) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser, config_class: type,
+                         own_group: str) -> None:
+    """One flag per option of ``config_class``, grouped by piece (the config's own options under
+    ``own_group``); an option not given stays out of the parsed namespace."""
     from sparsenas.config import flat_options
 
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for option in flat_options(config_class):
+        group_name = option.piece or own_group
+        if group_name not in groups:
+            groups[group_name] = parser.add_argument_group(group_name)
+        flags, kwargs = _argument(option)
+        groups[group_name].add_argument(*flags, **kwargs)
+
+
+def _add_strategy(commands: argparse._SubParsersAction, strategy: type) -> None:
     p = commands.add_parser(strategy.name, help=strategy.description,
                             description=strategy.description[0].upper() +
                             strategy.description[1:] + ".")
-    groups: dict[str, argparse._ArgumentGroup] = {}
-    for option in flat_options(strategy.Config):
-        group_name = option.piece or strategy.name
-        if group_name not in groups:
-            groups[group_name] = p.add_argument_group(group_name)
-        flags, kwargs = _argument(option)
-        groups[group_name].add_argument(*flags, **kwargs)
+    add_config_arguments(p, strategy.Config, strategy.name)
     study = p.add_argument_group("study")
     study.add_argument("--preset", default=None,
                        help=f"start from a named option set ({', '.join(strategy.presets)}); "
@@ -106,7 +113,8 @@ def _add_strategy(commands: argparse._SubParsersAction, strategy: type) -> None:
     p.set_defaults(handler=_run_study, strategy=strategy)
 
 
-def _strategy_config(strategy: type, args: argparse.Namespace):
+def strategy_config(strategy: type, args: argparse.Namespace):
+    """``strategy``'s config from parsed flags over the preset ``args.preset`` (if any)."""
     from sparsenas.config import flat_options, from_flat
 
     names = {o.name for o in flat_options(strategy.Config)}
@@ -127,11 +135,12 @@ def _run_study(args: argparse.Namespace) -> int:
     from sparsenas.store import Store, StoreError
     from sparsenas.study import Study
 
-    strategy = args.strategy(_strategy_config(args.strategy, args))
+    strategy = args.strategy(strategy_config(args.strategy, args))
     config = strategy.config
     torch.set_num_threads(config.runtime.threads)
     start = time.perf_counter()
     data = config.data.load()  # a missing data directory is reported before any file is written
+    strategy.check_data(data)  # and so is a config that does not fit the data
     out = check_writable(args.out)
     store_path = args.store or out / "study.sqlite"
     with Store(store_path) as store:

@@ -3,8 +3,11 @@ timings, start the CLI as a separate process."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -51,3 +54,27 @@ def flags(options: dict) -> list[str]:
         text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
         out += [f"--{name.replace('_', '-')}", text]
     return out
+
+
+def kill_after(victim: subprocess.Popen, store_path: Path, study: str, until: int | str,
+               timeout: float = 300) -> set[str]:
+    """Waits until ``until`` units of ``study`` are finished in the store (a count), or the unit
+    named ``until`` is (or the process ends), kills the process with SIGKILL and returns the
+    finished units."""
+    def done(finished: set[str]) -> bool:
+        return until in finished if isinstance(until, str) else len(finished) >= until
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and victim.poll() is None:
+        try:
+            with Store(store_path, readonly=True) as store:
+                finished = store.finished_units(study) if store.study(study) else set()
+        except Exception:  # not created yet, or the victim is writing the schema right now
+            finished = set()
+        if done(finished):
+            break
+        time.sleep(0.02)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    with Store(store_path, readonly=True) as store:
+        return set(store.finished_units(study))

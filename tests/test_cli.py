@@ -64,15 +64,15 @@ def test_flags_come_from_the_config(capsys, name):
 
 def test_presets_and_overrides():
     parser = build_parser()
-    from sparsenas.cli import _strategy_config
+    from sparsenas.cli import strategy_config
 
     args = parser.parse_args(["random-search", "--preset", "quick", "--epochs", "7"])
-    config = _strategy_config(args.strategy, args)
+    config = strategy_config(args.strategy, args)
     assert config.training.epochs == 7  # the flag wins over the preset
     assert config.num_candidates == STRATEGIES.get("random-search").presets["quick"][
         "num_candidates"]
     args = parser.parse_args(["evolution"])
-    assert _strategy_config(args.strategy, args) == STRATEGIES.get("evolution").Config()
+    assert strategy_config(args.strategy, args) == STRATEGIES.get("evolution").Config()
 
 
 @pytest.mark.parametrize("argv, message", [

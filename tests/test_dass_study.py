@@ -20,11 +20,9 @@ from sparsenas.config import from_flat
 from sparsenas.data import DATASETS, load_synthetic
 from sparsenas.models.darts import DARTS_V2
 from sparsenas.spaces.cells import encode_genotype, param_ops
-from sparsenas.store import Store, load_training_checkpoint, save_training_checkpoint
+from sparsenas.store import Store, load_state
 from sparsenas.strategies.dass import Dass
 from sparsenas.study import StudyContext
-from sparsenas.train import TrainConfig, Trainer
-from sparsenas.train.bilevel import BilevelStep
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -63,8 +61,9 @@ def test_tiny_study_end_to_end(reference):
     checkpoints = path.with_name("study.sqlite.checkpoints") / "dass"
     assert sorted(p.name for p in (checkpoints / "dass").iterdir()) == [
         f"epoch={e:03d}.safetensors" for e in range(3)]
-    _, _, metadata = load_training_checkpoint(checkpoints / "dass" / "epoch=001.safetensors")
-    assert (metadata["phase"], float(metadata["keep"])) == ("prune", 0.2)
+    saved = load_state(checkpoints / "dass" / "epoch=001.safetensors")
+    assert (saved["phase"], saved["keep"], saved["epoch"]) == ("prune", 0.2, 1)
+    assert set(saved["trainer"]["optimizers"]) == {"scores", "arch"}
 
     rows = json.loads((out / "summary.json").read_text())["rows"]
     assert {"genotype", "keep", "mean_acc", "std_acc", "n", "param_ops"} <= set(rows[0])
@@ -104,42 +103,12 @@ def test_second_order_search_epoch(tmp_path):
     trial, = strategy.run_unit(unit, ctx)
     assert trial.config["phase"] == "prune" and trial.config["update_arch"]
     assert trial.final["alphas_normal"] != torch.softmax(initial.alphas_normal, -1).tolist()
-    weights, _, metadata = load_training_checkpoint(
+    saved = load_state(
         tmp_path / "study.sqlite.checkpoints" / "dass" / "dass" / "epoch=000.safetensors")
-    assert metadata["phase"] == "prune"
+    assert saved["phase"] == "prune"
+    weights = saved["model"]
     assert torch.equal(weights["stem.0.weight"], initial.stem[0].weight)
     assert not torch.equal(weights["stem.0.scores"], initial.stem[0].scores)
-
-
-def test_training_checkpoint_resumes_optimisers_exactly(tmp_path):
-    from sparsenas.data import load_dataset
-    from sparsenas.models.darts import DartsSearchNetwork
-
-    data = load_dataset("synthetic", seed=0, num_examples=64, num_classes=2)
-    config = TrainConfig(epochs=2, batch_size=32, lr=0.05)
-
-    def network():
-        torch.manual_seed(0)
-        return DartsSearchNetwork(data.input_shape, 2, C=2, layers=3, steps=1)
-
-    whole = network()
-    Trainer(config, step=BilevelStep(arch_lr=0.01), device="cpu").fit(whole, data, seed=3)
-    first = network()
-    piece = Trainer(config, step=BilevelStep(arch_lr=0.01), device="cpu").fit(
-        first, data, seed=3, end_epoch=1)
-    path = save_training_checkpoint(tmp_path / "c.safetensors", first.state_dict(), piece.state,
-                                    {"note": "x"})
-    weights, state, metadata = load_training_checkpoint(path)
-    assert metadata == {"note": "x"}
-    assert set(state["optimizers"]["weights"]["state"]) == set(
-        piece.state["optimizers"]["weights"]["state"])  # integer keys survive
-    assert state["optimizers"]["arch"]["param_groups"][0]["betas"] == (0.5, 0.999)
-    resumed = network()
-    resumed.load_state_dict(weights)
-    Trainer(config, step=BilevelStep(arch_lr=0.01), device="cpu").fit(
-        resumed, data, seed=3, start_epoch=2, state=state)
-    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
-        assert torch.equal(a, b), name
 
 
 def _error(capsys, *argv) -> str:

@@ -312,8 +312,6 @@ def bad_inputs(device):
     ]
 
 
-@pytest.mark.skipif(not has_native_kernel("masked_linear", "cpu"),
-                    reason="the argument checks are the native ops'")
 @pytest.mark.parametrize("case", range(len(bad_inputs(torch.device("cpu")))))
 def test_bad_inputs_raise_clear_errors(device, case):
     name, args, error, argument = bad_inputs(device)[case]

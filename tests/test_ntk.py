@@ -145,6 +145,34 @@ def test_cnn_matches_jacobian_contraction(device, mode, variant, route, monkeypa
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_eval_batchnorm_is_exact_without_the_fallback(device, mode, monkeypatch):
+    """Eval-mode BatchNorm1d / 2d (one with a frozen scale) are formed directly, not by
+    torch.func, and exactly."""
+    torch.manual_seed(3)
+    conv = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Tanh(),
+                         nn.Flatten(), nn.Linear(4 * 5 * 5, 6), nn.BatchNorm1d(6), nn.GELU(),
+                         nn.Linear(6, 3))
+    conv[5].weight.requires_grad_(False)
+    model = _prepare(conv, device).double()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    x = torch.randn(5, 2, 5, 5, device=device, dtype=torch.float64)
+    expected = reference_ntk(model, x, mode)
+
+    def no_fallback(*args, **kwargs):
+        raise AssertionError("an eval-mode BatchNorm went to the torch.func fallback")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(empirical, "_add_fallback", no_fallback)
+        got = empirical_ntk(model, x, mode=mode, chunk_size=2)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
 class SharedAndNormed(nn.Module):
     """Parameters only the exact fallback can handle: LayerNorm, a Linear applied twice, a weight
     tied between two Linears, and a frozen weight with a trainable bias."""

@@ -214,7 +214,7 @@ BAD_INPUTS = [
         torch.randn(3, 8, device=d), torch.randn(2, 4, device=d),
         torch.full((2, 4), 7, dtype=torch.uint8, device=d), 4), ValueError, "index"),
     ("x in_features mismatch", lambda d: sparse_linear(
-        torch.randn(3, 4, device=d), *_fields(_csr(d))), ValueError, "column index"),
+        torch.randn(3, 4, device=d), *_fields(_csr(d))), ValueError, "'col_idx'"),
     ("values dtype", lambda d: sparse_linear(
         torch.randn(3, 6, device=d), *_fields(_csr(d), torch.float64)), TypeError, "values"),
     ("integer x", lambda d: sparse_linear(

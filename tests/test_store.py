@@ -10,8 +10,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
-from sparsenas.store import LEGACY_STUDY, Store, StoreError, TrialRecord
+from sparsenas.store import (LEGACY_STUDY, Store, StoreError, TrialRecord, load_state,
+                             save_checkpoint, save_state)
 
 
 def _trial(key: str, acc: float = 0.5, **extra) -> TrialRecord:
@@ -207,3 +209,31 @@ def test_store_written_by_0_1_0_is_refused_read_only_and_migrated_for_writing(tm
         assert store.trials(LEGACY_STUDY, unit="u2")[0].final == {"test_acc": 1}
     with Store(path, readonly=True) as store:  # migrated once, read-only from now on
         assert len(store.trials(LEGACY_STUDY)) == 3
+
+
+def test_nested_state_round_trips_through_safetensors(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1, betas=(0.5, 0.999))
+    model(torch.ones(4, 3)).sum().backward()
+    optimizer.step()
+    state = {"optimizer": optimizer.state_dict(), "step": torch.tensor(7),
+             "generator": torch.Generator().manual_seed(3).get_state(),
+             "plain": [1, 0.1, None, "x", True, (2, 3)]}
+    loaded = load_state(save_state(tmp_path / "s.safetensors", state))
+    assert loaded["plain"] == [1, 0.1, None, "x", True, (2, 3)]
+    assert torch.equal(loaded["step"], state["step"])
+    assert torch.equal(loaded["generator"], state["generator"])
+    saved, restored = state["optimizer"], loaded["optimizer"]
+    assert list(restored["state"]) == [0, 1]  # optimiser state keys stay ints
+    assert restored["param_groups"] == saved["param_groups"]  # betas stays a tuple
+    for index, entries in saved["state"].items():
+        for name, value in entries.items():
+            assert torch.equal(restored["state"][index][name], value)
+    fresh = torch.optim.Adam(model.parameters(), lr=0.1)
+    fresh.load_state_dict(restored)
+    assert fresh.param_groups[0]["betas"] == (0.5, 0.999)
+    with pytest.raises(TypeError, match="cannot store a set"):
+        save_state(tmp_path / "bad.safetensors", {"x": {1, 2}})
+    save_checkpoint(tmp_path / "weights.safetensors", {"w": torch.zeros(2)})
+    with pytest.raises(ValueError, match="not a checkpoint written by save_state"):
+        load_state(tmp_path / "weights.safetensors")

@@ -4,12 +4,10 @@ claim; plans are checked; the Ray executor gives the local executor's results.""
 
 from __future__ import annotations
 
-import os
 import signal
-import time
 
 import pytest
-from study_helpers import cli, flags, results, run_in_process
+from study_helpers import cli, flags, kill_after, results, run_in_process
 
 from sparsenas.config import from_flat
 from sparsenas.store import Store
@@ -43,20 +41,7 @@ def test_kill_9_mid_study_then_resume(tmp_path, case):
     store_path = tmp_path / "study.sqlite"
     argv = [name, *flags(options), "--out", str(tmp_path / "out"), "--store", str(store_path)]
     victim = cli(*argv)
-    deadline = time.monotonic() + 300
-    finished = 0
-    while time.monotonic() < deadline and victim.poll() is None:
-        if store_path.exists():
-            try:
-                with Store(store_path, readonly=True) as store:
-                    finished = len(store.finished_units(name)) if store.study(name) else 0
-            except Exception:  # the victim may be creating the schema right now
-                finished = 0
-            if finished >= 1:
-                break
-        time.sleep(0.02)
-    os.kill(victim.pid, signal.SIGKILL)
-    victim.wait()
+    kill_after(victim, store_path, name, 1)
     assert victim.returncode == -signal.SIGKILL
     with Store(store_path, readonly=True) as store:
         finished_before = results(store, name)

@@ -163,3 +163,31 @@ def test_training_in_pieces_equals_one_run(data, step):
     assert rest.test_acc == whole.test_acc and rest.best_epoch == whole.best_epoch
     with pytest.raises(ValueError, match="state is needed"):
         Trainer(config).fit(_parent(), data, seed=5, start_epoch=2)
+
+
+class _DecayStep(TrainStep):
+    """A step whose learning rate halves every epoch, through a schedule callable."""
+
+    def optimizer_options(self, group):
+        return {"schedule": lambda epoch: 0.5 ** epoch}
+
+
+def test_schedule_callable_from_the_step_sets_each_epochs_lr_and_resumes(data):
+    config = TrainConfig(epochs=3, batch_size=64, lr=0.08)
+    whole_model = _parent()
+    whole = Trainer(config, step=_DecayStep()).fit(whole_model, data, seed=2)
+    assert [h.lr for h in whole.history] == pytest.approx([0.08, 0.04, 0.02])
+    model = _parent()
+    first = Trainer(config, step=_DecayStep()).fit(model, data, seed=2, end_epoch=1)
+    rest = Trainer(config, step=_DecayStep()).fit(model, data, seed=2, start_epoch=2,
+                                                  state=first.state)
+    assert [h.lr for h in rest.history] == pytest.approx([0.04, 0.02])
+    for a, b in zip(whole_model.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a, b)
+
+    class Unknown(TrainStep):
+        def optimizer_options(self, group):
+            return {"schedule": "linear"}
+
+    with pytest.raises(ValueError, match="schedule must be"):
+        Trainer(config, step=Unknown()).fit(_parent(), data, seed=0)

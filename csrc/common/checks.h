@@ -6,9 +6,36 @@
 #include <c10/util/Exception.h>
 #include <c10/util/Optional.h>
 
+#include <cctype>
 #include <string>
 
 namespace sparsenas {
+
+// The dtype as Python spells it (float32, not Float), so that these messages match the Python
+// contract of sparsenas/ops/_checks.py word for word.
+inline std::string dtype_name(at::ScalarType type) {
+  switch (type) {
+    case at::kFloat: return "float32";
+    case at::kDouble: return "float64";
+    case at::kHalf: return "float16";
+    case at::kBFloat16: return "bfloat16";
+    case at::kByte: return "uint8";
+    case at::kChar: return "int8";
+    case at::kShort: return "int16";
+    case at::kInt: return "int32";
+    case at::kLong: return "int64";
+    case at::kBool: return "bool";
+    case at::kComplexFloat: return "complex64";
+    case at::kComplexDouble: return "complex128";
+    default: {
+      // The float8 types and the rest: Python's name is c10's in lower case
+      // (Float8_e4m3fn -> float8_e4m3fn).
+      std::string name = c10::toString(type);
+      for (auto& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      return name;
+    }
+  }
+}
 
 inline std::string describe(const at::Tensor& t) {
   if (!t.defined()) return "an undefined tensor";
@@ -18,13 +45,17 @@ inline std::string describe(const at::Tensor& t) {
     s += std::to_string(t.size(i));
   }
   s += "], dtype ";
-  s += std::string(c10::toString(t.scalar_type()));
+  s += dtype_name(t.scalar_type());
   s += ", device " + t.device().str();
   return s;
 }
 
+// The floating dtypes the kernels compute in (not the float8 storage types).
 inline void check_floating(const char* op, const char* arg, const at::Tensor& t) {
-  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), op, "(): argument '", arg,
+  const auto type = t.scalar_type();
+  TORCH_CHECK_TYPE(type == at::kFloat || type == at::kDouble || type == at::kBFloat16 ||
+                       type == at::kHalf,
+                   op, "(): argument '", arg,
                    "' must be a floating-point tensor (float32, float64, bfloat16 or float16), got ",
                    describe(t));
 }
@@ -39,7 +70,7 @@ inline void check_same_device(const char* op, const char* arg, const at::Tensor&
 inline void check_same_dtype(const char* op, const char* arg, const at::Tensor& t,
                              const char* ref_arg, const at::Tensor& ref) {
   TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), op, "(): argument '", arg,
-                   "' must have the dtype of '", ref_arg, "' (", c10::toString(ref.scalar_type()),
+                   "' must have the dtype of '", ref_arg, "' (", dtype_name(ref.scalar_type()),
                    "), got ", describe(t));
 }
 
@@ -67,7 +98,7 @@ inline void check_mask_dtype(const char* op, const at::Tensor& mask, const at::T
   }
   TORCH_CHECK_TYPE(mask.scalar_type() == at::kBool || mask.scalar_type() == at::kByte ||
                        mask.scalar_type() == weight.scalar_type(),
-                   op, "(): argument 'mask' must be bool, uint8 or ", weight.scalar_type(),
+                   op, "(): argument 'mask' must be bool, uint8 or ", dtype_name(weight.scalar_type()),
                    " (a soft mask with the weight's dtype), got ", describe(mask));
 }
 

@@ -249,6 +249,17 @@ int64_t grain_for(int64_t nnz, int64_t out, int64_t ldx) {
   return std::max<int64_t>(1, 32768 / per_row);
 }
 
+// The index ranges, checked by the row kernels while they compute (no extra pass).
+void check_stored_indices(const char* op, bool valid, const CsrCols& /*cols*/, int64_t in) {
+  TORCH_CHECK_VALUE(valid, op, "(): argument 'col_idx' must hold column indices in [0, "
+                    "in_features = ", in, "), x's last dimension; got an index outside that range");
+}
+
+void check_stored_indices(const char* op, bool valid, const NmCols& cols, int64_t /*in*/) {
+  TORCH_CHECK_VALUE(valid, op, "(): argument 'indices' must hold positions in [0, m = ", cols.m,
+                    ") inside each group; got an index outside that range");
+}
+
 void check_row_ptr(const char* op, const at::Tensor& row_ptr, int64_t nnz) {
   const int32_t* p = row_ptr.data_ptr<int32_t>();
   const int64_t out = row_ptr.numel() - 1;
@@ -282,8 +293,7 @@ at::Tensor forward_impl(const char* op, const at::Tensor& x, const at::Tensor& v
       if (local_bad) bad = true;
     });
   });
-  TORCH_CHECK_VALUE(!bad, op, "(): a stored column index is outside [0, in_features = ", in,
-                    ") (or an N:M index outside [0, m))");
+  check_stored_indices(op, !bad, cols, in);
   auto y = yT.narrow(1, 0, B).t().to(x.scalar_type());
   if (bias.has_value() && bias->defined()) y = y + *bias;
   return y.contiguous().view(g.output_shape);
@@ -328,8 +338,7 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const char* op, const at::Tenso
       }
     });
   });
-  TORCH_CHECK_VALUE(!bad, op, "(): a stored column index is outside [0, in_features = ", in,
-                    ") (or an N:M index outside [0, m))");
+  check_stored_indices(op, !bad, cols, in);
   if (output_mask[0]) grad_x.copy_(gxT.sum(0).narrow(1, 0, B).t().reshape(x.sizes()));
   if (output_mask[1]) grad_values.copy_(gv.view(values.sizes()));
   return {grad_x, grad_values};

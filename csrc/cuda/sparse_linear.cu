@@ -38,7 +38,10 @@ struct CsrCols {
   }
   __device__ int64_t begin(int64_t r) const { return clamped(r); }
   __device__ int64_t end(int64_t r) const { return clamped(r + 1); }
-  __device__ int64_t column(int64_t k, int64_t /*r*/) const { return col[k]; }
+  // Through uint32: a negative index becomes one >= 2^31 > in, skipped like any index >= in.
+  __device__ int64_t column(int64_t k, int64_t /*r*/) const {
+    return static_cast<uint32_t>(col[k]);
+  }
 };
 
 struct NmCols {

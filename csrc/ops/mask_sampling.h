@@ -1,5 +1,5 @@
 #pragma once
-// Batched mask sampling (SPEC §2.3): B rows of n positions, k_r of them selected in row r.
+// Batched mask sampling: B rows of n positions, k_r of them selected in row r.
 //
 //   uniform_k_mask(k [B], n, seed, first_candidate, stream, packed): k_r positions uniformly at
 //       random; row r is candidate first_candidate + r, selected = the k_r smallest in the order

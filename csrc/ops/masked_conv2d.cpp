@@ -2,18 +2,24 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+
 #include "common/checks.h"
 
 namespace sparsenas {
 
 namespace {
 
+constexpr int64_t kMaxConvSize = (int64_t(1) << 31) - 1;
+
 void check_pair(const char* op, const char* arg, c10::IntArrayRef values, int64_t minimum) {
   TORCH_CHECK_VALUE(values.size() == 2, op, "(): argument '", arg,
                     "' must have 2 values (height, width), got ", values.size());
+  // Below 2^31: the sizes the convolution backends index with (and no int64 overflow below).
   for (int64_t v : values)
-    TORCH_CHECK_VALUE(v >= minimum, op, "(): argument '", arg, "' must be >= ", minimum,
-                      " in each dimension, got [", values[0], ", ", values[1], "]");
+    TORCH_CHECK_VALUE(v >= minimum && v <= kMaxConvSize, op, "(): argument '", arg,
+                      "' must be in [", minimum, ", 2^31 - 1] in each dimension, got [",
+                      values[0], ", ", values[1], "]");
 }
 
 }  // namespace
@@ -31,7 +37,8 @@ MaskedConv2dGeometry check_masked_conv2d(const char* op, const at::Tensor& x,
   check_pair(op, "stride", stride, 1);
   check_pair(op, "padding", padding, 0);
   check_pair(op, "dilation", dilation, 1);
-  TORCH_CHECK_VALUE(groups >= 1, op, "(): argument 'groups' must be >= 1, got ", groups);
+  TORCH_CHECK_VALUE(groups >= 1 && groups <= kMaxConvSize, op,
+                    "(): argument 'groups' must be in [1, ", kMaxConvSize, "], got ", groups);
 
   MaskedConv2dGeometry g;
   TORCH_CHECK_VALUE(x.dim() == 4 || x.dim() == 5, op,
@@ -104,6 +111,10 @@ MaskedConv2dGeometry check_masked_conv2d(const char* op, const at::Tensor& x,
                     "(): argument 'x' is too small: padded input ", padded_h, "x", padded_w,
                     " is smaller than the dilated kernel ", span_h, "x", span_w,
                     " (output size would be < 1), got ", describe(x));
+  TORCH_CHECK_VALUE(std::max({padded_h, padded_w, span_h, span_w}) <= kMaxConvSize, op,
+                    "(): arguments 'padding' and 'dilation' must keep the padded input and the "
+                    "dilated kernel below 2^31 in each dimension, got padded input ", padded_h,
+                    "x", padded_w, " and dilated kernel ", span_h, "x", span_w);
   g.out_height = (padded_h - span_h) / stride[0] + 1;
   g.out_width = (padded_w - span_w) / stride[1] + 1;
   g.output_shape.clear();

@@ -8,11 +8,6 @@ MaskedLinearGeometry check_masked_weight(const char* op, const char* ref_arg, co
                                          const at::Tensor& weight, const at::Tensor& mask,
                                          bool packed) {
   check_floating(op, ref_arg, ref);
-  const auto dtype = ref.scalar_type();
-  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 ||
-                       dtype == at::kHalf,
-                   op, "(): argument '", ref_arg,
-                   "' must be float32, float64, bfloat16 or float16, got ", describe(ref));
   check_same_dtype(op, "weight", weight, ref_arg, ref);
   check_same_device(op, "weight", weight, ref_arg, ref);
   check_same_device(op, "mask", mask, ref_arg, ref);

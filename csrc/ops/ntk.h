@@ -1,5 +1,5 @@
 #pragma once
-// Empirical-NTK blocks of one linear map (SPEC §2.4), accumulated in place into a kernel matrix.
+// Empirical-NTK blocks of one linear map, accumulated in place into a kernel matrix.
 //
 // Inputs of the layer a [N, d] and per-output cotangents of its outputs b [N, O, p], where the N
 // rows are n examples × T rows per example (T > 1: a convolution's output positions, unfolded).

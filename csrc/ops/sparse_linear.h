@@ -1,5 +1,5 @@
 #pragma once
-// Sparse linear layers that skip the work of zero weights (SPEC §2.2).
+// Sparse linear layers that skip the work of zero weights.
 //
 // sparse_linear:  y = x Wᵀ + b with W [out, in] stored as CSR:
 //   row_ptr int32 [out + 1] (row_ptr[0] = 0, non-decreasing, row_ptr[out] = nnz),

@@ -5,24 +5,28 @@ shared by all candidates, as in weight-sharing supernets.
 Candidate k's node masks are expanded to weight masks: in layer l, row o (and bias o) is masked
 when node o of layer l is off, and column i when input node i (node i of layer l - 1) is off; the
 NodeMask layers stay in place, so a switched-off node also leaves BatchNorm and the activation at
-exactly zero. Candidate k therefore computes what the parent computes with candidate k's node
-masks set (in train and eval mode). With per-candidate weights its gradients are the ones that
-network would get: the candidates' parameters are disjoint, so summing their losses trains each
-one independently. With shared weights the Linear / Conv2d weights and biases are one tensor whose
-gradient is the sum of the candidates' gradients; BatchNorm stays per candidate (different
-sub-networks have different statistics).
+exactly zero. Residual blocks (:class:`sparsenas.nn.Residual`) are converted block by block;
+after one, a node is live when it is live on the skip path or in the block. Element-wise
+activations (ReLU, tanh, GELU, ...) apply to all candidates at once. Candidate k therefore computes
+what the parent computes with candidate k's node masks set (in train and eval mode). With
+per-candidate weights its gradients are the ones that network would get: the candidates'
+parameters are disjoint, so summing their losses trains each one independently. With shared
+weights the Linear / Conv2d weights and biases are one tensor whose gradient is the sum of the
+candidates' gradients; BatchNorm stays per candidate (different sub-networks have different
+statistics).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sparsenas.models.networks import NodeMaskedNet
-from sparsenas.nn import NodeMask
+from sparsenas.nn import NodeMask, Residual
 from sparsenas.ops import masked_conv2d, masked_linear
 
 
@@ -141,7 +145,28 @@ class _PerExample(nn.Module):
         return out.unflatten(0, x.shape[:2])
 
 
-_ELEMENTWISE = (nn.ReLU, nn.Identity)
+@dataclass
+class _Walk:
+    """Where a conversion stands: the layer masks, the next one to use, the node mask on the
+    current features (None: all nodes live), and whether weights are shared."""
+
+    masks: list[Tensor]
+    shared_weights: bool
+    mask_index: int = 0
+    in_nodes: Tensor | None = None
+
+
+class _CandidateResidual(nn.Sequential):
+    """x + f(x) on x [K, N, ...]; a Sequential like :class:`sparsenas.nn.Residual`, so the
+    parameter names match the parent's."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + super().forward(x)
+
+
+# Element-wise modules act on x [K, N, ...] exactly as on each candidate's x [N, ...].
+_ELEMENTWISE = (nn.ReLU, nn.Identity, nn.Tanh, nn.GELU, nn.SiLU, nn.Sigmoid, nn.LeakyReLU,
+                nn.ELU)
 _PER_EXAMPLE = (nn.Flatten, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
 
 
@@ -168,41 +193,51 @@ class CandidateBatch(nn.Module):
                                  f"[{k}, {n}], got {tuple(mask.shape)} {mask.dtype}")
         self.num_candidates = k
         self._parent_shapes = {k: v.shape for k, v in parent.state_dict().items()}
-        modules = list(parent.body)
         device = next(parent.parameters()).device
-        masks = [m.to(device) for m in node_masks]
-        # The node mask that follows each module's output (the next NodeMask before the next
-        # weighted layer) and the one on its input.
+        walk = _Walk([m.to(device) for m in node_masks], shared_weights)
+        self.body = nn.Sequential(*self._convert(list(parent.body), walk)).to(device)
+
+    def _convert(self, modules: list[nn.Module], walk: _Walk) -> list[nn.Module]:
+        """The K-candidate form of ``modules`` in forward order."""
+        k = self.num_candidates
         layers: list[nn.Module] = []
-        mask_index, in_nodes = 0, None
         for position, module in enumerate(modules):
             if isinstance(module, (nn.Linear, nn.Conv2d)):
-                out_nodes = self._next_node_mask(modules, position, masks, mask_index)
+                out_nodes = self._next_node_mask(modules, position, walk)
                 wrap = _CandidateLinear if isinstance(module, nn.Linear) else _CandidateConv2d
-                layers.append(wrap(module, out_nodes, in_nodes, k, shared_weights))
+                layers.append(wrap(module, out_nodes, walk.in_nodes, k, walk.shared_weights))
             elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 layers.append(_CandidateBatchNorm(module, k))
             elif isinstance(module, NodeMask):
                 node_mask = NodeMask(module.num_nodes, module.dim)
-                node_mask.set_mask(masks[mask_index])
+                node_mask.set_mask(walk.masks[walk.mask_index])
                 layers.append(node_mask)
-                in_nodes = masks[mask_index]
-                mask_index += 1
+                walk.in_nodes = walk.masks[walk.mask_index]
+                walk.mask_index += 1
+            elif isinstance(module, Residual):
+                skipped = walk.in_nodes
+                layers.append(_CandidateResidual(*self._convert(list(module), walk)))
+                # x + f(x): a node is live when it is live on either path.
+                if skipped is None or walk.in_nodes is None:
+                    walk.in_nodes = None
+                else:
+                    walk.in_nodes = skipped | walk.in_nodes
             elif isinstance(module, _ELEMENTWISE):
                 layers.append(module)
             elif isinstance(module, _PER_EXAMPLE):
                 layers.append(_PerExample(module))
             else:
                 raise ValueError(f"CandidateBatch: unsupported layer {type(module).__name__}")
-        self.body = nn.Sequential(*layers).to(device)
+        return layers
 
     @staticmethod
-    def _next_node_mask(modules: list[nn.Module], position: int, masks: Sequence[Tensor],
-                        mask_index: int) -> Tensor | None:
+    def _next_node_mask(modules: list[nn.Module], position: int, walk: _Walk) -> Tensor | None:
+        """The node mask on a weighted layer's outputs: the next NodeMask of the same block
+        (before any other weighted layer or residual block), else None (all outputs live)."""
         for module in modules[position + 1:]:
             if isinstance(module, NodeMask):
-                return masks[mask_index]
-            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                return walk.masks[walk.mask_index]
+            if isinstance(module, (nn.Linear, nn.Conv2d, Residual)):
                 return None
         return None
 

@@ -1,4 +1,4 @@
-"""Over-parameterised parents for node-mask search (SPEC §1.1): an MLP and a small CNN.
+"""Over-parameterised parents for node-mask search: an MLP and a small CNN.
 
 Each hidden block is ``Linear|Conv2d -> BatchNorm -> ReLU -> NodeMask``, so a node (hidden unit or
 channel) that its mask switches off contributes nothing downstream. The whole network is one flat

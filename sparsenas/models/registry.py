@@ -11,6 +11,7 @@ from torch import nn
 
 from sparsenas.config import ConfigPiece, option
 from sparsenas.data import Dataset
+from sparsenas.models.archs import build_arch
 from sparsenas.models.darts import DartsNetwork, DartsSearchNetwork
 from sparsenas.models.networks import CNN, MLP, NodeMaskedNet
 from sparsenas.registry import Registry
@@ -21,6 +22,7 @@ MODELS.register("mlp", MLP)
 MODELS.register("cnn", CNN)
 MODELS.register("darts-search", DartsSearchNetwork)
 MODELS.register("darts", DartsNetwork)
+MODELS.register("arch", build_arch)
 
 
 def create_model(name: str, **kwargs) -> nn.Module:

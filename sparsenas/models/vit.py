@@ -177,6 +177,10 @@ class ViT(nn.Module):
                    num_heads=widths.num_heads, head_dim=widths.head_dims,
                    mlp_hidden=widths.mlp_hidden)
 
+    def residual_block_names(self) -> list[str]:
+        """The blocks that depth pruning may drop (each maps x to x + f(x))."""
+        return [f"blocks.{i}" for i in range(len(self.blocks))]
+
     def tokens(self, x: Tensor) -> Tensor:
         """Patch tokens [N, patches, embed] before the class token and position embedding."""
         return self.patch_embed(x).flatten(2).transpose(1, 2)

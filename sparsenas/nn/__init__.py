@@ -1,7 +1,8 @@
-"""Modules: masked layers and node masks."""
+"""Modules: masked and score-pruned sparse layers, node masks and residual blocks."""
 
 from sparsenas.nn.masked import MaskedConv2d, MaskedLinear, convert_to_dense, convert_to_masked
 from sparsenas.nn.node_mask import NodeMask, get_node_masks, node_mask_modules, set_node_masks
+from sparsenas.nn.residual import Residual
 from sparsenas.nn.scored import (
     SparseConv2d,
     SparseLinear,
@@ -18,6 +19,7 @@ __all__ = [
     "MaskedConv2d",
     "MaskedLinear",
     "NodeMask",
+    "Residual",
     "SparseConv2d",
     "SparseLinear",
     "convert_to_dense",

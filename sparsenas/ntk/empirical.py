@@ -1,4 +1,4 @@
-"""The empirical neural tangent kernel of a model on a batch (SPEC §1.2, §2.4).
+"""The empirical neural tangent kernel of a model on a batch.
 
 Θ = J Jᵀ with J the Jacobian of the model's outputs f(x) [n, O] with respect to its trainable
 parameters. Modes:
@@ -15,9 +15,11 @@ a zero probe added to its output yields the per-example output cotangents (one b
 output; one in ``"sum_logits"`` mode). Each layer's block then comes from its inputs and
 cotangents (:mod:`sparsenas.ntk.kernels`): the Gram route (cost ~ n²T²(d + p)) or materialised
 per-example gradients via unfold (cost ~ n·T·p·d), whichever is cheaper; masked weights use the
-fused masked kernel (linear) or masked per-example gradients (conv). Every other trainable
-parameter (norm layers, embeddings, layers called more than once, tied weights, ...) gets exact
-per-example Jacobians from ``torch.func`` (``vmap`` over ``jacrev``). The result is the exact
+fused masked kernel (linear) or masked per-example gradients (conv). An eval-mode BatchNorm is
+a per-channel affine map, so its per-example gradients are formed directly from its normalised
+inputs and cotangents. Every other trainable parameter (other norm layers, embeddings, layers
+called more than once, tied weights, ...) gets exact per-example Jacobians from ``torch.func``
+(``vmap`` over ``jacrev``). The result is the exact
 empirical NTK.
 
 Assumptions, checked where possible: examples are independent in the forward pass (no batch
@@ -44,6 +46,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
 from sparsenas.ntk.kernels import ntk_gram_block_, ntk_masked_block_
+from sparsenas.ops._checks import data_device, describe
 
 Mode = Literal["full", "sum_logits", "trace", "diagonal"]
 MODES = ("full", "sum_logits", "trace", "diagonal")
@@ -83,7 +86,7 @@ def empirical_ntk(
     if not params:
         raise ValueError("empirical_ntk(): argument 'model' has no trainable parameters "
                          "(requires_grad=True); its NTK is empty")
-    masks = _check_masks(model, masks or {})
+    masks = _check_masks(model, {} if masks is None else masks)
     n = x.shape[0]
     chunk = n if chunk_size is None else chunk_size
 
@@ -116,7 +119,16 @@ def _check_arguments(model: nn.Module, x: Tensor, mode: str, chunk_size: int | N
                         f"{type(model).__name__}")
     if not isinstance(x, Tensor) or x.dim() < 1:
         raise TypeError("empirical_ntk(): argument 'x' must be a tensor [n, ...] with the batch "
-                        f"first, got {type(x).__name__}")
+                        f"first, got {describe(x)}")
+    if x.shape[0] == 0:
+        raise ValueError("empirical_ntk(): argument 'x' must hold at least one example "
+                         f"(x.shape[0] >= 1), got {describe(x)}")
+    data_device("empirical_ntk", "x", x)
+    for name, p in model.named_parameters():
+        if p.requires_grad and p.device != x.device:
+            raise ValueError(f"empirical_ntk(): argument 'x' must be on the device of the "
+                             f"model's parameters (parameter {name!r} is on {p.device}), got "
+                             f"{describe(x)}")
     if mode not in MODES:
         raise ValueError(f"empirical_ntk(): argument 'mode' must be one of {MODES}, got {mode!r}")
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
@@ -134,6 +146,9 @@ def _check_arguments(model: nn.Module, x: Tensor, mode: str, chunk_size: int | N
 
 
 def _check_masks(model: nn.Module, masks: dict[str, Tensor]) -> dict[str, Tensor]:
+    if not isinstance(masks, dict):
+        raise TypeError("empirical_ntk(): argument 'masks' must be a dict from weight names to "
+                        f"masks, got {describe(masks)}")
     modules = dict(model.named_modules())
     checked = {}
     for name, mask in masks.items():
@@ -146,28 +161,36 @@ def _check_masks(model: nn.Module, masks: dict[str, Tensor]) -> dict[str, Tensor
             got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
             raise ValueError(f"empirical_ntk(): argument 'masks' entry {name!r} must have the "
                              f"weight's shape {tuple(module.weight.shape)}, got {got}")
+        data_device("empirical_ntk", "masks", mask)
         checked[name] = mask.to(module.weight.device)
     return checked
 
 
 def _hookable_layers(model: nn.Module) -> dict[str, _Capture]:
     """Linear / Conv2d layers whose parameters belong to them alone (tied weights go to the
-    exact fallback) and whose convolution unfold can express."""
+    exact fallback) and whose convolution unfold can express, and BatchNorm layers that
+    normalise with running statistics (eval mode, affine)."""
     owners: dict[int, int] = {}
     for module in model.modules():
         for p in module.parameters(recurse=False):
             owners[id(p)] = owners.get(id(p), 0) + 1
     layers = {}
     for name, module in model.named_modules():
-        if not isinstance(module, (nn.Linear, nn.Conv2d)):
-            continue
         if isinstance(module, nn.Conv2d) and (module.padding_mode != "zeros"
                                               or isinstance(module.padding, str)):
+            continue
+        if not (isinstance(module, (nn.Linear, nn.Conv2d)) or _is_eval_norm(module)):
             continue
         own = list(module.parameters(recurse=False))
         if any(p.requires_grad for p in own) and all(owners[id(p)] == 1 for p in own):
             layers[name] = _Capture(module)
     return layers
+
+
+def _is_eval_norm(module: nn.Module) -> bool:
+    """A BatchNorm that is an affine map per channel: eval mode with running statistics."""
+    return (isinstance(module, nn.modules.batchnorm._BatchNorm) and not module.training
+            and module.affine and module.running_mean is not None)
 
 
 def _capture_chunk(model: nn.Module, x: Tensor, captures: dict[str, _Capture], mode: str,
@@ -239,6 +262,9 @@ def _add_layer(kernel: Tensor, name: str, capture: _Capture, masks: dict[str, Te
     """Adds one hooked layer's block; returns the names of the parameters it covered."""
     module = capture.module
     prefix = f"{name}." if name else ""
+    if _is_eval_norm(module):
+        _add_norm(kernel, capture, mode, n)
+        return {prefix + "weight", prefix + "bias"}
     use_weight = module.weight.requires_grad
     use_bias = module.bias is not None and module.bias.requires_grad
     inputs = _concat(capture.inputs, 0)
@@ -262,6 +288,26 @@ def _add_layer(kernel: Tensor, name: str, capture: _Capture, masks: dict[str, Te
         b = cot.reshape(S, n, -1, p).permute(1, 2, 0, 3)                # [n, T, S, p]
         _add_block(kernel, a, b, factor, use_weight, use_bias, mode)
     return {prefix + "weight"} | ({prefix + "bias"} if module.bias is not None else set())
+
+
+def _add_norm(kernel: Tensor, capture: _Capture, mode: str, n: int) -> None:
+    """An eval-mode BatchNorm, y = γ x̂ + β per channel with x̂ from the running statistics:
+    its per-example gradients are Σ_positions b ⊙ x̂ (γ) and Σ_positions b (β) for the output
+    cotangents b, a few numbers per channel, so they are formed directly."""
+    module = capture.module
+    inputs = _concat(capture.inputs, 0).to(kernel.dtype)
+    cot = _concat(capture.cotangents, 1).to(kernel.dtype)    # [S, n, C, *positions]
+    channels = inputs.shape[1]
+    view = (1, channels) + (1,) * (inputs.dim() - 2)
+    scale = torch.rsqrt(module.running_var.to(kernel.dtype) + module.eps)
+    normalised = (inputs - module.running_mean.to(kernel.dtype).view(view)) * scale.view(view)
+    b = cot.reshape(cot.shape[0], n, channels, -1)
+    grads = []
+    if module.weight.requires_grad:
+        grads.append((b * normalised.reshape(1, n, channels, -1)).sum(-1))
+    if module.bias.requires_grad:
+        grads.append(b.sum(-1))
+    _add_jacobian(kernel, torch.cat(grads, -1).transpose(0, 1), mode)
 
 
 def _concat(chunks: list[Tensor], dim: int) -> Tensor:
@@ -353,10 +399,15 @@ def _add_fallback(kernel: Tensor, model: nn.Module, x: Tensor, fallback: dict[st
                 j = j * masks[name].to(j.dtype)
             flat.append(j.reshape(j.shape[0], O, -1).to(kernel.dtype))
         per_chunk.append(torch.cat(flat, dim=-1))
-    J = torch.cat(per_chunk)  # [n, O, P_fallback]
+    _add_jacobian(kernel, torch.cat(per_chunk), mode)
+
+
+def _add_jacobian(kernel: Tensor, J: Tensor, mode: str) -> None:
+    """Adds the kernel of per-example Jacobians J [n, S, P] (S outputs, or the one summed output
+    in sum_logits mode)."""
     n = J.shape[0]
     if mode == "full":
-        flat = J.reshape(n * O, -1)
+        flat = J.reshape(n * J.shape[1], -1)
         kernel.addmm_(flat, flat.T)
     elif mode == "sum_logits":
         summed = J.sum(1)

@@ -1,4 +1,4 @@
-"""NTK block operators (SPEC §2.4): public API, pure-PyTorch references and fake kernels.
+"""NTK block operators: public API, pure-PyTorch references and fake kernels.
 
 Both ops add one layer's contribution to an empirical-NTK matrix in place. Notation: the layer
 sees ``a`` [n·T, d] (inputs; T rows per example, e.g. a convolution's output positions after
@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from sparsenas._extension import has_native_kernel, native
+from sparsenas.ops import _checks
 
 
 def ntk_gram_block_(out: Tensor, a: Tensor, b: Tensor, rows_per_example: int = 1,
@@ -27,10 +28,16 @@ def ntk_gram_block_(out: Tensor, a: Tensor, b: Tensor, rows_per_example: int = 1
 
     Shapes: a [n·T, d], b [n·T, O, p], out [n, n] (sum_outputs) or [n·O, n·O]; T = rows_per_example.
     """
-    if has_native_kernel("ntk_gram_block_", out.device.type):
-        torch.ops.sparsenas.ntk_gram_block_(out, a, b, rows_per_example, bias, sum_outputs)
+    op = "ntk_gram_block_"
+    if has_native_kernel(op, _checks.kernel_device(op, "out", out)):
+        _checks.native_arguments(op, (("a", a), ("b", b)), (),
+                                 (("bias", bias), ("sum_outputs", sum_outputs)))
+        torch.ops.sparsenas.ntk_gram_block_(
+            out, a, b, _checks.integer(op, "rows_per_example", rows_per_example), bias,
+            sum_outputs)
     else:
-        _check_out_dtype("ntk_gram_block_", out)
+        _checks.data_device(op, "out", out)
+        rows_per_example = _checks.ntk_gram_block(out, a, b, rows_per_example, bias, sum_outputs)
         out.add_(reference_gram_block(a, b, rows_per_example, bias, sum_outputs, out.dtype))
 
 
@@ -41,16 +48,15 @@ def ntk_masked_block_(out: Tensor, a: Tensor, b: Tensor, mask: Tensor, bias: boo
     Shapes: a [n, d], b [n, O, p], mask [p, d] (bool, uint8 or floating weights),
     out [n, n] (sum_outputs) or [n·O, n·O].
     """
-    if has_native_kernel("ntk_masked_block_", out.device.type):
+    op = "ntk_masked_block_"
+    if has_native_kernel(op, _checks.kernel_device(op, "out", out)):
+        _checks.native_arguments(op, (("a", a), ("b", b), ("mask", mask)), (),
+                                 (("bias", bias), ("sum_outputs", sum_outputs)))
         torch.ops.sparsenas.ntk_masked_block_(out, a, b, mask, bias, sum_outputs)
     else:
-        _check_out_dtype("ntk_masked_block_", out)
+        _checks.data_device(op, "out", out)
+        _checks.ntk_masked_block(out, a, b, mask, bias, sum_outputs)
         out.add_(reference_masked_block(a, b, mask, bias, sum_outputs, out.dtype))
-
-
-def _check_out_dtype(op: str, out: Tensor) -> None:
-    if out.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"{op}(): argument 'out' must be float32 or float64, got {out.dtype}")
 
 
 def reference_gram_block(a: Tensor, b: Tensor, rows_per_example: int, bias: bool,
@@ -86,8 +92,10 @@ if native is not None:
 
     @torch.library.register_fake("sparsenas::ntk_gram_block_")
     def _ntk_gram_block_fake(out, a, b, rows_per_example=1, bias=True, sum_outputs=False):
+        _checks.ntk_gram_block(out, a, b, rows_per_example, bias, sum_outputs)
         return None
 
     @torch.library.register_fake("sparsenas::ntk_masked_block_")
     def _ntk_masked_block_fake(out, a, b, mask, bias=True, sum_outputs=False):
+        _checks.ntk_masked_block(out, a, b, mask, bias, sum_outputs)
         return None

@@ -1,5 +1,5 @@
 """Metrics on an empirical NTK, Label-Gradient Alignment, rank correlations and a class-balanced
-batch sampler (SPEC §1.2).
+batch sampler.
 
 Every metric takes a kernel Θ [n, n] (any mode of :func:`sparsenas.ntk.empirical_ntk` that gives
 a square matrix) and returns a Python float. Spectral metrics run ``eigvalsh`` in float64. A
@@ -15,6 +15,8 @@ import scipy.stats
 import torch
 from torch import Tensor
 
+from sparsenas.ops._checks import data_device, describe, integer, tensor
+
 # Shift of the eigenvalues in the eigenvalue score (Mellor et al., 2020, v1: k = 1e-5).
 EIGEN_SCORE_SHIFT = 1e-5
 
@@ -25,6 +27,7 @@ def _square(kernel: Tensor, name: str) -> Tensor:
         raise ValueError(f"{name}(): argument 'kernel' must be a square matrix [n, n], got {got}")
     if kernel.shape[0] == 0:
         raise ValueError(f"{name}(): argument 'kernel' is empty (n = 0)")
+    data_device(name, "kernel", kernel)
     return kernel.detach().to(torch.float64)
 
 
@@ -84,7 +87,7 @@ def eigen_score(kernel: Tensor) -> float:
 
 
 def label_gradient_alignment(kernel: Tensor, labels: Tensor) -> float:
-    """LGA = ⟨Θ − μ(Θ), Y − μ(Y)⟩_F / (‖Θ − μ(Θ)‖_F ‖Y − μ(Y)‖_F) (SPEC §1.2), higher is better.
+    """LGA = ⟨Θ − μ(Θ), Y − μ(Y)⟩_F / (‖Θ − μ(Θ)‖_F ‖Y − μ(Y)‖_F), higher is better.
 
     Y_ij = +1 if labels i and j are equal, −1 otherwise; μ is the scalar mean of all entries.
     Raises a ValueError when the batch holds a single class (Y − μ(Y) = 0: alignment undefined);
@@ -95,6 +98,7 @@ def label_gradient_alignment(kernel: Tensor, labels: Tensor) -> float:
         got = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
         raise ValueError("label_gradient_alignment(): argument 'labels' must be [n] with "
                          f"n = {k.shape[0]} (the kernel's size), got {got}")
+    data_device("label_gradient_alignment", "labels", labels)
     labels = labels.to(k.device)
     if (labels == labels[0]).all():
         raise ValueError("label_gradient_alignment(): argument 'labels' holds a single class; "
@@ -125,6 +129,10 @@ def ntk_regression_accuracy(kernel_train: Tensor, kernel_test_train: Tensor, lab
     """
     k = _square(kernel_train, "ntk_regression_accuracy")
     n = k.shape[0]
+    for arg, t in (("kernel_test_train", kernel_test_train), ("labels_train", labels_train),
+                   ("labels_test", labels_test)):
+        tensor("ntk_regression_accuracy", arg, t)
+        data_device("ntk_regression_accuracy", arg, t)
     cross = kernel_test_train.detach().to(torch.float64)
     if cross.dim() != 2 or cross.shape[1] != n:
         raise ValueError("ntk_regression_accuracy(): argument 'kernel_test_train' must be [m, n] "
@@ -146,16 +154,29 @@ def ntk_regression_accuracy(kernel_train: Tensor, kernel_test_train: Tensor, lab
 
 def kendall_tau(scores: Tensor | list[float], accuracies: Tensor | list[float]) -> float:
     """Kendall's τ-b (scipy.stats.kendalltau) between proxy scores and accuracies."""
-    return float(scipy.stats.kendalltau(_as_list(scores), _as_list(accuracies)).statistic)
+    return float(scipy.stats.kendalltau(*_paired("kendall_tau", scores, accuracies)).statistic)
 
 
 def spearman_rho(scores: Tensor | list[float], accuracies: Tensor | list[float]) -> float:
     """Spearman's ρ (scipy.stats.spearmanr) between proxy scores and accuracies."""
-    return float(scipy.stats.spearmanr(_as_list(scores), _as_list(accuracies)).statistic)
+    return float(scipy.stats.spearmanr(*_paired("spearman_rho", scores, accuracies)).statistic)
 
 
-def _as_list(values: Tensor | list[float]) -> list[float]:
-    return values.detach().cpu().tolist() if isinstance(values, Tensor) else list(values)
+def _paired(op: str, scores: Tensor | list[float],
+            accuracies: Tensor | list[float]) -> tuple[list[float], list[float]]:
+    """Both sequences as lists of one length."""
+    lists = []
+    for arg, values in (("scores", scores), ("accuracies", accuracies)):
+        if isinstance(values, Tensor):
+            data_device(op, arg, values)
+            if values.dim() != 1:
+                raise ValueError(f"{op}(): argument '{arg}' must be 1-D, got {describe(values)}")
+            values = values.detach().cpu().tolist()
+        lists.append(list(values))
+    if len(lists[0]) != len(lists[1]):
+        raise ValueError(f"{op}(): argument 'accuracies' must have one entry per score "
+                         f"({len(lists[0])}), got {len(lists[1])}")
+    return lists[0], lists[1]
 
 
 def class_balanced_indices(labels: Tensor, per_class: int, seed: int,
@@ -167,6 +188,10 @@ def class_balanced_indices(labels: Tensor, per_class: int, seed: int,
     with ``seed``; the batch is shuffled, so a prefix split keeps classes mixed. Raises a
     ValueError when a chosen class has fewer than ``per_class`` examples.
     """
+    op = "class_balanced_indices"
+    tensor(op, "labels", labels)
+    data_device(op, "labels", labels)
+    per_class = integer(op, "per_class", per_class)
     if per_class < 1:
         raise ValueError(f"class_balanced_indices(): argument 'per_class' must be >= 1, "
                          f"got {per_class}")

@@ -1,6 +1,6 @@
 """sparsenas operators: the typed public API over ``torch.ops.sparsenas.*`` and its references."""
 
-from sparsenas.ops._reference import pack_mask, unpack_mask
+from sparsenas.ops.mask_packing import pack_mask, unpack_mask
 from sparsenas.ops.masked import masked_linear
 from sparsenas.ops.masked_conv import masked_conv2d
 

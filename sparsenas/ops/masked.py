@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from sparsenas._extension import has_native_kernel, native
-from sparsenas.ops import _reference
+from sparsenas.ops import _checks, _reference
 
 
 def masked_linear(
@@ -25,9 +25,25 @@ def masked_linear(
     receives gradients: ∂L/∂M = ∂L/∂(W ⊙ M) ⊙ W), or with ``packed=True`` a uint8 bit-packed mask
     from :func:`pack_mask` whose last dimension is ceil(in / 8). The weight gradient is masked
     (∂L/∂W = ∂L/∂(W ⊙ M) ⊙ M, summed over the K candidates when the weight is shared).
+
+    Deliberate edge semantics (W ⊙ M is a plain product, on every path):
+
+    - a uint8 mask multiplies: a value of 2 scales its weight by 2 (use bool, or 0 / 1, for a
+      pure keep / drop mask);
+    - a masked-out weight that is inf or NaN gives NaN (inf · 0 = NaN), exactly as
+      ``x @ (weight * mask).T`` would; zero such weights first if they may occur.
+
+    All tensors must be on one CPU or CUDA device (a meta tensor is refused: the op computes
+    values). Bad inputs raise ``TypeError`` (type, dtype) or ``ValueError`` (shape, device) naming
+    the argument, on the native and the reference path alike.
     """
-    if has_native_kernel("masked_linear", x.device.type):
+    op = "masked_linear"
+    if has_native_kernel(op, _checks.kernel_device(op, "x", x)):
+        _checks.native_arguments(op, (("weight", weight), ("mask", mask)), (("bias", bias),),
+                                 (("packed", packed),))
         return torch.ops.sparsenas.masked_linear(x, weight, mask, bias, packed)
+    _checks.data_device(op, "x", x)
+    _checks.masked_linear(x, weight, mask, bias, packed)
     return _reference.masked_linear(x, weight, mask, bias, packed)
 
 
@@ -55,34 +71,25 @@ def _differentiable_backward(
     return grad_x, grad_weight, grad_mask
 
 
-def _check_same_device(op: str, reference: str, tensors: dict[str, Tensor | None]) -> None:
-    """The device check of the native kernels, for the fakes (a meta tensor among CPU ones sends
-    the call to the fake)."""
-    device = tensors[reference].device
-    for name, tensor in tensors.items():
-        if tensor is not None and tensor.device != device:
-            raise ValueError(f"{op}(): argument '{name}' must be on the same device as "
-                             f"'{reference}' ({device}), got device {tensor.device}")
-
-
 if native is not None:
 
     @torch.library.register_fake("sparsenas::masked_linear")
     def _masked_linear_fake(x, weight, mask, bias=None, packed=False):
-        _check_same_device("masked_linear", "x", dict(x=x, weight=weight, mask=mask, bias=bias))
+        _checks.masked_linear(x, weight, mask, bias, packed)
         return x.new_empty((*x.shape[:-1], weight.shape[-2]))
 
     @torch.library.register_fake("sparsenas::masked_linear_grad_input")
     def _masked_linear_grad_input_fake(grad, weight, mask, packed=False):
-        _check_same_device("masked_linear_grad_input", "grad",
-                           dict(grad=grad, weight=weight, mask=mask))
+        for arg, tensor in (("weight", weight), ("mask", mask)):
+            _checks.same_device("masked_linear_grad_input", arg, tensor, "grad", grad)
         return grad.new_empty((*grad.shape[:-1], weight.shape[-1]))
 
     @torch.library.register_fake("sparsenas::masked_linear_grad_weight")
     def _masked_linear_grad_weight_fake(grad, x, weight, mask, packed=False, weight_grad=True,
                                         mask_grad=False):
-        _check_same_device("masked_linear_grad_weight", "x",
-                           dict(x=x, grad=grad, weight=weight, mask=mask))
+        op = "masked_linear_grad_weight"
+        _checks.masked_linear(x, weight, mask, None, packed, op=op)
+        _checks.same_device(op, "grad", grad, "x", x)
         return (x.new_empty(weight.shape if weight_grad else (0,)),
                 x.new_empty(mask.shape if mask_grad else (0,)))
 

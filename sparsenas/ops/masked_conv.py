@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.nn.modules.utils import _pair
 
 from sparsenas._extension import has_native_kernel, native
-from sparsenas.ops import _reference
+from sparsenas.ops import _checks, _reference
 
 
 def masked_conv2d(
@@ -34,11 +33,25 @@ def masked_conv2d(
     ``mask`` is bool / uint8 (fixed), floating with the weight's dtype (soft, differentiable), or
     with ``packed=True`` uint8 [(K,) out, ceil(C / groups * kh * kw / 8)] from :func:`pack_mask`
     applied to the mask flattened per output channel.
+
+    ``stride``, ``dilation`` (>= 1) and ``padding`` (>= 0) are ints or (height, width) pairs below
+    2^31, and the padded input and the dilated kernel must stay below 2^31 per dimension. The
+    edge semantics of the mask are those of :func:`sparsenas.ops.masked_linear`: a uint8 mask
+    value of 2 scales its weight by 2, and an inf or NaN weight that is masked out gives NaN.
+    All tensors must be on one CPU or CUDA device (a meta tensor is refused).
     """
-    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
-    if has_native_kernel("masked_conv2d", x.device.type):
+    op = "masked_conv2d"
+    if has_native_kernel(op, _checks.kernel_device(op, "x", x)):
+        _checks.native_arguments(op, (("weight", weight), ("mask", mask)), (("bias", bias),),
+                                 (("packed", packed),))
         return torch.ops.sparsenas.masked_conv2d(
-            x, weight, mask, bias, stride, padding, dilation, groups, packed)
+            x, weight, mask, bias, _checks.conv_pair(op, "stride", stride, 1),
+            _checks.conv_pair(op, "padding", padding, 0),
+            _checks.conv_pair(op, "dilation", dilation, 1),
+            _checks.integer(op, "groups", groups, 1, _checks.INT32_MAX), packed)
+    _checks.data_device(op, "x", x)
+    stride, padding, dilation, groups = _checks.masked_conv2d(
+        x, weight, mask, bias, stride, padding, dilation, groups, packed)
     return _reference.masked_conv2d(x, weight, mask, bias, stride, padding, dilation, groups, packed)
 
 
@@ -46,21 +59,11 @@ def _conv_output_size(size: int, kernel: int, stride: int, padding: int, dilatio
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def _check_fake_devices(op: str, tensors: dict[str, Tensor | None]) -> None:
-    # A tensor on the meta device next to real ones dispatches to the fake kernel, so the fake
-    # repeats the native kernel's device check instead of returning an uninitialised tensor.
-    x = tensors["x"]
-    for name, tensor in tensors.items():
-        if tensor is not None and tensor.device != x.device:
-            raise ValueError(f"{op}(): argument '{name}' must be on the same device as 'x' "
-                             f"({x.device}), got a tensor on {tensor.device}")
-
-
 if native is not None:
 
     @torch.library.register_fake("sparsenas::masked_conv2d")
     def _masked_conv2d_fake(x, weight, mask, bias, stride, padding, dilation, groups, packed=False):
-        _check_fake_devices("masked_conv2d", {"x": x, "weight": weight, "mask": mask, "bias": bias})
+        _checks.masked_conv2d(x, weight, mask, bias, stride, padding, dilation, groups, packed)
         kh, kw = weight.shape[-2:]
         height = _conv_output_size(x.shape[-2], kh, stride[0], padding[0], dilation[0])
         width = _conv_output_size(x.shape[-1], kw, stride[1], padding[1], dilation[1])
@@ -69,8 +72,10 @@ if native is not None:
     @torch.library.register_fake("sparsenas::masked_conv2d_backward")
     def _masked_conv2d_backward_fake(grad, x, weight, mask, bias_sizes, stride, padding, dilation,
                                      groups, packed, output_mask):
-        _check_fake_devices("masked_conv2d_backward",
-                            {"x": x, "grad": grad, "weight": weight, "mask": mask})
+        op = "masked_conv2d_backward"
+        _checks.masked_conv2d(x, weight, mask, None, stride, padding, dilation, groups, packed,
+                              op=op)
+        _checks.same_device(op, "grad", grad, "x", x)
         shapes = (x.shape, weight.shape, mask.shape, bias_sizes)
         return tuple(x.new_empty(shape) if wanted else x.new_empty((0,))
                      for wanted, shape in zip(output_mask, shapes))

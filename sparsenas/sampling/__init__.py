@@ -1,4 +1,4 @@
-"""Batched, seeded mask sampling (SPEC §2.3)."""
+"""Batched, seeded mask sampling."""
 
 from sparsenas.sampling.masks import gumbel_topk_masks, philox4x32_10, topk_masks, uniform_k_masks
 from sparsenas.sampling.node_masks import kept_nodes, sample_node_masks

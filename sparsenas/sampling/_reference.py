@@ -12,33 +12,40 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sparsenas.ops import pack_mask
+from sparsenas.ops import _checks, pack_mask
 from sparsenas.sampling import _philox
 
 _MAX_COLUMNS = 1 << 31
 
 
-def _check_columns(op: str, arg: str, n: int) -> None:
+def check_columns(op: str, arg: str, n: int) -> None:
     if not 0 <= n < _MAX_COLUMNS:
         raise ValueError(f"{op}(): argument '{arg}' (the number of positions per row) must be in "
                          f"[0, 2^31), got {n}")
 
 
-def _check_k(op: str, k: Tensor, rows: int | None, n: int, device: torch.device) -> None:
+def check_counts(op: str, k: Tensor, rows: int | None, device: torch.device) -> None:
+    """The metadata rules of the per-row counts (also run by the fake kernels)."""
     if k.dtype != torch.int64:
         raise TypeError(f"{op}(): argument 'k' must be an int64 tensor of per-row counts, got "
-                        f"{k.dtype}")
-    if k.dim() != 1 or (rows is not None and k.shape[0] != rows):
-        raise ValueError(f"{op}(): argument 'k' must be 1-D [B] with B = {rows} (one count per "
-                         f"row), got shape {tuple(k.shape)}")
+                        f"{_checks.describe(k)}")
+    if k.dim() != 1:
+        raise ValueError(f"{op}(): argument 'k' must be 1-D [B] (one count per row), got "
+                         f"{_checks.describe(k)}")
+    if rows is not None:
+        _checks.size(op, "k", k, 0, rows, "B, the number of rows")
     if k.device != device:
-        raise ValueError(f"{op}(): argument 'k' must be on {device}, got {k.device}")
+        raise ValueError(f"{op}(): argument 'k' must be on {device}, got {_checks.describe(k)}")
+
+
+def _check_k(op: str, k: Tensor, rows: int | None, n: int, device: torch.device) -> None:
+    check_counts(op, k, rows, device)
     if k.numel() and not bool(((k >= 0) & (k <= n)).all()):
         raise ValueError(f"{op}(): argument 'k' must have every value in [0, n] = [0, {n}], got "
                          f"values in [{int(k.min())}, {int(k.max())}]")
 
 
-def _check_candidates(op: str, first_candidate: int, rows: int, stream: int) -> None:
+def check_candidates(op: str, first_candidate: int, rows: int, stream: int) -> None:
     if not 0 <= first_candidate <= (1 << 63) - 1 - rows:
         raise ValueError(f"{op}(): argument 'first_candidate' must be in [0, 2^63 - B), got "
                          f"{first_candidate}")
@@ -46,14 +53,10 @@ def _check_candidates(op: str, first_candidate: int, rows: int, stream: int) -> 
         raise ValueError(f"{op}(): argument 'stream' must be in [0, 2^24), got {stream}")
 
 
-def _check_floating(op: str, arg: str, x: Tensor) -> None:
-    if not x.is_floating_point():
-        raise TypeError(f"{op}(): argument '{arg}' must be a floating-point tensor (float32, "
-                        f"float64, bfloat16 or float16), got {x.dtype}")
-    if x.dim() != 2:
-        raise ValueError(f"{op}(): argument '{arg}' must be 2-D [B, n], got shape "
-                         f"{tuple(x.shape)}")
-    _check_columns(op, arg, x.shape[1])
+def check_rows(op: str, arg: str, x: Tensor) -> None:
+    _checks.floating(op, arg, x)
+    _checks.dim(op, arg, x, 2, "[B, n]")
+    check_columns(op, arg, x.shape[1])
 
 
 def _mask_from_order(order: Tensor, k: Tensor, packed: bool) -> Tensor:
@@ -74,10 +77,10 @@ def uniform_k_mask(k: Tensor, n: int, seed: int, first_candidate: int = 0, strea
     """Row r (candidate first_candidate + r) keeps the k[r] positions with the smallest
     (primary key, tie key, position), the keys being Philox words of (seed, candidate, stream)."""
     op = "uniform_k_mask"
-    _check_columns(op, "n", n)
+    check_columns(op, "n", n)
     _check_k(op, k, None, n, k.device)
     rows = k.shape[0]
-    _check_candidates(op, first_candidate, rows, stream)
+    check_candidates(op, first_candidate, rows, stream)
     candidates = _candidates(first_candidate, rows)
     primary = _philox.uniform_primary_keys(seed, candidates, stream, n)
     tie = _philox.uniform_tie_keys(seed, candidates, stream, n)
@@ -89,7 +92,7 @@ def uniform_k_mask(k: Tensor, n: int, seed: int, first_candidate: int = 0, strea
 def topk_mask(scores: Tensor, k: Tensor, packed: bool = False) -> Tensor:
     """Row r keeps its k[r] largest scores; ties go to the lower position, NaN ranks above +inf."""
     op = "topk_mask"
-    _check_floating(op, "scores", scores)
+    check_rows(op, "scores", scores)
     _check_k(op, k, scores.shape[0], scores.shape[1], scores.device)
     order = torch.sort(scores, dim=1, descending=True, stable=True).indices
     return _mask_from_order(order, k, packed)
@@ -100,13 +103,13 @@ def gumbel_topk_mask(weights: Tensor, k: Tensor, seed: int, first_candidate: int
     """Row r keeps k[r] positions drawn without replacement with probability proportional to its
     weights: the k[r] largest keys log(u) / w (ties to the lower position, zero weight -> -inf)."""
     op = "gumbel_topk_mask"
-    _check_floating(op, "weights", weights)
+    check_rows(op, "weights", weights)
     rows, n = weights.shape
     _check_k(op, k, rows, n, weights.device)
-    _check_candidates(op, first_candidate, rows, stream)
+    check_candidates(op, first_candidate, rows, stream)
     if weights.numel() and not bool((torch.isfinite(weights) & (weights >= 0)).all()):
-        raise ValueError(f"{op}(): argument 'weights' must be finite and non-negative, got a "
-                         "negative, infinite or NaN entry")
+        raise ValueError(f"{op}(): argument 'weights' must be finite and non-negative, got "
+                         f"{_checks.describe(weights)} with a negative, infinite or NaN entry")
     if k.numel() and not bool(((weights > 0).sum(1) >= k).all()):
         raise ValueError(f"{op}(): argument 'k' must not exceed the number of positive "
                          "'weights' in its row (a zero weight is never chosen)")
@@ -122,14 +125,9 @@ def gumbel_topk_mask(weights: Tensor, k: Tensor, seed: int, first_candidate: int
 def philox4x32_10(counter: Tensor, key: Tensor) -> Tensor:
     """Philox4x32-10 of counter int64 [N, 4] and key int64 [N, 2] (32-bit words) -> int64 [N, 4]."""
     op = "philox4x32_10"
-    for arg, t, width in (("counter", counter, 4), ("key", key, 2)):
-        if t.dtype != torch.int64:
-            raise TypeError(f"{op}(): argument '{arg}' must be int64 (32-bit words), got {t.dtype}")
-        if t.dim() != 2 or t.shape[1] != width or t.shape[0] != counter.shape[0]:
-            raise ValueError(f"{op}(): argument '{arg}' must be [N, {width}] with N = "
-                             f"{counter.shape[0]}, got shape {tuple(t.shape)}")
-        if t.numel() and not bool(((t >= 0) & (t <= 0xFFFF_FFFF)).all()):
-            raise ValueError(f"{op}(): argument '{arg}' must hold 32-bit words in [0, 2^32)")
+    _checks.philox4x32_10(counter, key)
+    for arg, t in (("counter", counter), ("key", key)):
+        _checks.words_values(op, arg, t)
     c = counter.cpu().numpy().astype(np.uint64)
     k = key.cpu().numpy().astype(np.uint64)
     words = _philox.philox4x32_10(c[:, 0], c[:, 1], c[:, 2], c[:, 3], k[:, 0], k[:, 1])

@@ -1,4 +1,4 @@
-"""Batched mask sampling: exact-k uniform, top-k of scores, Gumbel-top-k (SPEC §2.3).
+"""Batched mask sampling: exact-k uniform, top-k of scores, Gumbel-top-k.
 
 Every random mask comes from the counter-based Philox4x32-10 generator keyed by
 (seed, candidate index, stream): row r of a call is candidate ``first_candidate + r``, and its mask
@@ -7,6 +7,8 @@ workers give the same masks. The global torch generator is never used.
 
 Masks are bool [..., n], or with ``packed=True`` uint8 [..., ceil(n / 8)] in the format of
 :func:`sparsenas.ops.pack_mask` (bit j of byte b is position 8 b + j).
+A tensor ``k`` must be on the device of the masks (of ``scores`` / ``weights``, or ``device``);
+meta tensors and the meta device are refused (the masks are values).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 from torch import Tensor
 
 from sparsenas._extension import has_native_kernel, native
+from sparsenas.ops import _checks
 from sparsenas.sampling import _reference
 
 _SEED_RANGE = (-(1 << 63), 1 << 64)
@@ -44,6 +47,10 @@ def _row_counts(op: str, k: int | Tensor, batch_shape: tuple[int, ...], n: int,
     """k as the int64 [B] tensor of per-row counts the ops take (B = prod(batch_shape))."""
     rows = math.prod(batch_shape)
     if isinstance(k, Tensor):
+        _checks.data_device(op, "k", k)
+        if k.device != device:
+            raise ValueError(f"{op}(): argument 'k' must be on {device} (where the masks are "
+                             f"made), got {_checks.describe(k)}")
         if k.dtype == torch.bool or k.is_floating_point() or k.is_complex():
             raise TypeError(f"{op}(): argument 'k' must be an int or an integer tensor, got {k.dtype}")
         if tuple(k.shape) != batch_shape:
@@ -81,7 +88,8 @@ def uniform_k_masks(
     n = _int(op, "n", n)
     if rows < 0:
         raise ValueError(f"{op}(): argument 'num_candidates' must be >= 0, got {rows}")
-    device = torch.device(device)
+    _reference.check_columns(op, "n", n)
+    device = _checks.device_argument(op, device)
     counts = _row_counts(op, k, (rows,), n, device)
     args = (counts, n, _seed(op, seed), _int(op, "first_candidate", first_candidate),
             _int(op, "stream", stream), bool(packed))
@@ -91,13 +99,14 @@ def uniform_k_masks(
 
 
 def _batched(op: str, arg: str, x: Tensor) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{op}(): argument '{arg}' must be a tensor, got {type(x).__name__}")
+    _checks.tensor(op, arg, x)
+    _checks.data_device(op, arg, x)
     if not x.is_floating_point():
         raise TypeError(f"{op}(): argument '{arg}' must be a floating-point tensor (float32, "
                         f"float64, bfloat16 or float16), got {x.dtype}")
     if x.dim() == 0:
         raise ValueError(f"{op}(): argument '{arg}' must be [..., n], got a 0-d tensor")
+    _reference.check_columns(op, arg, x.shape[-1])
     return x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
 
 
@@ -156,6 +165,8 @@ def gumbel_topk_masks(
 def philox4x32_10(counter: Tensor, key: Tensor) -> Tensor:
     """The Philox4x32-10 generator itself: counter int64 [N, 4] and key int64 [N, 2], both holding
     32-bit words -> int64 [N, 4] of 32-bit words (the same streams the samplers draw from)."""
+    _checks.data_device("philox4x32_10", "counter", counter)
+    _checks.philox4x32_10(counter, key)
     if has_native_kernel("philox4x32_10", counter.device.type):
         return torch.ops.sparsenas.philox4x32_10(counter, key)
     return _reference.philox4x32_10(counter, key)
@@ -168,18 +179,31 @@ if native is not None:
             return like.new_empty((rows, (n + 7) // 8), dtype=torch.uint8)
         return like.new_empty((rows, n), dtype=torch.bool)
 
+    # The fakes hold the metadata rules of the kernels, so a meta tensor among real ones raises
+    # instead of producing an uninitialised mask.
     @torch.library.register_fake("sparsenas::uniform_k_mask")
     def _uniform_k_mask_fake(k, n, seed, first_candidate=0, stream=0, packed=False):
+        op = "uniform_k_mask"
+        _reference.check_columns(op, "n", n)
+        _reference.check_counts(op, k, None, k.device)
+        _reference.check_candidates(op, first_candidate, k.shape[0], stream)
         return _empty_mask(k, k.shape[0], n, packed)
 
     @torch.library.register_fake("sparsenas::topk_mask")
     def _topk_mask_fake(scores, k, packed=False):
+        _reference.check_rows("topk_mask", "scores", scores)
+        _reference.check_counts("topk_mask", k, scores.shape[0], scores.device)
         return _empty_mask(scores, scores.shape[0], scores.shape[1], packed)
 
     @torch.library.register_fake("sparsenas::gumbel_topk_mask")
     def _gumbel_topk_mask_fake(weights, k, seed, first_candidate=0, stream=0, packed=False):
+        op = "gumbel_topk_mask"
+        _reference.check_rows(op, "weights", weights)
+        _reference.check_counts(op, k, weights.shape[0], weights.device)
+        _reference.check_candidates(op, first_candidate, weights.shape[0], stream)
         return _empty_mask(weights, weights.shape[0], weights.shape[1], packed)
 
     @torch.library.register_fake("sparsenas::philox4x32_10")
     def _philox4x32_10_fake(counter, key):
+        _checks.philox4x32_10(counter, key)
         return torch.empty_like(counter)

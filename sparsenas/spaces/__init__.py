@@ -2,6 +2,7 @@
 in :data:`SPACES` (their constructors)."""
 
 from sparsenas.registry import Registry
+from sparsenas.spaces.archs import ArchSpace
 from sparsenas.spaces.base import SearchSpace
 from sparsenas.spaces.cells import CellSpace
 from sparsenas.spaces.node import NodeSpace, stack_candidates
@@ -9,5 +10,6 @@ from sparsenas.spaces.node import NodeSpace, stack_candidates
 SPACES: Registry[type[SearchSpace]] = Registry("space")
 SPACES.register("node", NodeSpace)
 SPACES.register("cells", CellSpace)
+SPACES.register("arch", ArchSpace)
 
-__all__ = ["CellSpace", "NodeSpace", "SPACES", "SearchSpace", "stack_candidates"]
+__all__ = ["ArchSpace", "CellSpace", "NodeSpace", "SPACES", "SearchSpace", "stack_candidates"]

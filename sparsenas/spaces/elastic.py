@@ -55,13 +55,14 @@ class ElasticSpace(SearchSpace[ChildConfig]):
                              f"{self.kernels}")
 
     @classmethod
-    def for_model(cls, model: ElasticNet, resolutions: Sequence[int],
-                  width_multipliers: Sequence[float] = (0.5, 0.75, 1.0),
-                  depth_levels: int | None = None) -> ElasticSpace:
-        """The space of ``model``'s children: widths ``round(m * max width)`` for each
-        multiplier, the ``depth_levels`` largest depths of each stage (all depths of the
-        shallowest stage by default), every kernel size the model has."""
-        shallowest = min(model.stage_depths)
+    def for_architecture(cls, stage_depths: Sequence[int], stage_channels: Sequence[int],
+                         kernel_sizes: Sequence[int], resolutions: Sequence[int],
+                         width_multipliers: Sequence[float] = (0.5, 0.75, 1.0),
+                         depth_levels: int | None = None) -> ElasticSpace:
+        """The children of a supernet with these stages: widths ``round(m * max width)`` for
+        each multiplier, the ``depth_levels`` largest depths of each stage (all depths of the
+        shallowest stage by default), every kernel size."""
+        shallowest = min(stage_depths)
         levels = shallowest if depth_levels is None else depth_levels
         if not 1 <= levels <= shallowest:
             raise ValueError(f"ElasticSpace.for_model(): argument 'depth_levels' must be in "
@@ -69,9 +70,18 @@ class ElasticSpace(SearchSpace[ChildConfig]):
         if any(not 0 < m <= 1 for m in width_multipliers):
             raise ValueError(f"ElasticSpace.for_model(): argument 'width_multipliers' must be in "
                              f"(0, 1], got {tuple(width_multipliers)}")
-        depths = [range(d - levels + 1, d + 1) for d in model.stage_depths]
-        widths = [[max(1, round(m * c)) for m in width_multipliers] for c in model.stage_channels]
-        space = cls(resolutions, depths, widths, model.kernel_sizes)
+        depths = [range(d - levels + 1, d + 1) for d in stage_depths]
+        widths = [[max(1, round(m * c)) for m in width_multipliers] for c in stage_channels]
+        return cls(resolutions, depths, widths, kernel_sizes)
+
+    @classmethod
+    def for_model(cls, model: ElasticNet, resolutions: Sequence[int],
+                  width_multipliers: Sequence[float] = (0.5, 0.75, 1.0),
+                  depth_levels: int | None = None) -> ElasticSpace:
+        """The space of ``model``'s children (:meth:`for_architecture` of its stages), checked to
+        be runnable by it."""
+        space = cls.for_architecture(model.stage_depths, model.stage_channels, model.kernel_sizes,
+                                     resolutions, width_multipliers, depth_levels)
         for config in (space.smallest(), space.biggest()):
             model.check_config(config)
         return space

@@ -1,4 +1,4 @@
-"""Sparse execution (SPEC §2.2): compaction of node-masked networks, compressed unstructured (CSR)
+"""Sparse execution: compaction of node-masked networks, compressed unstructured (CSR)
 and N:M sparse linear layers, and the selector that picks an execution per layer from measured
 crossover points (re-measured by ``python -m benchmarks.sparse --calibrate``), and in-place
 shrinking of parameters with their optimiser state while training."""

@@ -8,15 +8,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def check_nm(op: str, in_features: int, n: int, m: int) -> None:
-    if not 1 <= m <= 256:
-        raise ValueError(f"{op}(): argument 'm' must be in [1, 256], got {m}")
-    if not 0 <= n <= m:
-        raise ValueError(f"{op}(): argument 'n' must be in [0, m] (m = {m}), got {n}")
-    if in_features % m:
-        raise ValueError(f"{op}(): argument 'm' ({m}) must divide in_features ({in_features})")
-
-
 def csr_to_dense(row_ptr: Tensor, col_idx: Tensor, values: Tensor, in_features: int) -> Tensor:
     """CSR (int32 row_ptr [out + 1], col_idx [nnz], values [nnz]) -> dense [out, in];
     differentiable in ``values``."""
@@ -46,14 +37,12 @@ def nm_to_dense(values: Tensor, indices: Tensor, m: int, in_features: int) -> Te
 def nm_linear(x: Tensor, values: Tensor, indices: Tensor, m: int,
               bias: Tensor | None = None) -> Tensor:
     """y = x Wᵀ + b with W in N:M form; x [..., in] -> [..., out]."""
-    check_nm("nm_linear", x.shape[-1], 0, m)
     return F.linear(x, nm_to_dense(values, indices, m, x.shape[-1]), bias)
 
 
 def nm_mask(weight: Tensor, n: int, m: int) -> Tensor:
     """bool [out, in]: the n largest |w| of every m consecutive weights of a row (NaN largest,
     ties to the lower index)."""
-    check_nm("nm_mask", weight.shape[-1], n, m)
     groups = weight.abs().unflatten(-1, (-1, m))
     order = torch.sort(groups, dim=-1, descending=True, stable=True).indices[..., :n]
     mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, order, True)

@@ -1,4 +1,4 @@
-"""Compaction: node-masked networks as physically smaller dense networks (SPEC §2.2).
+"""Compaction: node-masked networks as physically smaller dense networks.
 
 A node mask (see :mod:`sparsenas.nn.node_mask`) zeroes units / channels where they leave their
 block (Linear/Conv2d -> optional BatchNorm -> activation -> NodeMask). Compaction removes those
@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from sparsenas.nn.node_mask import NodeMask, set_node_masks
+from sparsenas.ops._checks import data_device, describe
 
 # Modules / functions applied per channel that map 0 to 0: removed channels stay exactly zero.
 _ZERO_PRESERVING_MODULES = (
@@ -303,6 +304,18 @@ def compact(model: nn.Module, node_masks: dict[str, Tensor] | None = None) -> fx
     parent. Raises ``ValueError`` naming the node when the graph cannot be compacted exactly
     (see the module docstring).
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"compact(): argument 'model' must be an nn.Module, got "
+                        f"{type(model).__name__}")
+    if node_masks is not None:
+        if not isinstance(node_masks, dict):
+            raise TypeError(f"compact(): argument 'node_masks' must be a dict from NodeMask "
+                            f"names to bool masks, got {type(node_masks).__name__}")
+        for name, mask in node_masks.items():
+            if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+                raise TypeError(f"compact(): argument 'node_masks' entry {name!r} must be a bool "
+                                f"tensor, got {describe(mask)}")
+            data_device("compact", "node_masks", mask)
     parent = copy.deepcopy(model).eval()
     if node_masks is not None:
         set_node_masks(parent, node_masks)
@@ -319,6 +332,10 @@ def expand(compacted: fx.GraphModule, parent: nn.Module) -> nn.Module:
     """Writes the compacted model's parameters and buffers back into ``parent`` (the masked model
     it was made from), in place, and returns ``parent``. Entries that compaction removed keep
     their values in ``parent``; the masked parent then computes what ``compacted`` computes."""
+    for arg, module in (("compacted", compacted), ("parent", parent)):
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"expand(): argument '{arg}' must be an nn.Module, got "
+                            f"{type(module).__name__}")
     index = getattr(compacted, "compaction_index", None)
     if index is None:
         raise ValueError("expand(): argument 'compacted' must come from compact() "

@@ -8,11 +8,13 @@ CSR on this CPU. Indices are int32: half the index traffic of int64.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from sparsenas.ops import _checks
 from sparsenas.sparse import _reference
 from sparsenas.sparse.ops import nm_linear, nm_mask, sparse_linear
 
@@ -20,6 +22,11 @@ from sparsenas.sparse.ops import nm_linear, nm_mask, sparse_linear
 def magnitude_mask(weight: Tensor, sparsity: float) -> Tensor:
     """bool mask of ``weight``'s shape keeping its round((1 - sparsity) * numel) largest |w|
     (unstructured; ties go to the lower flat index)."""
+    _checks.tensor("magnitude_mask", "weight", weight)
+    _checks.data_device("magnitude_mask", "weight", weight)
+    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real):
+        raise TypeError(f"magnitude_mask(): argument 'sparsity' must be a real number, got "
+                        f"{type(sparsity).__name__}")
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"magnitude_mask(): argument 'sparsity' must be in [0, 1), got {sparsity}")
     keep = round((1.0 - sparsity) * weight.numel())
@@ -30,6 +37,8 @@ def magnitude_mask(weight: Tensor, sparsity: float) -> Tensor:
 
 
 def _check_mask(op: str, weight: Tensor, mask: Tensor) -> None:
+    _checks.tensor(op, "mask", mask)
+    _checks.same_device(op, "mask", mask, "weight", weight)
     if weight.dim() != 2:
         raise ValueError(f"{op}(): argument 'weight' must be 2-D [out, in], got "
                          f"{tuple(weight.shape)}")
@@ -52,6 +61,8 @@ class CSRWeight:
     @classmethod
     def from_dense(cls, weight: Tensor, mask: Tensor | None = None) -> CSRWeight:
         """Stores the weights where ``mask`` is True (by default: the non-zero weights)."""
+        _checks.tensor("CSRWeight.from_dense", "weight", weight)
+        _checks.data_device("CSRWeight.from_dense", "weight", weight)
         mask = weight.ne(0) if mask is None else mask
         _check_mask("CSRWeight.from_dense", weight, mask)
         rows, cols = mask.nonzero(as_tuple=True)
@@ -99,9 +110,14 @@ class NMWeight:
     @classmethod
     def from_dense(cls, weight: Tensor, n: int, m: int, mask: Tensor | None = None) -> NMWeight:
         """Stores the weights of an N:M mask (by default :func:`nm_mask` of the magnitudes)."""
+        _checks.tensor("NMWeight.from_dense", "weight", weight)
+        _checks.data_device("NMWeight.from_dense", "weight", weight)
         mask = nm_mask(weight.detach(), n, m) if mask is None else mask
         _check_mask("NMWeight.from_dense", weight, mask)
-        _reference.check_nm("NMWeight.from_dense", weight.shape[1], n, m)
+        n, m = _checks.nm_sizes("NMWeight.from_dense", weight, n, m)
+        if m > 256:
+            raise ValueError(f"NMWeight.from_dense(): argument 'm' must be in [1, 256] (uint8 "
+                             f"indices), got {m}")
         groups = mask.unflatten(-1, (-1, m))
         if not bool((groups.sum(-1) == n).all()):
             raise ValueError(f"NMWeight.from_dense(): argument 'mask' must keep exactly n = {n} "

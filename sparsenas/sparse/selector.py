@@ -1,4 +1,4 @@
-"""Per-layer choice between dense-masked, compacted and sparse execution (SPEC §2.2).
+"""Per-layer choice between dense-masked, compacted and sparse execution.
 
 The choice rests on crossover points measured on this kind of machine and stored as data in
 ``sparsenas/sparse/crossovers.json``; ``python -m benchmarks.sparse --calibrate`` re-measures them
@@ -18,12 +18,16 @@ The choice rests on crossover points measured on this kind of machine and stored
 from __future__ import annotations
 
 import json
+import numbers
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+import torch
 from torch import Tensor
+
+from sparsenas.ops._checks import data_device, describe, integer, tensor
 
 CROSSOVERS_PATH = Path(__file__).resolve().parent / "crossovers.json"
 
@@ -70,11 +74,18 @@ def select_execution(sparsity: float, structure: Structure, batch: int, in_featu
                      out_features: int, crossovers: Crossovers | None = None) -> Execution:
     """The execution for one linear layer [out_features, in_features] whose mask has the given
     sparsity and structure, run on ``batch`` rows at a time."""
+    op = "select_execution"
+    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real):
+        raise TypeError(f"{op}(): argument 'sparsity' must be a real number, got "
+                        f"{type(sparsity).__name__}")
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"select_execution(): argument 'sparsity' must be in [0, 1), got "
                          f"{sparsity}")
+    batch = integer(op, "batch", batch)
     if batch < 1:
         raise ValueError(f"select_execution(): argument 'batch' must be >= 1, got {batch}")
+    in_features = integer(op, "in_features", in_features)
+    out_features = integer(op, "out_features", out_features)
     if in_features < 1 or out_features < 1:
         raise ValueError(f"select_execution(): arguments 'in_features' and 'out_features' must be "
                          f">= 1, got {in_features} and {out_features}")
@@ -91,12 +102,19 @@ def select_execution(sparsity: float, structure: Structure, batch: int, in_featu
                      f"or 'nm', got {structure!r}")
 
 
+def _check_mask(op: str, mask: Tensor) -> None:
+    tensor(op, "mask", mask)
+    data_device(op, "mask", mask)
+    if mask.dtype != torch.bool:
+        raise TypeError(f"{op}(): argument 'mask' must be bool, got {describe(mask)}")
+    if mask.dim() != 2:
+        raise ValueError(f"{op}(): argument 'mask' must be [out, in], got {describe(mask)}")
+
+
 def mask_structure(mask: Tensor) -> Structure:
     """'node' when every output row of the [out, in] mask is kept or removed whole (node
     sparsity), else 'unstructured'."""
-    if mask.dim() != 2:
-        raise ValueError(f"mask_structure(): argument 'mask' must be [out, in], got "
-                         f"{tuple(mask.shape)}")
+    _check_mask("mask_structure", mask)
     rows_whole = mask.all(1) | ~mask.any(1)
     return "node" if bool(rows_whole.all()) else "unstructured"
 
@@ -104,6 +122,7 @@ def mask_structure(mask: Tensor) -> Structure:
 def select_for_mask(mask: Tensor, batch: int, crossovers: Crossovers | None = None) -> Execution:
     """:func:`select_execution` for a bool weight mask [out, in], reading its sparsity and
     structure from the mask."""
+    _check_mask("select_for_mask", mask)
     structure = mask_structure(mask)
     if structure == "node":
         sparsity = 1.0 - float(mask.any(1).float().mean())

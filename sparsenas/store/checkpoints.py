@@ -1,17 +1,15 @@
 """Model checkpoints as safetensors files: tensors and string metadata only, so loading one never
-runs code (no pickle). A training checkpoint adds the trainer's state (optimisers, schedulers):
-its tensors go into the same file, its plain data into the metadata as JSON."""
+runs code (no pickle)."""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from safetensors.torch import load_file, save_file
 from safetensors import safe_open
-from typing import Any
-
 from torch import Tensor
 
 
@@ -34,53 +32,50 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]
     return load_file(str(path)), metadata
 
 
-_MODEL, _STATE, _STATE_KEY = "model/", "train_state/", "train_state"
-
-
 def _encode(value: Any, tensors: dict[str, Tensor]) -> Any:
-    """JSON-ready ``value``: tensors moved to ``tensors``; dicts kept as key-value pairs, so the
-    integer keys of an optimiser's state survive, and tuples kept apart from lists."""
+    """Plain JSON for ``value``: tensors move to ``tensors`` (replaced by their key), dicts keep
+    their key types (optimiser state is keyed by int) and tuples stay tuples."""
     if isinstance(value, Tensor):
-        name = f"{_STATE}{len(tensors)}"
-        tensors[name] = value
-        return {"tensor": name}
+        key = f"t{len(tensors)}"
+        tensors[key] = value
+        return {"__tensor__": key}
     if isinstance(value, dict):
-        return {"dict": [[key, _encode(item, tensors)] for key, item in value.items()]}
-    if isinstance(value, (list, tuple)):
-        return {type(value).__name__: [_encode(item, tensors) for item in value]}
-    return value
+        return {"__items__": [[k, _encode(v, tensors)] for k, v in value.items()]}
+    if isinstance(value, tuple):
+        return {"__tuple__": [_encode(v, tensors) for v in value]}
+    if isinstance(value, list):
+        return [_encode(v, tensors) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"save_state(): cannot store a {type(value).__name__} (tensors, dicts, "
+                    f"lists, tuples, numbers, strings and None only)")
 
 
 def _decode(value: Any, tensors: dict[str, Tensor]) -> Any:
-    if not isinstance(value, dict):
-        return value
-    (kind, content), = value.items()
-    if kind == "tensor":
-        return tensors[content]
-    if kind == "dict":
-        return {key: _decode(item, tensors) for key, item in content}
-    items = [_decode(item, tensors) for item in content]
-    return tuple(items) if kind == "tuple" else items
+    if isinstance(value, list):
+        return [_decode(v, tensors) for v in value]
+    if isinstance(value, dict):
+        if "__tensor__" in value:
+            return tensors[value["__tensor__"]]
+        if "__tuple__" in value:
+            return tuple(_decode(v, tensors) for v in value["__tuple__"])
+        return {k: _decode(v, tensors) for k, v in value["__items__"]}
+    return value
 
 
-def save_training_checkpoint(path: str | Path, model_state: dict[str, Tensor],
-                             train_state: dict[str, Any],
-                             metadata: dict[str, str] | None = None) -> Path:
-    """Writes a model's ``state_dict`` and the trainer's ``TrainResult.state`` (optimisers,
-    schedulers, best epochs) atomically to one safetensors file."""
-    tensors = {_MODEL + key: value for key, value in model_state.items()}
-    structure = _encode(train_state, tensors)
-    return save_checkpoint(path, tensors, {**(metadata or {}), _STATE_KEY: json.dumps(structure)})
+def save_state(path: str | Path, state: dict[str, Any]) -> Path:
+    """Writes a nested state (dicts, lists, tuples, tensors, plain values: a model's state dict,
+    a train step's progress, a Trainer's ``TrainResult.state`` with its optimiser and scheduler
+    state) atomically as one safetensors file: the tensors as tensors, the structure as JSON in
+    the metadata. :func:`load_state` returns it with key types, tuples and tensors restored."""
+    tensors: dict[str, Tensor] = {}
+    structure = json.dumps(_encode(state, tensors))
+    return save_checkpoint(path, tensors, {"state": structure})
 
 
-def load_training_checkpoint(path: str | Path
-                             ) -> tuple[dict[str, Tensor], dict[str, Any], dict[str, str]]:
-    """(model state_dict, trainer state, metadata) of a :func:`save_training_checkpoint` file."""
+def load_state(path: str | Path) -> dict[str, Any]:
+    """The nested state written by :func:`save_state` (tensors on the CPU, freshly allocated)."""
     tensors, metadata = load_checkpoint(path)
-    if _STATE_KEY not in metadata:
-        raise ValueError(f"checkpoint {str(path)!r} holds no trainer state (written by "
-                         f"save_checkpoint, not save_training_checkpoint)")
-    train_state = _decode(json.loads(metadata.pop(_STATE_KEY)), tensors)
-    model_state = {key[len(_MODEL):]: value for key, value in tensors.items()
-                   if key.startswith(_MODEL)}
-    return model_state, train_state, metadata
+    if "state" not in metadata:
+        raise ValueError(f"{path}: not a checkpoint written by save_state (no 'state' metadata)")
+    return _decode(json.loads(metadata["state"]), tensors)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from sparsenas.data import Dataset
 from sparsenas.registry import Registry
 from sparsenas.store import TrialRecord
 from sparsenas.study.study import StudyContext, Unit
@@ -42,6 +43,10 @@ class Strategy(ABC):
                             f"{type(config).__name__}")
         self.config = config
 
+    def check_data(self, data: Dataset) -> None:
+        """Checks that the config fits the data (image size, classes …) before the study is
+        recorded or any unit runs; a ValueError names the option and what was expected."""
+
     @abstractmethod
     def plan(self) -> list[Unit]:
         """Every unit of the study, dependencies before dependents."""
@@ -60,8 +65,12 @@ class Strategy(ABC):
 
 
 def _load_builtin_strategies() -> None:
+    import sparsenas.strategies.bignas  # noqa: F401
     import sparsenas.strategies.dass  # noqa: F401
     import sparsenas.strategies.evolution  # noqa: F401
+    import sparsenas.strategies.evopress  # noqa: F401
+    import sparsenas.strategies.lga  # noqa: F401
+    import sparsenas.strategies.ofb  # noqa: F401
     import sparsenas.strategies.random_search  # noqa: F401
 
 

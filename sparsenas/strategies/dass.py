@@ -14,7 +14,7 @@ and ``eval/<genotype>/seed=<s>`` (one genotype trained from scratch, then pruned
 fraction), which depends on the last epoch of the search that found the genotype.
 
 Every search epoch ends with a checkpoint (safetensors: supernet weights, scores, masks, α,
-optimiser and scheduler state; phase and kept fraction in the metadata) in
+optimiser and scheduler state, phase and kept fraction) in
 ``<store directory>/<store name>.checkpoints/<study>/<method>/``, beside the store, so it
 follows the store whatever ``--save-models`` says. Every epoch, resumed or not, starts from the
 previous epoch's checkpoint, so a study killed with -9 resumes at the last finished epoch and
@@ -41,8 +41,7 @@ from sparsenas.report.cells import plot_genotype
 from sparsenas.report.io import save_figure
 from sparsenas.seeds import derive_seed
 from sparsenas.spaces.cells import decode_genotype, derive_genotype, encode_genotype, param_ops
-from sparsenas.store import (TrialRecord, load_training_checkpoint, save_checkpoint,
-                             save_training_checkpoint)
+from sparsenas.store import TrialRecord, load_state, save_checkpoint, save_state
 from sparsenas.strategies.base import STRATEGIES, Strategy, Summary
 from sparsenas.strategies.random_search import check_seeds
 from sparsenas.study import RuntimeConfig, StudyContext, Unit
@@ -176,10 +175,12 @@ class Dass(Strategy):
                            depends_on=depends) for seed in c.seeds]
         return units
 
-    def run_unit(self, unit: Unit, ctx: StudyContext) -> list[TrialRecord]:
+    def check_data(self, data: Dataset) -> None:
         dataset = self.config.data.dataset
-        check_input_size(ctx.data, dataset, self.config.cells, "--cells")
-        check_input_size(ctx.data, dataset, self.config.eval_cells, "--eval-cells")
+        check_input_size(data, dataset, self.config.cells, "--cells")
+        check_input_size(data, dataset, self.config.eval_cells, "--eval-cells")
+
+    def run_unit(self, unit: Unit, ctx: StudyContext) -> list[TrialRecord]:
         if unit.kind == "search":
             return self._search_epoch(unit, ctx)
         return self._evaluate(unit, ctx)
@@ -212,11 +213,11 @@ class Dass(Strategy):
         phase_start = next(e for e in range(epoch + 1) if schedule.phase_at(e) == phase)
         state = None
         if epoch > 0:
-            weights, state, metadata = load_training_checkpoint(
-                directory / f"epoch={epoch - 1:03d}.safetensors")
+            saved = load_state(directory / f"epoch={epoch - 1:03d}.safetensors")
             # phase and kept fraction are attributes, not tensors: restore them before the weights
-            set_phase(model, metadata["phase"], keep=float(metadata["keep"]))
-            model.load_state_dict(weights)
+            set_phase(model, saved["phase"], keep=saved["keep"])
+            model.load_state_dict(saved["model"])
+            state = saved["trainer"]
             if epoch == phase_start:  # a new phase has new parameter groups, so new optimisers
                 state = None
         enter_phase(model, schedule, epoch)
@@ -229,9 +230,9 @@ class Dass(Strategy):
         result = trainer.fit(model, split, seed=derive_seed("dass-search", method, c.search_seed,
                                                              phase),
                              start_epoch=index, end_epoch=index, state=state)
-        save_training_checkpoint(directory / f"epoch={epoch:03d}.safetensors", model.state_dict(),
-                                 result.state, {"phase": phase, "keep": repr(schedule.keep),
-                                                "epoch": str(epoch)})
+        save_state(directory / f"epoch={epoch:03d}.safetensors",
+                   {"model": model.state_dict(), "trainer": result.state, "phase": phase,
+                    "keep": schedule.keep, "epoch": epoch})
         genotype = derive_genotype(model.alphas_normal, model.alphas_reduce,
                                    max_skip=None if c.max_skip < 0 else c.max_skip)
         history = result.candidate_history(0)

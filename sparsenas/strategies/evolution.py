@@ -20,16 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from sparsenas.config import option
-from sparsenas.report.io import save_figure
+from sparsenas.report.plots import plot_search_trajectory
 from sparsenas.seeds import derive_seed
 from sparsenas.spaces.node import BUDGETS, NodeSpace
 from sparsenas.store import TrialRecord
 from sparsenas.strategies.base import STRATEGIES, Strategy, Summary
 from sparsenas.strategies.random_search import check_seeds
 from sparsenas.study import StudyContext, Unit
+from sparsenas.study.evolution import aging_children
 from sparsenas.study.scoring import (NodeSearchConfig, best_trial, score_candidates,
                                      train_candidates, trained_trials)
 
@@ -115,17 +115,11 @@ class RegularizedEvolution(Strategy):
             candidates = space.sample(c.population, derive_seed("population", seed))
             parents = [None] * len(candidates)
         else:
-            population = self._history(unit, ctx)[-c.population:]
-            candidates, parents = [], []
-            for child in range(c.children):
-                generator = torch.Generator().manual_seed(
-                    derive_seed("tournament", seed, generation, child))
-                drawn = torch.randperm(len(population), generator=generator)[:c.tournament]
-                winner = best_trial([population[int(i)] for i in drawn])
-                candidates.append(space.mutate(space.decode(winner.config["mask"]),
-                                               derive_seed("mutate", seed, generation, child),
-                                               swaps=c.swaps))
-                parents.append(winner.key)
+            candidates, winners = aging_children(
+                self._history(unit, ctx), c.population, c.tournament, c.children, best_trial,
+                lambda winner, s: space.mutate(space.decode(winner.config["mask"]), s,
+                                               swaps=c.swaps), seed, generation)
+            parents = [winner.key for winner in winners]
         scores = score_candidates(parent, candidates, c.scoring, c.training, ctx,
                                   derive_seed("round-batches", seed, generation)
                                   if c.scoring.proxy is None else derive_seed("proxy-batch", seed))
@@ -220,22 +214,13 @@ class RegularizedEvolution(Strategy):
         return "\n".join(lines) + "\n"
 
     def plots(self, summary: Summary, trials: list[TrialRecord], out_dir: Path) -> dict[str, Path]:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         curves = summary.details["trajectories"]
-        figure, axes = plt.subplots(figsize=(6, 4))
-        for seed, curve in curves.items():
-            axes.plot(np.arange(1, len(curve) + 1), curve, label=f"seed {seed}")
-        axes.set_xlabel("evaluations")
-        axes.set_ylabel("best score so far")
-        axes.set_title("regularised evolution: search trajectory")
-        axes.grid(alpha=0.3)
-        if curves:
-            axes.legend()
-        return {"trajectory_plot": save_figure(figure, out_dir / "trajectory.png")}
+        if not curves:
+            return {}
+        return {"trajectory_plot": plot_search_trajectory(
+            {"regularised evolution": [list(curve) for curve in curves.values()]},
+            out_dir / "trajectory.png", ylabel="best score so far",
+            title=f"regularised evolution over {len(curves)} seed(s)")}
 
 
 __all__ = ["EvolutionConfig", "RegularizedEvolution"]

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import stats
 
 from sparsenas.config import option
+from sparsenas.report.stats import welch_p_value
 from sparsenas.report.sparsity import Group, plot_accuracy_vs_sparsity, plot_convergence
 from sparsenas.sampling import kept_nodes
 from sparsenas.seeds import derive_seed
@@ -153,12 +153,8 @@ class RandomSearch(Strategy):
             role, sparsity = trial.config["role"], trial.config["sparsity"]
             {"search": search.get(sparsity), "random": random.get(sparsity),
              "dense": dense}[role].add(trial)
-        p_values = {}
-        for s in c.sparsities:
-            a, b = search[s].test_acc, random[s].test_acc
-            p_values[s] = math.nan
-            if len(a) >= 2 and len(b) >= 2 and (np.ptp(a) > 0 or np.ptp(b) > 0):
-                p_values[s] = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+        p_values = {s: welch_p_value(search[s].test_acc, random[s].test_acc)
+                    for s in c.sparsities}
         kept = {s: [kept_nodes(w, s) for w in c.parent.widths] for s in c.sparsities}
         kept_text = {s: kept[s] if c.budget == "layer" else f"{sum(kept[s])} in all"
                      for s in c.sparsities}

@@ -41,8 +41,9 @@ class Unit:
 @dataclass
 class StudyContext:
     """What a unit sees while it runs: the config, the finished trials of the units it depends on,
-    trainer hooks (progress), where checkpoints go, the data (loaded on first use), and the
-    store's path (one-shot methods keep their per-epoch checkpoints beside it)."""
+    trainer hooks (progress), where checkpoints go, the store's path (one-shot methods keep their
+    resumable state beside it when ``checkpoint_dir`` is None), and the data (loaded on first
+    use)."""
 
     config: Any
     study: str
@@ -112,6 +113,9 @@ class Study:
         them."""
         units = self.strategy.plan()
         check_plan(units)
+        if self.data is None:
+            self.data = self.strategy.config.data.load()
+        self.strategy.check_data(self.data)  # before the store records the study
         self.store.create_study(self.name, self.strategy.name, identity(self.strategy.config))
         self.executor.run(self, units)
 

@@ -16,7 +16,8 @@ Per step (one batch, one optimiser step, gradients of all children accumulated):
 
 The children of step t come from the stream ``derive_seed(seed, "sandwich", t)`` and its dropout
 from ``derive_seed(seed, "dropout", t)``; the step counter is the step's only state
-(:meth:`SandwichStep.state_dict`).
+(:meth:`SandwichStep.state_dict`). ``schedule`` (an epoch -> LR factor callable, e.g.
+:func:`exponential_decay_lambda` counted in epochs) becomes the trainer's schedule of the weights.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ class SandwichStep(TrainStep):
     def __init__(self, space: ElasticSpace, *, seed: int = 0, num_random: int = 2,
                  rule: str = "sandwich", distill: bool = True, distill_loss: str = "kl",
                  label_smoothing: float = 0.1, weight_decay: float = 0.0, dropout: float = 0.0,
-                 batch_children: bool = True) -> None:
+                 batch_children: bool = True,
+                 schedule: Callable[[int], float] | None = None) -> None:
         if rule not in ("sandwich", "uniform"):
             raise ValueError(f"SandwichStep(): argument 'rule' must be 'sandwich' or 'uniform', "
                              f"got {rule!r}")
@@ -71,11 +73,13 @@ class SandwichStep(TrainStep):
         self.weight_decay = weight_decay
         self.dropout = dropout
         self.batch_children = batch_children
+        self.schedule = schedule
         self.step_index = 0
 
     def optimizer_options(self, group: str) -> dict:
         # Weight decay is the explicit L2 term on the lead child only.
-        return {"weight_decay": 0.0}
+        return {"weight_decay": 0.0, **({} if self.schedule is None else
+                                        {"schedule": self.schedule})}
 
     def state_dict(self) -> dict:
         return {"step_index": self.step_index}
@@ -100,18 +104,35 @@ class SandwichStep(TrainStep):
         if not isinstance(model, ElasticNet):
             raise TypeError(f"SandwichStep: argument 'model' must be an ElasticNet, got "
                             f"{type(model).__name__}")
-        x, y = batch
-        children = self.children(model, self.step_index)
         optimizer = optimizers["weights"]
         optimizer.zero_grad(set_to_none=True)
         model.train()
+        total, losses, logits = self.batch_objective(model, batch)
+        total.backward()
+        optimizer.step()
+        self.step_index += 1
+        model.set_child(self.space.biggest())
+        return StepOutput(loss=losses, logits=logits)
+
+    def batch_objective(self, model: ElasticNet,
+                        batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """What one step back-propagates, and reports: :meth:`objective` of the batch with this
+        step's children (distributed steps override it to compute a shard)."""
+        x, y = batch
+        return self.objective(model, x, y, self.children(model, self.step_index))
+
+    def objective(self, model: ElasticNet, x: Tensor, y: Tensor,
+                  children: list[ChildConfig]) -> tuple[Tensor, Tensor, Tensor]:
+        """(the step's total loss, the children's losses [C] and logits [C, N, classes], both
+        detached); ``children`` lead first. One backward of the total gives the gradient of the
+        step, the sum of every child's loss gradient."""
         lead, others = children[0], children[1:]
         generator = torch.Generator().manual_seed(
             derive_seed(self.seed, "dropout", self.step_index))
         lead_logits = model.run_child(x, lead, dropout=self.dropout, generator=generator)
         lead_loss = F.cross_entropy(lead_logits, y, label_smoothing=self.label_smoothing)
         penalty = sum(w.pow(2).sum() for w in model.child_weights(lead))
-        (lead_loss + 0.5 * self.weight_decay * penalty).backward()
+        total = lead_loss + 0.5 * self.weight_decay * penalty
         teacher = lead_logits.detach()
         losses: list[Tensor | None] = [lead_loss.detach()] + [None] * len(others)
         logits: list[Tensor | None] = [teacher] + [None] * len(others)
@@ -122,13 +143,10 @@ class SandwichStep(TrainStep):
             else:
                 out = model.run_children(x, configs)
             group_losses = [self._loss(out[j], y, teacher) for j in range(len(group))]
-            torch.stack(group_losses).sum().backward()
+            total = total + torch.stack(group_losses).sum()
             for j, i in enumerate(group):
                 losses[1 + i], logits[1 + i] = group_losses[j].detach(), out[j].detach()
-        optimizer.step()
-        self.step_index += 1
-        model.set_child(self.space.biggest())
-        return StepOutput(loss=torch.stack(losses), logits=torch.stack(logits))
+        return total, torch.stack(losses), torch.stack(logits)
 
     def _groups(self, children: list[ChildConfig]) -> list[list[int]]:
         """Indices of children run together: equal shape keys when batching, else singletons."""

@@ -56,7 +56,9 @@ class TrainStep:
 
     def optimizer_options(self, group: str) -> dict:
         """Overrides of the trainer's optimiser settings for ``group`` (keys: optimizer, lr,
-        momentum, weight_decay, betas, schedule)."""
+        momentum, weight_decay, betas, schedule). ``schedule`` is "cosine", "constant" or a
+        callable ``factor(e)``: the learning rate of epoch e + 1 (e counts from 0) is ``lr *
+        factor(e)`` (a LambdaLR stepped once per epoch, resumable like the others)."""
         return {}
 
     def __call__(self, model: nn.Module, batch: tuple[Tensor, Tensor],

@@ -179,9 +179,15 @@ class Trainer:
                 raise ValueError(f"parameter group {group!r}: optimizer must be 'sgd' or 'adam', "
                                  f"got {s['optimizer']!r}")
             optimizers[group] = optimizer
-            if s["schedule"] == "cosine":
+            if callable(s["schedule"]):
+                schedulers[group] = torch.optim.lr_scheduler.LambdaLR(optimizer, s["schedule"])
+            elif s["schedule"] == "cosine":
                 schedulers[group] = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer,
                                                                                T_max=epochs)
+            elif s["schedule"] != "constant":
+                raise ValueError(f"parameter group {group!r}: schedule must be 'cosine', "
+                                 f"'constant' or a callable epoch -> factor, got "
+                                 f"{s['schedule']!r}")
         return optimizers, schedulers
 
     @torch.no_grad()

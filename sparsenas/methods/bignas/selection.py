@@ -44,19 +44,23 @@ def calibrated_accuracy(model: ElasticNet, config: ChildConfig,
 
 def exported_latency_ms(model: ElasticNet, batch_size: int = 1,
                         min_run_time: float = 0.2) -> Callable[[ChildConfig], float]:
-    """A cost function: the median CPU time in milliseconds of one eval-mode forward pass of the
-    exported child on a batch of ``batch_size`` at the supernet's input size."""
+    """A cost function: the CPU time in milliseconds of one eval-mode forward pass of the
+    exported child on a batch of ``batch_size`` inputs already at the child's resolution
+    (resizing belongs to the data pipeline; on small inputs it would cost more than a small
+    child's layers): the fastest of the timed blocks, the one least disturbed by other processes
+    on a shared machine (a median moves several-fold with the machine's load)."""
     if batch_size < 1 or min_run_time <= 0:
         raise ValueError("exported_latency_ms(): 'batch_size' must be >= 1 and 'min_run_time' > 0")
-    example = torch.randn(batch_size, *model.input_shape,
-                          generator=torch.Generator().manual_seed(0))
 
     def latency(config: ChildConfig) -> float:
         child = model.export(config).cpu().eval()
+        example = torch.randn(batch_size, model.input_shape[0], config.resolution,
+                              config.resolution, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
+            child(example)  # first-call allocations are not the child's latency
             timer = torch_benchmark.Timer(stmt="child(x)", globals={"child": child, "x": example},
                                           num_threads=torch.get_num_threads())
-            return 1e3 * timer.blocked_autorange(min_run_time=min_run_time).median
+            return 1e3 * min(timer.blocked_autorange(min_run_time=min_run_time).times)
 
     return latency
 

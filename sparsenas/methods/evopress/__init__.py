@@ -1,0 +1,1 @@
+"""EvoPress: evolutionary search over per-layer compression levels under an exact budget."""

@@ -1,0 +1,1 @@
+"""The NTK / Label-Gradient Alignment study: what only this method needs."""
