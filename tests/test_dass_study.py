@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import signal
-import time
 
 import pytest
 import torch
-from study_helpers import cli, flags, results, run_in_process
+from study_helpers import cli, flags, kill_after, results, run_in_process
 
 from sparsenas.cli import main
 from sparsenas.config import from_flat
@@ -152,21 +149,7 @@ def test_kill_9_during_search_resumes_to_the_same_genotype(reference, tmp_path):
     store_path = tmp_path / "study.sqlite"
     argv = ["dass", *flags(TINY), "--out", str(tmp_path / "out"), "--store", str(store_path)]
     victim = cli(*argv)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and victim.poll() is None:
-        if store_path.exists():
-            try:
-                with Store(store_path, readonly=True) as store:
-                    finished = len(store.finished_units("dass")) if store.study("dass") else 0
-            except Exception:  # the victim may be creating the schema right now
-                finished = 0
-            if finished >= 2:  # into the prune phase of the DASS search
-                break
-        time.sleep(0.02)
-    os.kill(victim.pid, signal.SIGKILL)
-    victim.wait()
-    with Store(store_path, readonly=True) as store:
-        before = store.finished_units("dass")
+    before = kill_after(victim, store_path, "dass", "search/dass/epoch=001")  # while pruning
     assert 2 <= len(before) < SEARCH_UNITS, "the run was not interrupted during the search"
     resumed = cli(*argv, "--resume")
     _, err = resumed.communicate(timeout=600)
