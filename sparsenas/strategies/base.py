@@ -66,6 +66,7 @@ class Strategy(ABC):
 
 def _load_builtin_strategies() -> None:
     import sparsenas.strategies.bignas  # noqa: F401
+    import sparsenas.strategies.dass  # noqa: F401
     import sparsenas.strategies.evolution  # noqa: F401
     import sparsenas.strategies.evopress  # noqa: F401
     import sparsenas.strategies.lga  # noqa: F401
