@@ -39,7 +39,7 @@ from sparsenas.spaces.elastic import ElasticSpace
 from sparsenas.store import TrialRecord
 from sparsenas.strategies.base import STRATEGIES, Strategy, Summary
 from sparsenas.strategies.random_search import check_seeds
-from sparsenas.study import RuntimeConfig, StudyContext, Unit
+from sparsenas.study import RuntimeConfig, StudyContext, Unit, epoch_chain
 from sparsenas.train import TrainConfig, Trainer
 
 REPORTED = ("max", "min", "selected-flops", "selected-latency")
@@ -106,11 +106,9 @@ class BigNAS(Strategy):
         units = []
         for seed in c.seeds:
             for variant in VARIANTS:
-                epochs = []
-                for epoch in range(1, c.training.epochs + 1):
-                    epochs.append(Unit(_epoch_key(seed, variant, epoch), "epoch",
-                                       {"seed": seed, "variant": variant, "epoch": epoch},
-                                       depends_on=tuple(u.key for u in epochs[-1:])))
+                epochs = epoch_chain(lambda e: _epoch_key(seed, variant, e), "epoch",
+                                     {"seed": seed, "variant": variant},
+                                     range(1, c.training.epochs + 1))
                 units += epochs
                 units.append(Unit(f"seed={seed}/{variant}/select", "select",
                                   {"seed": seed, "variant": variant},

@@ -44,7 +44,7 @@ from sparsenas.spaces.cells import decode_genotype, derive_genotype, encode_geno
 from sparsenas.store import TrialRecord, load_state, save_checkpoint, save_state
 from sparsenas.strategies.base import STRATEGIES, Strategy, Summary
 from sparsenas.strategies.random_search import check_seeds
-from sparsenas.study import RuntimeConfig, StudyContext, Unit
+from sparsenas.study import RuntimeConfig, StudyContext, Unit, epoch_chain
 from sparsenas.train import TrainConfig, Trainer
 from sparsenas.train.bilevel import ORDERS, BilevelStep
 
@@ -165,10 +165,8 @@ class Dass(Strategy):
         c = self.config
         units = []
         for method in SEARCHES:
-            for epoch in range(c.search_epochs):
-                units.append(Unit(_epoch_key(method, epoch), "search",
-                                  {"method": method, "epoch": epoch},
-                                  depends_on=(_epoch_key(method, epoch - 1),) if epoch else ()))
+            units += epoch_chain(lambda e: _epoch_key(method, e), "search", {"method": method},
+                                 range(c.search_epochs))
         for label in c.genotypes:
             depends = ((_epoch_key(label, c.search_epochs - 1),) if label in SEARCHES else ())
             units += [Unit(f"eval/{label}/seed={seed}", "eval", {"genotype": label, "seed": seed},

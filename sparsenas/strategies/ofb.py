@@ -49,7 +49,7 @@ from sparsenas.seeds import derive_seed
 from sparsenas.store import TrialRecord, load_state, save_state
 from sparsenas.strategies.base import STRATEGIES, Strategy, Summary
 from sparsenas.strategies.random_search import check_seeds
-from sparsenas.study import RuntimeConfig, StudyContext, Unit
+from sparsenas.study import RuntimeConfig, StudyContext, Unit, epoch_chain
 from sparsenas.train import TrainConfig, Trainer, TrainerHook
 from sparsenas.train.latency import measure_latencies
 
@@ -209,11 +209,9 @@ class OnceForBoth(Strategy):
                 if variant == "uniform":
                     units.append(Unit(f"seed={seed}/uniform/train", "uniform", {"seed": seed}))
                     continue
-                search: list[Unit] = []
-                for epoch in range(1, c.search_epochs + 1):
-                    search.append(Unit(_search_key(seed, variant, epoch), "search",
-                                       {"seed": seed, "variant": variant, "epoch": epoch},
-                                       depends_on=tuple(u.key for u in search[-1:])))
+                search = epoch_chain(lambda e: _search_key(seed, variant, e), "search",
+                                     {"seed": seed, "variant": variant},
+                                     range(1, c.search_epochs + 1))
                 units += search
                 units.append(Unit(f"seed={seed}/{variant}/finetune", "finetune",
                                   {"seed": seed, "variant": variant},

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -69,6 +70,18 @@ class StudyContext:
             return self.dependencies[unit]
         except KeyError:
             raise KeyError(f"unit {unit!r} is not a dependency of the running unit") from None
+
+
+def epoch_chain(key: Callable[[int], str], kind: str, params: dict[str, Any],
+                epochs: Iterable[int]) -> list[Unit]:
+    """Units that must run one after another, one per epoch of a one-shot method: the unit of
+    epoch e is named ``key(e)``, has ``params`` plus ``{"epoch": e}`` and depends on the unit of
+    the epoch before (whose checkpoint it continues from)."""
+    units: list[Unit] = []
+    for epoch in epochs:
+        units.append(Unit(key(epoch), kind, {**params, "epoch": epoch},
+                          depends_on=tuple(u.key for u in units[-1:])))
+    return units
 
 
 def check_plan(units: list[Unit]) -> None:
@@ -136,4 +149,4 @@ class Study:
         return pending, ready, finished
 
 
-__all__ = ["Study", "StudyContext", "StoreError", "Unit", "check_plan"]
+__all__ = ["Study", "StudyContext", "StoreError", "Unit", "check_plan", "epoch_chain"]
