@@ -5,12 +5,17 @@
 // - otherwise the masked weight is built one cache-sized tile at a time and a GEMM reads it
 //   while it is still in cache (tiles of output rows for the forward and the weight gradient,
 //   tiles of input columns for the input gradient, so that every GEMM sums over its whole
-//   reduction dimension at once and the result is written, never accumulated).
+//   reduction dimension at once and the result is written, never accumulated). Each thread
+//   masks its own tiles and runs their GEMMs itself, all in one parallel region whose tiles are
+//   claimed dynamically: a thread descheduled by other work on the machine delays the call by
+//   one tile at most, not by its whole share, and a call pays for one region, not two per tile.
+// Which of the two paths runs is measured per shape class on first use (choose_path below).
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <ATen/Version.h>
 #include <torch/library.h>
 
@@ -21,6 +26,7 @@
 #include <string>
 
 #include "common/checks.h"
+#include "common/parallel.h"
 #include "cpu/masked_linear_kernels.h"
 #include "cpu/path_choice.h"
 #include "ops/masked_linear.h"
@@ -33,8 +39,9 @@ using cpu::MaskKind;
 
 // The fused forward runs over chunks of this many x rows, whose opmath copy stays in L2.
 constexpr int64_t kFusedChunkRows = 128;
-// Elements of one masked tile: 256 K floats = 1 MiB, half of a typical L2.
-constexpr int64_t kTileElements = 1 << 18;
+// Elements of one masked tile: 64 K floats = 256 KiB, half of the smallest L2 in use (512 KiB
+// per core on AMD EPYC; 1-2 MiB on Intel Xeon).
+constexpr int64_t kTileElements = 1 << 16;
 
 const cpu::Kernels& kernels(at::ScalarType dtype, MaskKind kind) {
   // The capability ATen itself runs at (it honours ATEN_CPU_CAPABILITY); one table per
@@ -95,15 +102,28 @@ int64_t tile_extent(int64_t other_extent, int64_t total) {
   return std::min(n, total);
 }
 
-// dst rows [0, rows) (+)= src rows * mask rows, in parallel over rows.
-void mask_multiply(const cpu::Kernels& kern, const void* src, int64_t src_ld, const void* mask,
-                   int64_t mask_ld, void* dst, int64_t dst_ld, int64_t rows, int64_t cols,
-                   bool accumulate, bool dst_opmath) {
-  const cpu::MaskMultiplyArgs args{src, src_ld, mask, mask_ld, dst, dst_ld, cols, accumulate,
-                                   dst_opmath};
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(cols, 1));
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    kern.mask_multiply(args, begin, end);
+// dst rows [0, rows) (+)= src rows * mask rows, on the calling thread.
+void mask_rows(const cpu::Kernels& kern, const void* src, int64_t src_ld, const void* mask,
+               int64_t mask_ld, void* dst, int64_t dst_ld, int64_t rows, int64_t cols,
+               bool accumulate, bool dst_opmath) {
+  kern.mask_multiply({src, src_ld, mask, mask_ld, dst, dst_ld, cols, accumulate, dst_opmath}, 0,
+                     rows);
+}
+
+// Calls fn(item, tile) for items [0, items) on the threads of one parallel region, items claimed
+// dynamically; `tile` is the calling thread's own scratch tensor of tile_shape. ATen ops in fn see
+// the caller's thread-local state (dispatch keys, grad mode), which worker threads do not inherit.
+template <typename Fn>
+void for_each_tile(int64_t items, at::IntArrayRef tile_shape, const at::TensorOptions& options,
+                   const Fn& fn) {
+  std::vector<int64_t> shape{dynamic_workers(items)};
+  shape.insert(shape.end(), tile_shape.begin(), tile_shape.end());
+  auto buffers = at::empty(shape, options);
+  const at::ThreadLocalState caller;
+  parallel_for_dynamic(0, items, 1, [&](int64_t begin, int64_t end, int64_t worker) {
+    at::ThreadLocalStateGuard state(caller);
+    auto tile = buffers[worker];
+    for (int64_t item = begin; item < end; ++item) fn(item, tile);
   });
 }
 
@@ -185,7 +205,7 @@ void forward_fused(const cpu::Kernels& kern, const MaskedLinearGeometry& g, cons
   auto run = [&](const cpu::FusedForwardArgs& args, int64_t items, int64_t chunk_rows) {
     const int64_t grain =
         std::max<int64_t>(1, 65536 / (cpu::kFusedOutBlock * in_stride * std::max<int64_t>(chunk_rows, 1)));
-    at::parallel_for(0, items, grain, [&](int64_t begin, int64_t end) {
+    parallel_for_dynamic(0, items, grain, [&](int64_t begin, int64_t end, int64_t) {
       kern.fused_forward(args, begin, end);
     });
   };
@@ -217,21 +237,21 @@ void forward_gemm(const cpu::Kernels& kern, const MaskedLinearGeometry& g, const
                   const Operand& w, const Operand& m, const at::Tensor& b, const at::Tensor& out) {
   const int64_t in = g.in_features, out_f = g.out_features;
   const int64_t tile_rows = tile_extent(in, out_f);
-  auto tile = at::empty({tile_rows, in}, x3.options());
-  for (int64_t k = 0; k < g.candidates; ++k) {
-    for (int64_t o0 = 0; o0 < out_f; o0 += tile_rows) {
-      const int64_t n = std::min(tile_rows, out_f - o0);
-      mask_multiply(kern, w.at(k, o0, 0), in, m.at(k, o0, 0), m.ld, tile.data_ptr(), in, n, in,
-                    false, false);
-      auto dst = out[k].narrow(1, o0, n);
-      if (b.defined()) {
-        at::addmm_out(dst, (g.bias_per_candidate ? b[k] : b).narrow(0, o0, n).unsqueeze(0), x3[k],
-                      tile.narrow(0, 0, n).t());
-      } else {
-        at::mm_out(dst, x3[k], tile.narrow(0, 0, n).t());
-      }
+  const int64_t tiles = (out_f + tile_rows - 1) / tile_rows;
+  const int64_t items = g.candidates * tiles;
+  for_each_tile(items, {tile_rows, in}, x3.options(), [&](int64_t item, const at::Tensor& tile) {
+    const int64_t k = item / tiles, o0 = item % tiles * tile_rows;
+    const int64_t n = std::min(tile_rows, out_f - o0);
+    mask_rows(kern, w.at(k, o0, 0), in, m.at(k, o0, 0), m.ld, tile.data_ptr(), in, n, in, false,
+              false);
+    auto dst = out[k].narrow(1, o0, n);
+    if (b.defined()) {
+      at::addmm_out(dst, (g.bias_per_candidate ? b[k] : b).narrow(0, o0, n).unsqueeze(0), x3[k],
+                    tile.narrow(0, 0, n).t());
+    } else {
+      at::mm_out(dst, x3[k], tile.narrow(0, 0, n).t());
     }
-  }
+  });
 }
 
 // out [K, rows, out] = the forward of the first g.candidates candidates by `path`.
@@ -285,7 +305,7 @@ void grad_input_fused(const cpu::Kernels& kern, const MaskedLinearGeometry& g,
                                      out_f, col_blocks};
   const int64_t grain =
       std::max<int64_t>(1, 65536 / (kern.grad_input_block_cols * out_f * std::max<int64_t>(rows, 1)));
-  at::parallel_for(0, K * col_blocks, grain, [&](int64_t begin, int64_t end) {
+  parallel_for_dynamic(0, K * col_blocks, grain, [&](int64_t begin, int64_t end, int64_t) {
     kern.fused_grad_input(args, begin, end);
   });
 }
@@ -296,17 +316,17 @@ void grad_input_gemm(const cpu::Kernels& kern, const MaskedLinearGeometry& g, bo
   const int64_t in = g.in_features, out_f = g.out_features;
   // Column tiles of the masked weight: [out, cols], each a complete GEMM over out.
   const int64_t tile_cols = tile_extent(out_f, in);
-  auto tile = at::empty({out_f, tile_cols}, g3.options());
-  for (int64_t k = 0; k < g.candidates; ++k) {
-    for (int64_t c0 = 0; c0 < in; c0 += tile_cols) {
-      const int64_t n = std::min(tile_cols, in - c0);
-      // A packed row's column c0 (a multiple of 16) starts at byte c0 / 8.
-      mask_multiply(kern, w.at(k, 0, c0), in, m.at(k, 0, packed ? c0 / 8 : c0), m.ld,
-                    tile.data_ptr(), tile_cols, out_f, n, false, false);
-      auto dst = result[k].narrow(1, c0, n);
-      at::mm_out(dst, g3[k], tile.narrow(1, 0, n));
-    }
-  }
+  const int64_t tiles = (in + tile_cols - 1) / tile_cols;
+  const int64_t items = g.candidates * tiles;
+  for_each_tile(items, {out_f, tile_cols}, g3.options(), [&](int64_t item, const at::Tensor& tile) {
+    const int64_t k = item / tiles, c0 = item % tiles * tile_cols;
+    const int64_t n = std::min(tile_cols, in - c0);
+    // A packed row's column c0 (a multiple of 16) starts at byte c0 / 8.
+    mask_rows(kern, w.at(k, 0, c0), in, m.at(k, 0, packed ? c0 / 8 : c0), m.ld, tile.data_ptr(),
+              tile_cols, out_f, n, false, false);
+    auto dst = result[k].narrow(1, c0, n);
+    at::mm_out(dst, g3[k], tile.narrow(1, 0, n));
+  });
 }
 
 void grad_input_by(KernelPath path, const cpu::Kernels& kern, const MaskedLinearGeometry& g,
@@ -361,8 +381,10 @@ void grad_weight_fused(const cpu::Kernels& by_mask, const MaskedLinearGeometry& 
       outs.grad_mask.defined() ? outs.grad_mask.data_ptr() : nullptr, rows, in, xbuf.size(2), out_f};
   const int64_t blocks = (out_f + cpu::kFusedGradWeightRows - 1) / cpu::kFusedGradWeightRows;
   const int64_t work_per_item = cpu::kFusedGradWeightRows * in * std::max<int64_t>(rows, 1);
-  at::parallel_for(0, K * blocks, std::max<int64_t>(1, 65536 / work_per_item),
-                   [&](int64_t begin, int64_t end) { by_mask.fused_grad_weight(args, begin, end); });
+  parallel_for_dynamic(0, K * blocks, std::max<int64_t>(1, 65536 / work_per_item),
+                       [&](int64_t begin, int64_t end, int64_t) {
+                         by_mask.fused_grad_weight(args, begin, end);
+                       });
 }
 
 void grad_weight_gemm(const cpu::Kernels& by_mask, const cpu::Kernels& by_weight,
@@ -376,25 +398,33 @@ void grad_weight_gemm(const cpu::Kernels& by_mask, const cpu::Kernels& by_weight
       shared_sum && K > 1 && at::toOpMathType(x3.scalar_type()) != x3.scalar_type();
   auto sum = opmath_sum ? at::empty({out_f, in}, x3.options().dtype(at::kFloat)) : outs.grad_weight;
   const int64_t tile_rows = tile_extent(in, out_f);
-  auto tile = at::empty({tile_rows, in}, x3.options());
-  for (int64_t k = 0; k < K; ++k) {
-    for (int64_t o0 = 0; o0 < out_f; o0 += tile_rows) {
-      const int64_t n = std::min(tile_rows, out_f - o0);
-      auto gt = tile.narrow(0, 0, n);
-      at::mm_out(gt, g3[k].narrow(1, o0, n).t(), x3[k]);
-      if (weight_grad) {
-        const int64_t dst_k = g.weight_per_candidate ? k : 0;
-        mask_multiply(by_mask, gt.const_data_ptr(), in, m.at(k, o0, 0), m.ld,
-                      static_cast<char*>(sum.data_ptr()) + (dst_k * out_f + o0) * in * sum.element_size(),
-                      in, n, in, shared_sum && k > 0, opmath_sum);
-      }
-      if (outs.grad_mask.defined()) {
-        mask_multiply(by_weight, gt.const_data_ptr(), in, w.at(k, o0, 0), in,
-                      static_cast<char*>(outs.grad_mask.data_ptr()) + (k * out_f + o0) * in * outs.grad_mask.element_size(),
-                      in, n, in, false, false);
-      }
+  const int64_t tiles = (out_f + tile_rows - 1) / tile_rows;
+  // A shared weight's tile sums over every candidate in one item (no two items write one row).
+  const int64_t items = shared_sum ? tiles : K * tiles;
+  auto tile_gradients = [&](int64_t k, int64_t o0, int64_t n, const at::Tensor& tile) {
+    auto gt = tile.narrow(0, 0, n);
+    at::mm_out(gt, g3[k].narrow(1, o0, n).t(), x3[k]);
+    if (weight_grad) {
+      const int64_t dst_k = g.weight_per_candidate ? k : 0;
+      mask_rows(by_mask, gt.const_data_ptr(), in, m.at(k, o0, 0), m.ld,
+                static_cast<char*>(sum.data_ptr()) + (dst_k * out_f + o0) * in * sum.element_size(),
+                in, n, in, shared_sum && k > 0, opmath_sum);
     }
-  }
+    if (outs.grad_mask.defined()) {
+      mask_rows(by_weight, gt.const_data_ptr(), in, w.at(k, o0, 0), in,
+                static_cast<char*>(outs.grad_mask.data_ptr()) + (k * out_f + o0) * in * outs.grad_mask.element_size(),
+                in, n, in, false, false);
+    }
+  };
+  for_each_tile(items, {tile_rows, in}, x3.options(), [&](int64_t item, const at::Tensor& tile) {
+    const int64_t o0 = item % tiles * tile_rows;
+    const int64_t n = std::min(tile_rows, out_f - o0);
+    if (shared_sum) {
+      for (int64_t k = 0; k < K; ++k) tile_gradients(k, o0, n, tile);
+    } else {
+      tile_gradients(item / tiles, o0, n, tile);
+    }
+  });
   if (opmath_sum) outs.grad_weight.copy_(sum);
 }
 
