@@ -27,13 +27,18 @@ import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 
-import torch
-import torch.nn.functional as F
+# A fresh record of kernel path choices, so that this run measures (and shows) what a new process
+# on this machine chooses, not what an earlier one recorded.
+os.environ["SPARSENAS_CACHE_DIR"] = tempfile.mkdtemp(prefix="sparsenas-bench-cache-")
 
-from benchmarks.harness import time_call, write_results
-from sparsenas import _extension
-from sparsenas.ops import _reference, masked_linear, pack_mask
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from benchmarks.harness import time_call, write_results  # noqa: E402
+from sparsenas import _extension  # noqa: E402
+from sparsenas.ops import _reference, masked_linear, pack_mask  # noqa: E402
 
 LAYERS = ((1024, 1024), (1024, 4096))  # (in, out)
 DENSITY = 0.5

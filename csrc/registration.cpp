@@ -51,6 +51,8 @@ PYBIND11_MODULE(_C, module) {
              "Every CPU kernel path chosen so far in this process: shape class -> 'fused' / 'gemm'.");
   module.def("set_kernel_path_choices", &sparsenas::cpu::set_path_choices, py::arg("choices"),
              "Adds path choices (shape class -> 'fused' / 'gemm'); classes already chosen keep theirs.");
+  module.def("use_kernel_path_cache", &sparsenas::cpu::use_path_cache, py::arg("file"),
+             "Reads the path choices recorded in file and appends every new choice to it.");
 #ifdef SPARSENAS_WITH_CUDA
   module.attr("with_cuda") = true;
   module.attr("cuda_archs") = SPARSENAS_CUDA_ARCHS;

@@ -401,3 +401,34 @@ def test_bad_path_variable_names_itself(monkeypatch):
     with pytest.raises(ValueError, match="SPARSENAS_MASKED_LINEAR_PATH must be 'fused', 'gemm' or "
                                          "'auto', got 'blas'"):
         masked_linear(x, weight, keep)
+
+
+@pytest.mark.skipif(not has_native_kernel("masked_linear", "cpu"), reason="native CPU kernel")
+def test_path_choices_are_recorded_for_later_processes(tmp_path):
+    script = (
+        "import torch\n"
+        "from sparsenas import _extension\n"
+        "from sparsenas.ops import masked_linear\n"
+        "torch.set_num_threads(1)\n"
+        "x, w = torch.randn(64, 256), torch.randn(256, 256)\n"
+        "masked_linear(x, w, torch.rand(256, 256) < 0.5)\n"
+        "masked_linear(x, w, torch.rand(256, 256) < 0.5, packed=False)\n"
+        "print(_extension.kernel_path_cache_file())\n"
+        "print(_extension.native.kernel_path_choices()[KEY])\n")
+    key = "masked_linear forward float32 byte rows<=64 in<=256 out<=256 single threads=1"
+    env = {**os.environ, "SPARSENAS_CACHE_DIR": str(tmp_path)}
+    env.pop(PATH_VARIABLE, None)
+
+    def run():
+        result = subprocess.run([sys.executable, "-c", f"KEY = {key!r}\n" + script], env=env,
+                                cwd=SUBPROCESS_CWD, capture_output=True, text=True, check=True)
+        return result.stdout.split()[-2:]
+
+    file, measured = run()
+    lines = open(file).read().splitlines()
+    assert lines == [f"{key}\t{measured}"]  # measured once, recorded at once
+    # A later process runs what the record says, whatever it would measure itself.
+    other = "gemm" if measured == "fused" else "fused"
+    with open(file, "w") as record:
+        record.write(f"{key}\t{other}\nunparseable line\n")
+    assert run() == [file, other]

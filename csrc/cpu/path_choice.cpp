@@ -22,6 +22,22 @@ std::map<std::string, KernelPath>& choices() {
   return table;
 }
 
+std::string& cache_file() {
+  static std::string file;
+  return file;
+}
+
+// Appends one choice to the cache file (one short write, so lines from processes writing at the
+// same time do not interleave).
+void record(const std::string& key, KernelPath path) {
+  if (cache_file().empty()) return;
+  const std::string line = key + "\t" + path_name(path) + "\n";
+  if (std::FILE* f = std::fopen(cache_file().c_str(), "a")) {
+    std::fwrite(line.data(), 1, line.size(), f);
+    std::fclose(f);
+  }
+}
+
 KernelPath parse_path(const std::string& name, const char* what) {
   if (name == "fused") return KernelPath::kFused;
   if (name == "gemm") return KernelPath::kGemm;
@@ -59,7 +75,9 @@ KernelPath measured_path(const std::string& key, int repeats,
   }
   const KernelPath faster = best[1] < best[0] ? KernelPath::kGemm : KernelPath::kFused;
   std::lock_guard<std::mutex> lock(choices_mutex());
-  return choices().emplace(key, faster).first->second;
+  const auto [entry, inserted] = choices().emplace(key, faster);
+  if (inserted) record(key, faster);
+  return entry->second;
 }
 
 std::map<std::string, std::string> path_choices() {
@@ -74,6 +92,27 @@ void set_path_choices(const std::map<std::string, std::string>& table) {
   for (const auto& [key, name] : table) parsed.emplace(key, parse_path(name, "a kernel path choice"));
   std::lock_guard<std::mutex> lock(choices_mutex());
   for (const auto& [key, path] : parsed) choices().emplace(key, path);
+}
+
+void use_path_cache(const std::string& file) {
+  std::map<std::string, std::string> stored;
+  if (std::FILE* f = std::fopen(file.c_str(), "r")) {
+    char buffer[512];
+    while (std::fgets(buffer, sizeof(buffer), f) != nullptr) {
+      std::string line(buffer);
+      if (!line.empty() && line.back() == '\n') line.pop_back();
+      const auto tab = line.find('\t');
+      if (tab == std::string::npos) continue;
+      const std::string name = line.substr(tab + 1);
+      // A line from another version of this file format, or a torn write: skipped.
+      if (name != "fused" && name != "gemm") continue;
+      stored.emplace(line.substr(0, tab), name);
+    }
+    std::fclose(f);
+  }
+  set_path_choices(stored);
+  std::lock_guard<std::mutex> lock(choices_mutex());
+  cache_file() = file;
 }
 
 }  // namespace sparsenas::cpu

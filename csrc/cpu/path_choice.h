@@ -6,6 +6,7 @@
 // with MKL against an AMD EPYC), so no fixed threshold holds on both.
 
 #include <cstdint>
+#include <cstdio>
 #include <functional>
 #include <map>
 #include <optional>
@@ -30,8 +31,14 @@ KernelPath measured_path(const std::string& key, int repeats,
 // Every choice made (or set) so far, key -> "fused" / "gemm".
 std::map<std::string, std::string> path_choices();
 
-// Adds choices (e.g. read back from an on-disk cache of an earlier process on the same machine);
-// keys already chosen in this process keep their choice. Unknown path names raise.
+// Adds choices; keys already chosen in this process keep their choice. Unknown path names raise.
 void set_path_choices(const std::map<std::string, std::string>& choices);
+
+// Makes `file` the on-disk record of choices: the choices it holds (lines "key<TAB>path", written
+// by earlier processes on the same machine) are added as by set_path_choices, and every choice
+// measured from now on is appended to it as soon as it is made, so that later processes, and
+// a process resumed after a crash, run the same paths (and so compute the same bits). An
+// unreadable or unwritable file only costs the measurements.
+void use_path_cache(const std::string& file);
 
 }  // namespace sparsenas::cpu
