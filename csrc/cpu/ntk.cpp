@@ -1,66 +1,130 @@
-// CPU kernels of the NTK blocks. The Gram route runs two GEMMs per chunk of examples and one
-// fused pass that adds the bias, multiplies the two Grams and reduces the T × T position pairs
-// of each example pair. The masked block tiles the kernel matrix over (i, j) example tiles and,
-// per output unit k, accumulates Σ_l M_kl a_il a_jl over the mask's nonzeros only (CSR of M),
-// so per-example gradients are never formed.
+// CPU kernels of the NTK blocks. Both tile the (symmetric) kernel matrix over pairs of example
+// tiles (I, J) with I <= J and hand the tiles to the threads dynamically (parallel_for_dynamic),
+// so a thread descheduled by another job on the same cores holds up one tile, not a static share.
+// Each tile is added to its block (I, J) of the result and, off the diagonal, transposed to the
+// mirror block (J, I); distinct tiles write disjoint blocks.
+//
+// The Gram route multiplies, per tile, two Gram slices by GEMMs in the accumulation dtype
+// (A_I A_Jᵀ and B_I B_Jᵀ, the latter n·T·ob rows wide, the FLOPs that matter) into per-thread
+// scratch that stays in cache, then adds the bias, multiplies the two Grams and reduces the
+// T × T position pairs of each example pair while adding the tile into the result. The masked
+// block accumulates, per output unit k, Σ_l M_kl a_il a_jl over the mask's nonzeros only (CSR of
+// M), so per-example gradients are never formed.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <utility>
 #include <vector>
 
+#include "common/parallel.h"
 #include "ops/ntk.h"
 
 namespace sparsenas {
 namespace {
 
-constexpr int64_t kGramBudget = int64_t{1} << 24;  // elements of the two Gram slices per chunk
-constexpr int64_t kTile = 32;                      // examples per tile of the masked block
+// Rows (examples × T × outputs) per side of a Gram-route tile: large enough for GEMMs near the
+// BLAS's peak, small enough that the tile's Gram slices stay in a core's L2 cache.
+constexpr int64_t kGramTileRows = 256;
+constexpr int64_t kTile = 32;  // examples per tile of the masked block
 
-// For examples i in [i0, i0 + count) and j in [i0, n): adds
-//   Σ_{t,s} (ga[(i,t),(j,s)] + bias) gb[(i,t,o),(j,s,o')]
-// to result[(i,o), (j,o')] and, for j outside the chunk, to the mirrored entry (the kernel is
-// symmetric, so only chunk rows × columns from the chunk's start on are ever multiplied).
-// ga [count·T, (n-i0)·T], gb [count·T·ob, (n-i0)·T·ob].
+// The upper triangle of tiles × tiles tile pairs, in row order.
+std::vector<std::pair<int64_t, int64_t>> upper_tile_pairs(int64_t tiles) {
+  std::vector<std::pair<int64_t, int64_t>> pairs;
+  pairs.reserve(tiles * (tiles + 1) / 2);
+  for (int64_t ti = 0; ti < tiles; ++ti)
+    for (int64_t tj = ti; tj < tiles; ++tj) pairs.emplace_back(ti, tj);
+  return pairs;
+}
+
+// Adds the tile [rows, cols] (leading dimension ld) to result at (row0, col0) and, when
+// `mirror`, its transpose at (col0, row0). The transposed writes go in column blocks so that
+// the tile's rows read for one block stay in L1.
 template <typename scalar_t>
-void combine_grams(const scalar_t* ga, const scalar_t* gb, scalar_t* result, int64_t i0,
-                   int64_t count, int64_t n, int64_t T, int64_t ob, scalar_t bias) {
-  const int64_t cols = n - i0;
-  const int64_t ga_cols = cols * T;
-  const int64_t gb_cols = cols * T * ob;
-  const int64_t res_cols = n * ob;
-  at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
-    std::vector<scalar_t> acc(cols * ob);
-    for (int64_t i = begin; i < end; ++i) {
+void add_tile(scalar_t* result, int64_t res_cols, const scalar_t* tile, int64_t ld, int64_t rows,
+              int64_t cols, int64_t row0, int64_t col0, bool mirror) {
+  for (int64_t r = 0; r < rows; ++r) {
+    scalar_t* res_row = result + (row0 + r) * res_cols + col0;
+    const scalar_t* tile_row = tile + r * ld;
+    for (int64_t c = 0; c < cols; ++c) res_row[c] += tile_row[c];
+  }
+  if (!mirror) return;
+  constexpr int64_t kBlock = 16;
+  for (int64_t c0 = 0; c0 < cols; c0 += kBlock) {
+    const int64_t c1 = std::min(cols, c0 + kBlock);
+    for (int64_t c = c0; c < c1; ++c) {
+      scalar_t* res_row = result + (col0 + c) * res_cols + row0;
+      for (int64_t r = 0; r < rows; ++r) res_row[r] += tile[r * ld + c];
+    }
+  }
+}
+
+// One tile of the Gram route: examples [i0, i0 + ni) × [j0, j0 + nj).
+//   result[(i,o),(j,o')] += Σ_{t,s} (A_it · A_js + bias) (B_ito · B_jso')
+// A [n·T, d] and B [n·T·ob, K] are row-major in the accumulation dtype.
+template <typename scalar_t>
+struct GramTile {
+  const at::Tensor& A;
+  const at::Tensor& B;
+  scalar_t* result;
+  int64_t res_cols, T, ob;
+  scalar_t bias;
+
+  // Per-thread scratch: the two Gram slices and, for T > 1, the reduced tile.
+  struct Scratch {
+    at::Tensor ga, gb;
+    std::vector<scalar_t> acc, bias_row;
+  };
+
+  void operator()(Scratch& s, int64_t i0, int64_t ni, int64_t j0, int64_t nj) const {
+    const int64_t ga_rows = ni * T, ga_cols = nj * T;
+    const int64_t gb_rows = ga_rows * ob, gb_cols = ga_cols * ob;
+    at::Tensor ga = s.ga.narrow(0, 0, ga_rows * ga_cols).view({ga_rows, ga_cols});
+    at::Tensor gb = s.gb.narrow(0, 0, gb_rows * gb_cols).view({gb_rows, gb_cols});
+    at::mm_out(ga, A.narrow(0, i0 * T, ga_rows), A.narrow(0, j0 * T, ga_cols).t());
+    at::mm_out(gb, B.narrow(0, i0 * T * ob, gb_rows), B.narrow(0, j0 * T * ob, gb_cols).t());
+    const scalar_t* ga_ptr = ga.data_ptr<scalar_t>();
+    scalar_t* gb_ptr = gb.data_ptr<scalar_t>();
+    const int64_t cols = nj * ob;
+    if (T == 1) {
+      // The tile is gb scaled in place: row (i, o) times ga[i, j] + bias, spread over o'.
+      s.bias_row.resize(cols);
+      scalar_t* factor = s.bias_row.data();
+      for (int64_t i = 0; i < ni; ++i) {
+        const scalar_t* ga_row = ga_ptr + i * ga_cols;
+        for (int64_t j = 0; j < nj; ++j)
+          for (int64_t o2 = 0; o2 < ob; ++o2) factor[j * ob + o2] = ga_row[j] + bias;
+        for (int64_t o = 0; o < ob; ++o) {
+          scalar_t* row = gb_ptr + (i * ob + o) * cols;
+          for (int64_t c = 0; c < cols; ++c) row[c] *= factor[c];
+        }
+      }
+      add_tile(result, res_cols, gb_ptr, cols, ni * ob, cols, i0 * ob, j0 * ob, i0 != j0);
+      return;
+    }
+    s.acc.assign(ni * ob * cols, scalar_t(0));
+    for (int64_t i = 0; i < ni; ++i) {
       for (int64_t o = 0; o < ob; ++o) {
-        std::fill(acc.begin(), acc.end(), scalar_t(0));
+        scalar_t* acc_row = s.acc.data() + (i * ob + o) * cols;
         for (int64_t t = 0; t < T; ++t) {
-          const scalar_t* ga_row = ga + (i * T + t) * ga_cols;
-          const scalar_t* gb_row = gb + ((i * T + t) * ob + o) * gb_cols;
-          if (ob == 1 && T == 1) {
-            for (int64_t j = 0; j < cols; ++j) acc[j] += (ga_row[j] + bias) * gb_row[j];
-            continue;
-          }
-          for (int64_t j = 0; j < cols; ++j) {
-            scalar_t* a = acc.data() + j * ob;
-            for (int64_t s = 0; s < T; ++s) {
-              const scalar_t g = ga_row[j * T + s] + bias;
-              const scalar_t* gbp = gb_row + (j * T + s) * ob;
+          const scalar_t* ga_row = ga_ptr + (i * T + t) * ga_cols;
+          const scalar_t* gb_row = gb_ptr + ((i * T + t) * ob + o) * gb_cols;
+          for (int64_t j = 0; j < nj; ++j) {
+            scalar_t* a = acc_row + j * ob;
+            for (int64_t u = 0; u < T; ++u) {
+              const scalar_t g = ga_row[j * T + u] + bias;
+              const scalar_t* gbp = gb_row + (j * T + u) * ob;
               for (int64_t o2 = 0; o2 < ob; ++o2) a[o2] += g * gbp[o2];
             }
           }
         }
-        const int64_t row = (i0 + i) * ob + o;
-        scalar_t* res_row = result + row * res_cols + i0 * ob;
-        for (int64_t c = 0; c < cols * ob; ++c) res_row[c] += acc[c];
-        // Mirror the columns beyond the chunk (rows of other chunks, disjoint across threads).
-        for (int64_t c = count * ob; c < cols * ob; ++c) result[(i0 * ob + c) * res_cols + row] += acc[c];
       }
     }
-  });
-}
+    add_tile(result, res_cols, s.acc.data(), cols, ni * ob, cols, i0 * ob, j0 * ob, i0 != j0);
+  }
+};
 
 void ntk_gram_block_cpu(at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
                         int64_t rows_per_example, bool bias, bool sum_outputs) {
@@ -68,24 +132,30 @@ void ntk_gram_block_cpu(at::Tensor& out, const at::Tensor& a, const at::Tensor& 
   if (out.numel() == 0) return;
   const int64_t n = g.examples, T = g.rows_per_example, O = g.outputs, p = g.out_features;
   const int64_t ob = sum_outputs ? 1 : O;
-  auto A = a.to(out.scalar_type()).contiguous();
+  const auto dtype = out.scalar_type();
+  auto A = a.to(dtype).contiguous();
   // Rows of B: (i, t) with all outputs side by side (sum_outputs) or (i, t, o).
-  auto B = b.to(out.scalar_type()).contiguous().view({n * T * ob, (sum_outputs ? O : 1) * p});
+  auto B = b.to(dtype).contiguous().view({n * T * ob, (sum_outputs ? O : 1) * p});
   // Accumulate straight into out when it is contiguous; else into a scratch matrix added at the end.
   auto result = out.is_contiguous() ? out : at::zeros({g.out_rows, g.out_rows}, out.options().memory_format(at::MemoryFormat::Contiguous));
-  // At least 4 chunks so the block upper triangle saves GEMM work (symmetry).
-  const int64_t chunk = std::min(ntk_gram_chunk(g, sum_outputs, kGramBudget),
-                                 std::max<int64_t>(1, (n + 3) / 4));
-  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "ntk_gram_block_cpu", [&] {
-    for (int64_t i0 = 0; i0 < n; i0 += chunk) {
-      const int64_t count = std::min(chunk, n - i0);
-      auto ga = at::mm(A.narrow(0, i0 * T, count * T), A.narrow(0, i0 * T, (n - i0) * T).t());
-      auto gb = at::mm(B.narrow(0, i0 * T * ob, count * T * ob),
-                       B.narrow(0, i0 * T * ob, (n - i0) * T * ob).t());
-      combine_grams<scalar_t>(ga.contiguous().data_ptr<scalar_t>(),
-                              gb.contiguous().data_ptr<scalar_t>(), result.data_ptr<scalar_t>(),
-                              i0, count, n, T, ob, bias ? scalar_t(1) : scalar_t(0));
-    }
+  const int64_t tile = std::clamp<int64_t>(kGramTileRows / (T * ob), 1, n);
+  const auto pairs = upper_tile_pairs((n + tile - 1) / tile);
+  const int64_t num_pairs = static_cast<int64_t>(pairs.size());
+  AT_DISPATCH_FLOATING_TYPES(dtype, "ntk_gram_block_cpu", [&] {
+    const GramTile<scalar_t> gram{A, B, result.data_ptr<scalar_t>(), g.out_rows, T, ob,
+                                  bias ? scalar_t(1) : scalar_t(0)};
+    std::vector<typename GramTile<scalar_t>::Scratch> scratch(dynamic_workers(num_pairs));
+    parallel_for_dynamic(0, num_pairs, 1, [&](int64_t begin, int64_t end, int64_t worker) {
+      auto& s = scratch[worker];
+      if (!s.ga.defined()) {
+        s.ga = at::empty({tile * T * tile * T}, A.options());
+        s.gb = at::empty({tile * T * ob * tile * T * ob}, A.options());
+      }
+      for (int64_t pi = begin; pi < end; ++pi) {
+        const int64_t i0 = pairs[pi].first * tile, j0 = pairs[pi].second * tile;
+        gram(s, i0, std::min(tile, n - i0), j0, std::min(tile, n - j0));
+      }
+    });
   });
   if (!result.is_same(out)) out.add_(result);
 }
@@ -103,10 +173,8 @@ void ntk_masked_block_cpu(at::Tensor& out, const at::Tensor& a, const at::Tensor
   auto M = mask.to(dtype).contiguous();                    // [p, d]
   // Accumulate straight into out when it is contiguous; else into a scratch matrix added at the end.
   auto result = out.is_contiguous() ? out : at::zeros({g.out_rows, g.out_rows}, out.options().memory_format(at::MemoryFormat::Contiguous));
-  const int64_t tiles = (n + kTile - 1) / kTile;
-  std::vector<std::pair<int64_t, int64_t>> pairs;  // upper triangle: the kernel is symmetric
-  for (int64_t ti = 0; ti < tiles; ++ti)
-    for (int64_t tj = ti; tj < tiles; ++tj) pairs.emplace_back(ti, tj);
+  const auto pairs = upper_tile_pairs((n + kTile - 1) / kTile);
+  const int64_t num_pairs = static_cast<int64_t>(pairs.size());
 
   AT_DISPATCH_FLOATING_TYPES(dtype, "ntk_masked_block_cpu", [&] {
     // CSR of the mask: the nonzeros of each output unit's row.
@@ -129,8 +197,13 @@ void ntk_masked_block_cpu(at::Tensor& out, const at::Tensor& a, const at::Tensor
     const scalar_t bias_value = bias ? scalar_t(1) : scalar_t(0);
     const int64_t res_cols = g.out_rows;
 
-    at::parallel_for(0, static_cast<int64_t>(pairs.size()), 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> s(kTile * kTile), acc(kTile * ob * kTile * ob);
+    // Per-thread scratch: s_ij of one output unit and the tile's accumulator.
+    std::vector<std::pair<std::vector<scalar_t>, std::vector<scalar_t>>> scratch(
+        dynamic_workers(num_pairs));
+    parallel_for_dynamic(0, num_pairs, 1, [&](int64_t begin, int64_t end, int64_t worker) {
+      auto& [s, acc] = scratch[worker];
+      s.resize(kTile * kTile);
+      acc.resize(kTile * ob * kTile * ob);
       for (int64_t pi = begin; pi < end; ++pi) {
         const int64_t i0 = pairs[pi].first * kTile, j0 = pairs[pi].second * kTile;
         const int64_t ni = std::min(kTile, n - i0), nj = std::min(kTile, n - j0);
@@ -172,13 +245,7 @@ void ntk_masked_block_cpu(at::Tensor& out, const at::Tensor& a, const at::Tensor
             }
           }
         }
-        for (int64_t r = 0; r < ni * ob; ++r) {
-          for (int64_t c = 0; c < acc_cols; ++c) {
-            const scalar_t v = acc[r * acc_cols + c];
-            res[(i0 * ob + r) * res_cols + j0 * ob + c] += v;
-            if (i0 != j0) res[(j0 * ob + c) * res_cols + i0 * ob + r] += v;
-          }
-        }
+        add_tile(res, res_cols, acc.data(), acc_cols, ni * ob, acc_cols, i0 * ob, j0 * ob, i0 != j0);
       }
     });
   });
