@@ -39,16 +39,16 @@ std::vector<std::pair<int64_t, int64_t>> upper_tile_pairs(int64_t tiles) {
   return pairs;
 }
 
-// Adds the tile [rows, cols] (leading dimension ld) to result at (row0, col0) and, when
-// `mirror`, its transpose at (col0, row0). The transposed writes go in column blocks so that
-// the tile's rows read for one block stay in L1.
-template <typename scalar_t>
-void add_tile(scalar_t* result, int64_t res_cols, const scalar_t* tile, int64_t ld, int64_t rows,
-              int64_t cols, int64_t row0, int64_t col0, bool mirror) {
+// Adds (Add) or stores the tile [rows, cols] (leading dimension ld) at (row0, col0) of result
+// and, when `mirror`, its transpose at (col0, row0). The transposed writes go in column blocks so
+// that the tile rows read for one block stay in L1.
+template <bool Add, typename scalar_t>
+void write_tile(scalar_t* result, int64_t res_cols, const scalar_t* tile, int64_t ld,
+                int64_t rows, int64_t cols, int64_t row0, int64_t col0, bool mirror) {
   for (int64_t r = 0; r < rows; ++r) {
     scalar_t* res_row = result + (row0 + r) * res_cols + col0;
     const scalar_t* tile_row = tile + r * ld;
-    for (int64_t c = 0; c < cols; ++c) res_row[c] += tile_row[c];
+    for (int64_t c = 0; c < cols; ++c) res_row[c] = Add ? res_row[c] + tile_row[c] : tile_row[c];
   }
   if (!mirror) return;
   constexpr int64_t kBlock = 16;
@@ -56,100 +56,122 @@ void add_tile(scalar_t* result, int64_t res_cols, const scalar_t* tile, int64_t 
     const int64_t c1 = std::min(cols, c0 + kBlock);
     for (int64_t c = c0; c < c1; ++c) {
       scalar_t* res_row = result + (col0 + c) * res_cols + row0;
-      for (int64_t r = 0; r < rows; ++r) res_row[r] += tile[r * ld + c];
+      for (int64_t r = 0; r < rows; ++r)
+        res_row[r] = Add ? res_row[r] + tile[r * ld + c] : tile[r * ld + c];
     }
   }
 }
 
-// One tile of the Gram route: examples [i0, i0 + ni) × [j0, j0 + nj).
-//   result[(i,o),(j,o')] += Σ_{t,s} (A_it · A_js + bias) (B_ito · B_jso')
-// A [n·T, d] and B [n·T·ob, K] are row-major in the accumulation dtype.
-template <typename scalar_t>
-struct GramTile {
-  const at::Tensor& A;
-  const at::Tensor& B;
-  scalar_t* result;
-  int64_t res_cols, T, ob;
-  scalar_t bias;
+// One linear map of the Gram route: A [n·T, d] (with a column of ones when the map has a bias:
+// ã_it·ã_js = a_it·a_js + 1) and B [n·T·ob, K], row-major in the accumulation dtype.
+struct GramLayer {
+  at::Tensor A, B;
+  int64_t T;
+};
 
-  // Per-thread scratch: the two Gram slices and, for T > 1, the reduced tile.
+GramLayer gram_layer(const at::Tensor& a, const at::Tensor& b, int64_t T, bool bias,
+                     bool sum_outputs, at::ScalarType dtype) {
+  const int64_t rows = a.size(0), O = b.size(1), p = b.size(2);
+  auto A = bias ? at::cat({a.to(dtype), at::ones({rows, 1}, a.options().dtype(dtype))}, 1)
+                : a.to(dtype).contiguous();
+  // Rows of B: (i, t) with all outputs side by side (sum_outputs) or (i, t, o).
+  auto B = b.to(dtype).contiguous().view({sum_outputs ? rows : rows * O, (sum_outputs ? O : 1) * p});
+  return {A, B, T};
+}
+
+// The Gram route of several maps, tile by tile: for examples [i0, i0 + ni) × [j0, j0 + nj),
+//   tile[(i,o),(j,o')] = Σ_maps Σ_{t,s} (Ã_it · Ã_js) (B_ito · B_jso'),
+// summed over the maps in per-thread scratch and then stored into (or, with `add`, added to)
+// the result once: one pass over the kernel matrix however many maps there are.
+template <typename scalar_t>
+struct GramTiles {
+  const std::vector<GramLayer>& layers;
+  scalar_t* result;
+  int64_t res_cols, ob;
+  bool add;
+
   struct Scratch {
-    at::Tensor ga, gb;
-    std::vector<scalar_t> acc, bias_row;
+    at::Tensor ga, gb;  // the two Gram slices of one map
+    std::vector<scalar_t> tile, factor;
   };
 
   void operator()(Scratch& s, int64_t i0, int64_t ni, int64_t j0, int64_t nj) const {
-    const int64_t ga_rows = ni * T, ga_cols = nj * T;
-    const int64_t gb_rows = ga_rows * ob, gb_cols = ga_cols * ob;
-    at::Tensor ga = s.ga.narrow(0, 0, ga_rows * ga_cols).view({ga_rows, ga_cols});
-    at::Tensor gb = s.gb.narrow(0, 0, gb_rows * gb_cols).view({gb_rows, gb_cols});
-    at::mm_out(ga, A.narrow(0, i0 * T, ga_rows), A.narrow(0, j0 * T, ga_cols).t());
-    at::mm_out(gb, B.narrow(0, i0 * T * ob, gb_rows), B.narrow(0, j0 * T * ob, gb_cols).t());
-    const scalar_t* ga_ptr = ga.data_ptr<scalar_t>();
-    scalar_t* gb_ptr = gb.data_ptr<scalar_t>();
     const int64_t cols = nj * ob;
-    if (T == 1) {
-      // The tile is gb scaled in place: row (i, o) times ga[i, j] + bias, spread over o'.
-      s.bias_row.resize(cols);
-      scalar_t* factor = s.bias_row.data();
-      for (int64_t i = 0; i < ni; ++i) {
-        const scalar_t* ga_row = ga_ptr + i * ga_cols;
-        for (int64_t j = 0; j < nj; ++j)
-          for (int64_t o2 = 0; o2 < ob; ++o2) factor[j * ob + o2] = ga_row[j] + bias;
-        for (int64_t o = 0; o < ob; ++o) {
-          scalar_t* row = gb_ptr + (i * ob + o) * cols;
-          for (int64_t c = 0; c < cols; ++c) row[c] *= factor[c];
+    s.tile.assign(ni * ob * cols, scalar_t(0));
+    s.factor.resize(cols);
+    for (const auto& layer : layers) {
+      const int64_t T = layer.T;
+      const int64_t ga_rows = ni * T, ga_cols = nj * T;
+      const int64_t gb_rows = ga_rows * ob, gb_cols = ga_cols * ob;
+      at::Tensor ga = s.ga.narrow(0, 0, ga_rows * ga_cols).view({ga_rows, ga_cols});
+      at::Tensor gb = s.gb.narrow(0, 0, gb_rows * gb_cols).view({gb_rows, gb_cols});
+      at::mm_out(ga, layer.A.narrow(0, i0 * T, ga_rows), layer.A.narrow(0, j0 * T, ga_cols).t());
+      at::mm_out(gb, layer.B.narrow(0, i0 * T * ob, gb_rows),
+                 layer.B.narrow(0, j0 * T * ob, gb_cols).t());
+      const scalar_t* ga_ptr = ga.data_ptr<scalar_t>();
+      const scalar_t* gb_ptr = gb.data_ptr<scalar_t>();
+      if (T == 1) {
+        // Row (i, o) of the tile += gb row (i, o) times ga[i, j], spread over o'.
+        scalar_t* factor = s.factor.data();
+        for (int64_t i = 0; i < ni; ++i) {
+          const scalar_t* ga_row = ga_ptr + i * ga_cols;
+          for (int64_t j = 0; j < nj; ++j)
+            for (int64_t o2 = 0; o2 < ob; ++o2) factor[j * ob + o2] = ga_row[j];
+          for (int64_t o = 0; o < ob; ++o) {
+            scalar_t* row = s.tile.data() + (i * ob + o) * cols;
+            const scalar_t* gb_row = gb_ptr + (i * ob + o) * cols;
+            for (int64_t c = 0; c < cols; ++c) row[c] += factor[c] * gb_row[c];
+          }
         }
+        continue;
       }
-      add_tile(result, res_cols, gb_ptr, cols, ni * ob, cols, i0 * ob, j0 * ob, i0 != j0);
-      return;
-    }
-    s.acc.assign(ni * ob * cols, scalar_t(0));
-    for (int64_t i = 0; i < ni; ++i) {
-      for (int64_t o = 0; o < ob; ++o) {
-        scalar_t* acc_row = s.acc.data() + (i * ob + o) * cols;
-        for (int64_t t = 0; t < T; ++t) {
-          const scalar_t* ga_row = ga_ptr + (i * T + t) * ga_cols;
-          const scalar_t* gb_row = gb_ptr + ((i * T + t) * ob + o) * gb_cols;
-          for (int64_t j = 0; j < nj; ++j) {
-            scalar_t* a = acc_row + j * ob;
-            for (int64_t u = 0; u < T; ++u) {
-              const scalar_t g = ga_row[j * T + u] + bias;
-              const scalar_t* gbp = gb_row + (j * T + u) * ob;
-              for (int64_t o2 = 0; o2 < ob; ++o2) a[o2] += g * gbp[o2];
+      for (int64_t i = 0; i < ni; ++i) {
+        for (int64_t o = 0; o < ob; ++o) {
+          scalar_t* row = s.tile.data() + (i * ob + o) * cols;
+          for (int64_t t = 0; t < T; ++t) {
+            const scalar_t* ga_row = ga_ptr + (i * T + t) * ga_cols;
+            const scalar_t* gb_row = gb_ptr + ((i * T + t) * ob + o) * gb_cols;
+            for (int64_t j = 0; j < nj; ++j) {
+              scalar_t* r = row + j * ob;
+              for (int64_t u = 0; u < T; ++u) {
+                const scalar_t g = ga_row[j * T + u];
+                const scalar_t* gbp = gb_row + (j * T + u) * ob;
+                for (int64_t o2 = 0; o2 < ob; ++o2) r[o2] += g * gbp[o2];
+              }
             }
           }
         }
       }
     }
-    add_tile(result, res_cols, s.acc.data(), cols, ni * ob, cols, i0 * ob, j0 * ob, i0 != j0);
+    const bool mirror = i0 != j0;
+    if (add) {
+      write_tile<true>(result, res_cols, s.tile.data(), cols, ni * ob, cols, i0 * ob, j0 * ob, mirror);
+    } else {
+      write_tile<false>(result, res_cols, s.tile.data(), cols, ni * ob, cols, i0 * ob, j0 * ob, mirror);
+    }
   }
 };
 
-void ntk_gram_block_cpu(at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
-                        int64_t rows_per_example, bool bias, bool sum_outputs) {
-  const auto g = check_ntk_gram_block("ntk_gram_block_", out, a, b, rows_per_example, sum_outputs);
-  if (out.numel() == 0) return;
-  const int64_t n = g.examples, T = g.rows_per_example, O = g.outputs, p = g.out_features;
-  const int64_t ob = sum_outputs ? 1 : O;
-  const auto dtype = out.scalar_type();
-  auto A = a.to(dtype).contiguous();
-  // Rows of B: (i, t) with all outputs side by side (sum_outputs) or (i, t, o).
-  auto B = b.to(dtype).contiguous().view({n * T * ob, (sum_outputs ? O : 1) * p});
-  // Accumulate straight into out when it is contiguous; else into a scratch matrix added at the end.
-  auto result = out.is_contiguous() ? out : at::zeros({g.out_rows, g.out_rows}, out.options().memory_format(at::MemoryFormat::Contiguous));
-  const int64_t tile = std::clamp<int64_t>(kGramTileRows / (T * ob), 1, n);
+// Stores (add = false) or adds the Gram route of `layers` into result [n·ob, n·ob] (contiguous).
+void gram_route(at::Tensor& result, const std::vector<GramLayer>& layers, int64_t n, int64_t ob,
+                bool add) {
+  int64_t max_T = 1, max_ga = 0, max_gb = 0;
+  for (const auto& layer : layers) max_T = std::max(max_T, layer.T);
+  const int64_t tile = std::clamp<int64_t>(kGramTileRows / (max_T * ob), 1, n);
+  for (const auto& layer : layers) {
+    max_ga = std::max(max_ga, tile * layer.T * tile * layer.T);
+    max_gb = std::max(max_gb, tile * layer.T * ob * tile * layer.T * ob);
+  }
   const auto pairs = upper_tile_pairs((n + tile - 1) / tile);
   const int64_t num_pairs = static_cast<int64_t>(pairs.size());
-  AT_DISPATCH_FLOATING_TYPES(dtype, "ntk_gram_block_cpu", [&] {
-    const GramTile<scalar_t> gram{A, B, result.data_ptr<scalar_t>(), g.out_rows, T, ob,
-                                  bias ? scalar_t(1) : scalar_t(0)};
-    std::vector<typename GramTile<scalar_t>::Scratch> scratch(dynamic_workers(num_pairs));
+  AT_DISPATCH_FLOATING_TYPES(result.scalar_type(), "ntk_gram_route_cpu", [&] {
+    const GramTiles<scalar_t> gram{layers, result.data_ptr<scalar_t>(), n * ob, ob, add};
+    std::vector<typename GramTiles<scalar_t>::Scratch> scratch(dynamic_workers(num_pairs));
     parallel_for_dynamic(0, num_pairs, 1, [&](int64_t begin, int64_t end, int64_t worker) {
       auto& s = scratch[worker];
       if (!s.ga.defined()) {
-        s.ga = at::empty({tile * T * tile * T}, A.options());
-        s.gb = at::empty({tile * T * ob * tile * T * ob}, A.options());
+        s.ga = at::empty({max_ga}, result.options());
+        s.gb = at::empty({max_gb}, result.options());
       }
       for (int64_t pi = begin; pi < end; ++pi) {
         const int64_t i0 = pairs[pi].first * tile, j0 = pairs[pi].second * tile;
@@ -157,7 +179,34 @@ void ntk_gram_block_cpu(at::Tensor& out, const at::Tensor& a, const at::Tensor& 
       }
     });
   });
-  if (!result.is_same(out)) out.add_(result);
+}
+
+void ntk_gram_block_cpu(at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
+                        int64_t rows_per_example, bool bias, bool sum_outputs) {
+  const auto g = check_ntk_gram_block("ntk_gram_block_", out, a, b, rows_per_example, sum_outputs);
+  if (out.numel() == 0) return;
+  const std::vector<GramLayer> layers{
+      gram_layer(a, b, rows_per_example, bias, sum_outputs, out.scalar_type())};
+  const int64_t ob = sum_outputs ? 1 : g.outputs;
+  if (out.is_contiguous()) {
+    gram_route(out, layers, g.examples, ob, /*add=*/true);
+    return;
+  }
+  auto result = at::empty({g.out_rows, g.out_rows}, out.options().memory_format(at::MemoryFormat::Contiguous));
+  gram_route(result, layers, g.examples, ob, /*add=*/false);
+  out.add_(result);
+}
+
+at::Tensor ntk_gram_kernel_cpu(at::TensorList a, at::TensorList b, at::IntArrayRef rows_per_example,
+                               bool sum_outputs, at::ScalarType dtype) {
+  const auto g = check_ntk_gram_kernel("ntk_gram_kernel", a, b, rows_per_example, sum_outputs, dtype);
+  auto result = at::empty({g.out_rows, g.out_rows}, a[0].options().dtype(dtype));
+  if (result.numel() == 0) return result;
+  std::vector<GramLayer> layers;
+  for (size_t l = 0; l < a.size(); ++l)
+    layers.push_back(gram_layer(a[l], b[l], rows_per_example[l], false, sum_outputs, dtype));
+  gram_route(result, layers, g.examples, sum_outputs ? 1 : g.outputs, /*add=*/false);
+  return result;
 }
 
 void ntk_masked_block_cpu(at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
@@ -245,7 +294,8 @@ void ntk_masked_block_cpu(at::Tensor& out, const at::Tensor& a, const at::Tensor
             }
           }
         }
-        add_tile(res, res_cols, acc.data(), acc_cols, ni * ob, acc_cols, i0 * ob, j0 * ob, i0 != j0);
+        write_tile<true>(res, res_cols, acc.data(), acc_cols, ni * ob, acc_cols, i0 * ob, j0 * ob,
+                         i0 != j0);
       }
     });
   });
@@ -257,6 +307,7 @@ void ntk_masked_block_cpu(at::Tensor& out, const at::Tensor& a, const at::Tensor
 TORCH_LIBRARY_IMPL(sparsenas, CPU, m) {
   m.impl("ntk_gram_block_", &ntk_gram_block_cpu);
   m.impl("ntk_masked_block_", &ntk_masked_block_cpu);
+  m.impl("ntk_gram_kernel", &ntk_gram_kernel_cpu);
 }
 
 }  // namespace sparsenas
