@@ -1,15 +1,16 @@
 // CPU kernels of the NTK blocks. Both tile the (symmetric) kernel matrix over pairs of example
 // tiles (I, J) with I <= J and hand the tiles to the threads dynamically (parallel_for_dynamic),
 // so a thread descheduled by another job on the same cores holds up one tile, not a static share.
-// Each tile is added to its block (I, J) of the result and, off the diagonal, transposed to the
-// mirror block (J, I); distinct tiles write disjoint blocks.
+// Each tile is written to its block (I, J) of the result and, off the diagonal, transposed to
+// the mirror block (J, I); distinct tiles write disjoint blocks.
 //
-// The Gram route multiplies, per tile, two Gram slices by GEMMs in the accumulation dtype
-// (A_I A_Jᵀ and B_I B_Jᵀ, the latter n·T·ob rows wide, the FLOPs that matter) into per-thread
-// scratch that stays in cache, then adds the bias, multiplies the two Grams and reduces the
-// T × T position pairs of each example pair while adding the tile into the result. The masked
-// block accumulates, per output unit k, Σ_l M_kl a_il a_jl over the mask's nonzeros only (CSR of
-// M), so per-example gradients are never formed.
+// The Gram route multiplies, per tile and linear map, two Gram slices by GEMMs in the
+// accumulation dtype (Ã_I Ã_Jᵀ, with a bias as a column of ones in Ã, and B_I B_Jᵀ, n·T·ob rows
+// wide: the FLOPs that matter) into per-thread scratch that stays in cache, multiplies the two
+// Grams and reduces the T × T position pairs of each example pair into the tile; the tile sums
+// every map before it is written, so the kernel matrix is written once. The masked block
+// accumulates, per output unit k, Σ_l M_kl a_il a_jl over the mask's nonzeros only (CSR of M), so
+// per-example gradients are never formed.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
