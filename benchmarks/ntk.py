@@ -20,7 +20,11 @@ is one write of the kernel matrix at the copy bandwidth measured alike.
 
 ``--contended`` times every case twice, idle and with a competing 2-thread torch.mm job on the
 same cores (a subprocess started before and stopped after the timings), and reports how much of
-its idle speedup each method keeps.
+its idle speedup each method keeps. With libgomp's default (spinning) wait policy, an idle
+OpenMP thread of the timed process can hold the core its working thread needs, and every
+parallel region of that process (torch's and sparsenas's alike) then stalls for a scheduler
+slice: timings flip between two levels about 10× apart. OMP_WAIT_POLICY=passive in the
+environment of the timed process removes the slow level.
 
 Run from the repository root: ``python -m benchmarks.ntk [--quick] [--contended]``.
 """
