@@ -2,7 +2,9 @@
 
 Every benchmark checks correctness first, then times each method on the same random inputs in the
 same run, and reports ratios to the baseline measured beside it. Results go to
-``benchmarks/results/<name>_<device>.json`` (machine-readable) and ``.md`` (a table).
+``benchmarks/results/<name>_<device>.json`` (machine-readable) and ``.md`` (a table), where
+<device> names the machine (``cpu_intel-xeon``, ``cpu_amd-epyc-7b13``, ``cuda_nvidia-h200``), so
+that runs on different machines stand side by side.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import datetime
 import json
 import os
 import platform
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -79,6 +82,19 @@ def device_name(device: torch.device) -> str:
     return f"{cpu} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
 
 
+def machine_tag(device: torch.device) -> str:
+    """The device type and model as a file-name part: 'cpu_intel-xeon', 'cuda_nvidia-h200'."""
+    if device.type == "cuda":
+        model = torch.cuda.get_device_name(device)
+    else:
+        model = device_name(device).split(" (", 1)[0]
+    for noise in ("(R)", "(TM)", "(tm)", "Processor", "CPU", "Core"):
+        model = model.replace(noise, " ")
+    model = model.split("@", 1)[0]
+    slug = "-".join(re.findall(r"[a-z0-9]+", model.lower()))
+    return f"{device.type}_{slug or 'unknown'}"
+
+
 def vector_extensions() -> list[str]:
     """The x86 vector extensions this CPU reports (what the native kernels can dispatch to)."""
     try:
@@ -121,7 +137,7 @@ def write_results(name: str, device: torch.device, rows: list[dict], columns: li
     """Writes rows as JSON (with the environment) and as a markdown table; returns the .md path."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     env = environment(device)
-    stem = RESULTS_DIR / f"{name}_{device.type}"
+    stem = RESULTS_DIR / f"{name}_{machine_tag(device)}"
     stem.with_suffix(".json").write_text(
         json.dumps({"benchmark": name, "environment": env, "notes": notes, "rows": rows},
                    indent=2) + "\n")

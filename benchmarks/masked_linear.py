@@ -1,174 +1,352 @@
-"""masked_linear against the PyTorch baselines: dense F.linear (the floor), F.linear(x, w * mask),
-a Linear pruned with torch.nn.utils.prune.custom_from_mask, and for K candidates a Python loop of
-K F.linear(x_k, w * mask_k).
+"""masked_linear against the PyTorch code it replaces, on each of its two CPU paths and the
+automatic choice between them.
 
-    python -m benchmarks.masked_linear [--quick]
+One mask: dense ``F.linear`` (the floor), ``F.linear(x, w * mask)`` (the two-line alternative),
+and masked_linear with bool / uint8 / packed / soft masks, on a square 1024 x 1024 layer and a
+non-square 1024 -> 4096 one, forward and forward + backward, at 1 and 2 threads. Each masked_linear
+row is timed with the path chosen automatically and with each path forced
+(``SPARSENAS_MASKED_LINEAR_PATH=fused|gemm``), and shows the path chosen per stage; a row where the
+automatic choice is more than 10% slower than the better forced path is reported at the end. Below
+16 rows the op is memory bound and is also compared with its byte floor: the bytes of W, the mask,
+x and y (and for the backward, of the gradients) over the copy bandwidth measured on a buffer of
+the weight's size in the same run.
+
+K candidates: K = 64 masks over one shared weight against a loop of K ``F.linear(x_k, w * mask_k)``.
+
+``--contended`` runs the same timings while a competing 2-thread job (a torch matrix-multiply loop
+in another process) shares the cores, and reports how much each method slows down against an idle
+run of the same rows.
+
+    python -m benchmarks.masked_linear [--quick] [--contended]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
 
-import torch
-import torch.nn.functional as F
-from torch.nn.utils import prune
+# A fresh record of kernel path choices, so that this run measures (and shows) what a new process
+# on this machine chooses, not what an earlier one recorded.
+os.environ["SPARSENAS_CACHE_DIR"] = tempfile.mkdtemp(prefix="sparsenas-bench-cache-")
 
-from benchmarks.harness import peak_memory_bytes, time_call, write_results
-from sparsenas.ops import _reference, masked_linear, pack_mask
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
-IN_FEATURES = OUT_FEATURES = 1024
+from benchmarks.harness import time_call, write_results  # noqa: E402
+from sparsenas import _extension  # noqa: E402
+from sparsenas.ops import _reference, masked_linear, pack_mask  # noqa: E402
+
+LAYERS = ((1024, 1024), (1024, 4096))  # (in, out)
 DENSITY = 0.5
 CANDIDATES = 64
-
-
-def check_correctness(device: torch.device) -> None:
-    """Forward and gradients of every benchmarked form against the float64 reference."""
-    gen = torch.Generator().manual_seed(0)
-    for rows, K in ((3, None), (300, None), (5, 4)):
-        lead = () if K is None else (K,)
-        x = torch.randn(*lead, rows, 96, generator=gen, dtype=torch.float64)
-        weight = torch.randn(80, 96, generator=gen, dtype=torch.float64)
-        bias = torch.randn(80, generator=gen, dtype=torch.float64)
-        keep = torch.rand(*lead, 80, 96, generator=gen) < DENSITY
-        for mask, packed in ((keep, False), (pack_mask(keep), True)):
-            leaves = [t.float().to(device).requires_grad_() for t in (x, weight, bias)]
-            out = masked_linear(leaves[0], leaves[1], mask.to(device), leaves[2], packed=packed)
-            ref_leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
-            ref = _reference.masked_linear(ref_leaves[0], ref_leaves[1], keep, ref_leaves[2])
-            torch.testing.assert_close(out.double().cpu(), ref, atol=1e-4, rtol=1e-4)
-            grad_out = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
-            grads = torch.autograd.grad(out, leaves, grad_out.float().to(device))
-            ref_grads = torch.autograd.grad(ref, ref_leaves, grad_out)
-            for grad, ref_grad in zip(grads, ref_grads):
-                torch.testing.assert_close(grad.double().cpu(), ref_grad, atol=1e-3, rtol=1e-4)
-
-
-# Each time is the best of this many medians: on a CPU shared with other work, the best median
-# is the one least disturbed by it.
+MASK_KINDS = ("bool", "uint8", "packed", "soft")
+PATH_VARIABLE = "SPARSENAS_MASKED_LINEAR_PATH"
+MEMORY_BOUND_ROWS = 16
+AUTO_TOLERANCE = 1.10
+# Each time is the best of this many medians: the best median is the one least disturbed by
+# other work on the machine.
 REPEATS = 3
 
 
-def best_time(fn, device: torch.device, min_run_time: float) -> float:
-    return min(time_call(fn, device, min_run_time) for _ in range(REPEATS))
+def check_correctness() -> None:
+    """Forward and gradients of every mask kind and path against the float64 reference."""
+    gen = torch.Generator().manual_seed(0)
+    for path in ("fused", "gemm"):
+        with forced_path(path):
+            for rows, K in ((3, None), (300, None), (5, 4)):
+                lead = () if K is None else (K,)
+                x = torch.randn(*lead, rows, 96, generator=gen, dtype=torch.float64)
+                weight = torch.randn(80, 96, generator=gen, dtype=torch.float64)
+                bias = torch.randn(80, generator=gen, dtype=torch.float64)
+                keep = torch.rand(*lead, 80, 96, generator=gen) < DENSITY
+                for kind in MASK_KINDS:
+                    mask, packed = make_mask(keep, kind)
+                    leaves = [t.float().requires_grad_() for t in (x, weight, bias)]
+                    out = masked_linear(leaves[0], leaves[1], mask, leaves[2], packed=packed)
+                    ref_leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
+                    ref = _reference.masked_linear(ref_leaves[0], ref_leaves[1], keep,
+                                                   ref_leaves[2])
+                    torch.testing.assert_close(out.double(), ref, atol=1e-4, rtol=1e-4)
+                    grad_out = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+                    grads = torch.autograd.grad(out, leaves, grad_out.float())
+                    ref_grads = torch.autograd.grad(ref, ref_leaves, grad_out)
+                    for grad, ref_grad in zip(grads, ref_grads):
+                        torch.testing.assert_close(grad.double(), ref_grad, atol=1e-3, rtol=1e-4)
 
 
-def fwd_and_fwd_bwd(forward, inputs: list[torch.Tensor], device: torch.device,
-                    min_run_time: float) -> tuple[float, float]:
+def make_mask(keep: torch.Tensor, kind: str) -> tuple[torch.Tensor, bool]:
+    if kind == "bool":
+        return keep, False
+    if kind == "uint8":
+        return keep.to(torch.uint8), False
+    if kind == "packed":
+        return pack_mask(keep), True
+    return keep.float(), False
+
+
+@contextlib.contextmanager
+def forced_path(path: str | None):
+    previous = os.environ.get(PATH_VARIABLE)
+    if path is None:
+        os.environ.pop(PATH_VARIABLE, None)
+    else:
+        os.environ[PATH_VARIABLE] = path
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(PATH_VARIABLE, None)
+        else:
+            os.environ[PATH_VARIABLE] = previous
+
+
+def best_time(fn) -> float:
+    return min(time_call(fn, torch.device("cpu"), MIN_RUN_TIME) for _ in range(REPEATS))
+
+
+def fwd_and_fwd_bwd(forward, inputs: list[torch.Tensor]) -> tuple[float, float]:
     """Seconds per forward (no autograd) and per forward + backward to ``inputs``."""
     with torch.no_grad():
-        fwd = best_time(forward, device, min_run_time)
+        fwd = best_time(forward)
     grad_out = torch.randn_like(forward())
 
     def step():
         torch.autograd.grad(forward(), inputs, grad_out)
 
-    return fwd, best_time(step, device, min_run_time)
+    return fwd, best_time(step)
 
 
-def single_mask_rows(device: torch.device, batches: list[int], min_run_time: float) -> list[dict]:
+def chosen_paths(run) -> str:
+    """Runs ``run`` on the automatic path; returns the path chosen for each stage it ran."""
+    before = _extension.native.kernel_path_choices()
+    run()
+    added = {key: path for key, path in _extension.native.kernel_path_choices().items()
+             if key not in before}
+    stages = {"forward": "fwd", "grad_input": "gi", "grad_weight": "gw"}
+    parts = [f"{stages[key.split()[1]]}={path}" for key, path in sorted(added.items())]
+    return " ".join(parts) if parts else "cached or unmeasured (fused below the size floor)"
+
+
+def copy_bandwidth(nbytes: int) -> float:
+    """Bytes moved per second (read + write) by a copy of a buffer of ``nbytes``."""
+    src = torch.ones(nbytes // 4)
+    dst = torch.empty_like(src)
+    return 2 * nbytes / best_time(lambda: dst.copy_(src))
+
+
+def byte_floor(in_f: int, out_f: int, rows: int, mask: torch.Tensor, bandwidth: float
+               ) -> tuple[float, float]:
+    """Seconds to move the bytes a forward, and a forward + backward, must touch at least."""
+    w, m = 4 * in_f * out_f, mask.numel() * mask.element_size()
+    x, y = 4 * rows * in_f, 4 * rows * out_f
+    forward = w + m + x + y
+    # grad_input reads W, M, dy and writes dx; grad_weight reads dy, x, M and writes dW.
+    backward = (w + m + y + x) + (y + x + m + w)
+    return forward / bandwidth, (forward + backward) / bandwidth
+
+
+def single_mask_rows(in_f: int, out_f: int, batches: list[int], kinds: tuple[str, ...]
+                     ) -> list[dict]:
     gen = torch.Generator().manual_seed(1)
-    weight = torch.randn(OUT_FEATURES, IN_FEATURES, generator=gen).to(device).requires_grad_()
-    bias = torch.randn(OUT_FEATURES, generator=gen).to(device).requires_grad_()
-    keep = (torch.rand(OUT_FEATURES, IN_FEATURES, generator=gen) < DENSITY).to(device)
-    pruned = torch.nn.Linear(IN_FEATURES, OUT_FEATURES).to(device)
-    with torch.no_grad():
-        pruned.weight.copy_(weight)
-        pruned.bias.copy_(bias)
-    prune.custom_from_mask(pruned, "weight", keep)
-    masks = {"bool": (keep, False), "packed": (pack_mask(keep), True)}
+    weight = torch.randn(out_f, in_f, generator=gen).requires_grad_()
+    bias = torch.randn(out_f, generator=gen).requires_grad_()
+    keep = torch.rand(out_f, in_f, generator=gen) < DENSITY
+    float_mask = keep.float()
+    bandwidth = copy_bandwidth(4 * in_f * out_f)
+    layer = f"{in_f}->{out_f}"
     rows = []
     for batch in batches:
-        x = torch.randn(batch, IN_FEATURES, generator=gen).to(device).requires_grad_()
-        dense = fwd_and_fwd_bwd(lambda: F.linear(x, weight, bias), [x, weight, bias], device,
-                                min_run_time)
-        float_mask = keep.float()
-        w_mask = fwd_and_fwd_bwd(lambda: F.linear(x, weight * float_mask, bias),
-                                 [x, weight, bias], device, min_run_time)
-        pruned_time = fwd_and_fwd_bwd(lambda: pruned(x), [x, pruned.weight_orig, pruned.bias],
-                                      device, min_run_time)
-        with torch.no_grad():
-            w_mask_peak = peak_memory_bytes(lambda: F.linear(x, weight * float_mask, bias), device)
-        for name, (mask, packed) in masks.items():
-            ours = fwd_and_fwd_bwd(lambda: masked_linear(x, weight, mask, bias, packed=packed),
-                                   [x, weight, bias], device, min_run_time)
-            with torch.no_grad():
-                peak = peak_memory_bytes(
-                    lambda: masked_linear(x, weight, mask, bias, packed=packed), device)
+        x = torch.randn(batch, in_f, generator=gen).requires_grad_()
+        leaves = [x, weight, bias]
+        dense = fwd_and_fwd_bwd(lambda: F.linear(x, weight, bias), leaves)
+        w_mask = fwd_and_fwd_bwd(lambda: F.linear(x, weight * float_mask, bias), leaves)
+        for kind in kinds:
+            mask, packed = make_mask(keep, kind)
+
+            def forward():
+                return masked_linear(x, weight, mask, bias, packed=packed)
+
+            times = {}
+            for path in ("fused", "gemm"):
+                with forced_path(path):
+                    times[path] = fwd_and_fwd_bwd(forward, leaves)
+            with forced_path(None):
+                chosen = chosen_paths(
+                    lambda: torch.autograd.grad(forward(), leaves, torch.ones(batch, out_f)))
+                times["auto"] = fwd_and_fwd_bwd(forward, leaves)
+            floors = byte_floor(in_f, out_f, batch, mask, bandwidth)
             for i, phase in enumerate(("fwd", "fwd+bwd")):
-                rows.append({
-                    "case": "one mask", "mask": name, "batch": batch, "phase": phase,
-                    "masked_linear_ms": ours[i] * 1e3, "dense_ms": dense[i] * 1e3,
-                    "w*mask_ms": w_mask[i] * 1e3, "prune_ms": pruned_time[i] * 1e3,
-                    "ratio_to_dense": ours[i] / dense[i],
-                    "speedup_vs_w*mask": w_mask[i] / ours[i],
-                    "speedup_vs_prune": pruned_time[i] / ours[i],
-                    "peak_MiB": peak / 2**20, "w*mask_peak_MiB": w_mask_peak / 2**20,
-                })
-            print(rows[-2], rows[-1], sep="\n", flush=True)
+                best_forced = min(times["fused"][i], times["gemm"][i])
+                row = {
+                    "case": layer, "threads": torch.get_num_threads(), "mask": kind,
+                    "batch": batch, "phase": phase, "chosen": chosen,
+                    "auto_ms": times["auto"][i] * 1e3, "fused_ms": times["fused"][i] * 1e3,
+                    "gemm_ms": times["gemm"][i] * 1e3, "dense_ms": dense[i] * 1e3,
+                    "w*mask_ms": w_mask[i] * 1e3,
+                    "ratio_to_dense": times["auto"][i] / dense[i],
+                    "speedup_vs_w*mask": w_mask[i] / times["auto"][i],
+                    "auto_vs_best_path": times["auto"][i] / best_forced,
+                }
+                if batch < MEMORY_BOUND_ROWS:
+                    row["ratio_to_byte_floor"] = times["auto"][i] / floors[i]
+                    row["dense_ratio_to_byte_floor"] = dense[i] / floors[i]
+                rows.append(row)
+                print(format_row(row), flush=True)
     return rows
 
 
-def candidate_rows(device: torch.device, batches: list[int], min_run_time: float) -> list[dict]:
+def candidate_rows(batches: list[int], kinds: tuple[str, ...]) -> list[dict]:
+    in_f, out_f = LAYERS[0]
     gen = torch.Generator().manual_seed(2)
-    weight = torch.randn(OUT_FEATURES, IN_FEATURES, generator=gen).to(device).requires_grad_()
-    bias = torch.randn(OUT_FEATURES, generator=gen).to(device).requires_grad_()
-    keep = (torch.rand(CANDIDATES, OUT_FEATURES, IN_FEATURES, generator=gen) < DENSITY).to(device)
+    weight = torch.randn(out_f, in_f, generator=gen).requires_grad_()
+    bias = torch.randn(out_f, generator=gen).requires_grad_()
+    keep = torch.rand(CANDIDATES, out_f, in_f, generator=gen) < DENSITY
     float_masks = keep.float()
-    masks = {"bool": (keep, False), "packed": (pack_mask(keep), True)}
     rows = []
     for batch in batches:
-        x = torch.randn(CANDIDATES, batch, IN_FEATURES, generator=gen).to(device).requires_grad_()
+        x = torch.randn(CANDIDATES, batch, in_f, generator=gen).requires_grad_()
+        leaves = [x, weight, bias]
 
         def loop():
             return torch.stack([F.linear(x[k], weight * float_masks[k], bias)
                                 for k in range(CANDIDATES)])
 
-        baseline = fwd_and_fwd_bwd(loop, [x, weight, bias], device, min_run_time)
-        with torch.no_grad():
-            loop_peak = peak_memory_bytes(loop, device)
-        for name, (mask, packed) in masks.items():
-            ours = fwd_and_fwd_bwd(lambda: masked_linear(x, weight, mask, bias, packed=packed),
-                                   [x, weight, bias], device, min_run_time)
-            with torch.no_grad():
-                peak = peak_memory_bytes(
-                    lambda: masked_linear(x, weight, mask, bias, packed=packed), device)
+        baseline = fwd_and_fwd_bwd(loop, leaves)
+        for kind in kinds:
+            mask, packed = make_mask(keep, kind)
+
+            def forward():
+                return masked_linear(x, weight, mask, bias, packed=packed)
+
+            times = {}
+            for path in ("fused", "gemm"):
+                with forced_path(path):
+                    times[path] = fwd_and_fwd_bwd(forward, leaves)
+            with forced_path(None):
+                chosen = chosen_paths(lambda: torch.autograd.grad(
+                    forward(), leaves, torch.ones(CANDIDATES, batch, out_f)))
+                times["auto"] = fwd_and_fwd_bwd(forward, leaves)
             for i, phase in enumerate(("fwd", "fwd+bwd")):
-                rows.append({
-                    "case": f"K={CANDIDATES}", "mask": name, "batch": batch, "phase": phase,
-                    "masked_linear_ms": ours[i] * 1e3, "loop_ms": baseline[i] * 1e3,
-                    "speedup_vs_loop": baseline[i] / ours[i],
-                    "peak_MiB": peak / 2**20, "loop_peak_MiB": loop_peak / 2**20,
-                })
-            print(rows[-2], rows[-1], sep="\n", flush=True)
+                row = {
+                    "case": f"K={CANDIDATES} {in_f}->{out_f}", "threads": torch.get_num_threads(),
+                    "mask": kind, "batch": batch, "phase": phase, "chosen": chosen,
+                    "auto_ms": times["auto"][i] * 1e3, "fused_ms": times["fused"][i] * 1e3,
+                    "gemm_ms": times["gemm"][i] * 1e3, "loop_ms": baseline[i] * 1e3,
+                    "speedup_vs_loop": baseline[i] / times["auto"][i],
+                    "auto_vs_best_path": times["auto"][i] / min(times["fused"][i],
+                                                                times["gemm"][i]),
+                }
+                rows.append(row)
+                print(format_row(row), flush=True)
     return rows
 
 
+def format_row(row: dict) -> str:
+    return "  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in row.items())
+
+
+@contextlib.contextmanager
+def competing_job():
+    """A 2-thread torch matrix-multiply loop in another process, for the length of the block."""
+    code = ("import torch\ntorch.set_num_threads(2)\na = torch.randn(384, 384)\n"
+            "while True:\n    a @ a\n")
+    job = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        yield
+    finally:
+        job.kill()
+        job.wait()
+
+
+def contended_rows(batches: list[int]) -> list[dict]:
+    """The 1024 x 1024 bool-mask rows at 2 threads, idle and with a competing job, side by side."""
+    in_f, out_f = LAYERS[0]
+    gen = torch.Generator().manual_seed(3)
+    weight = torch.randn(out_f, in_f, generator=gen).requires_grad_()
+    bias = torch.randn(out_f, generator=gen).requires_grad_()
+    keep = torch.rand(out_f, in_f, generator=gen) < DENSITY
+    float_mask = keep.float()
+    rows = []
+    for batch in batches:
+        x = torch.randn(batch, in_f, generator=gen).requires_grad_()
+        leaves = [x, weight, bias]
+        methods = {
+            "dense F.linear": lambda: F.linear(x, weight, bias),
+            "F.linear(x, w*mask)": lambda: F.linear(x, weight * float_mask, bias),
+            "masked_linear": lambda: masked_linear(x, weight, keep, bias),
+        }
+        idle = {name: fwd_and_fwd_bwd(fn, leaves) for name, fn in methods.items()}
+        with competing_job():
+            busy = {name: fwd_and_fwd_bwd(fn, leaves) for name, fn in methods.items()}
+        for name in methods:
+            for i, phase in enumerate(("fwd", "fwd+bwd")):
+                row = {"case": f"{in_f}->{out_f} bool", "threads": torch.get_num_threads(),
+                       "batch": batch, "phase": phase, "method": name,
+                       "idle_ms": idle[name][i] * 1e3, "contended_ms": busy[name][i] * 1e3,
+                       "slowdown": busy[name][i] / idle[name][i]}
+                rows.append(row)
+                print(format_row(row), flush=True)
+    return rows
+
+
+MIN_RUN_TIME = 0.1
+
+
 def main() -> None:
+    global MIN_RUN_TIME
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a subset of batch sizes, shorter runs")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's default)")
+    parser.add_argument("--quick", action="store_true", help="fewer shapes, shorter runs")
+    parser.add_argument("--contended", action="store_true",
+                        help="time with a competing 2-thread job on the same cores")
     args = parser.parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    check_correctness(device)
-    print("correctness: masked_linear matches the float64 reference (bool, packed, K candidates)")
-    min_run_time = 0.02 if args.quick else 0.1
-    batches = [1, 16, 256] if args.quick else [1, 4, 16, 64, 256, 1024, 4096]
+    check_correctness()
+    print("correctness: every mask kind and path matches the float64 reference", flush=True)
+    if args.quick:
+        MIN_RUN_TIME = 0.02
+    if args.contended:
+        torch.set_num_threads(2)
+        rows = contended_rows([1, 16, 256] if not args.quick else [16])
+        columns = ["case", "threads", "batch", "phase", "method", "idle_ms", "contended_ms",
+                   "slowdown"]
+        notes = ("Each method timed idle and then while a competing 2-thread torch matrix-multiply "
+                 "loop runs in another process on the same cores. slowdown = contended / idle "
+                 f"time. Times: best of {REPEATS} medians.")
+        path = write_results("masked_linear_contended", torch.device("cpu"), rows, columns, notes)
+        print(f"results: {path}")
+        return
+    batches = [1, 16, 256] if args.quick else [1, 4, 16, 64, 256, 1024]
     candidate_batches = [16] if args.quick else [1, 16, 64]
-    rows = single_mask_rows(device, batches, min_run_time)
-    rows += candidate_rows(device, candidate_batches, min_run_time)
-    columns = ["case", "mask", "batch", "phase", "masked_linear_ms", "dense_ms", "w*mask_ms",
-               "prune_ms", "loop_ms", "ratio_to_dense", "speedup_vs_w*mask", "speedup_vs_prune",
-               "speedup_vs_loop", "peak_MiB", "w*mask_peak_MiB", "loop_peak_MiB"]
-    notes = (f"Layer {IN_FEATURES} x {OUT_FEATURES}, mask density {DENSITY}, float32, bias; "
-             f"batch = rows of x (per candidate for K={CANDIDATES}, weight shared). fwd+bwd: "
-             "gradients of x, weight and bias. ratio_to_dense < 1 is faster than dense; "
-             "speedup_* > 1 is faster than that baseline. Times: best of 3 medians. Peak memory "
-             "of one forward."
+    layers = LAYERS[:1] if args.quick else LAYERS
+    rows = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        for in_f, out_f in layers:
+            rows += single_mask_rows(in_f, out_f, batches, MASK_KINDS)
+        rows += candidate_rows(candidate_batches, ("bool", "packed"))
+    misses = [row for row in rows if row["auto_vs_best_path"] > AUTO_TOLERANCE]
+    for row in misses:
+        print(f"automatic choice more than {AUTO_TOLERANCE - 1:.0%} slower than the other path: "
+              f"{format_row(row)}")
+    columns = ["case", "threads", "mask", "batch", "phase", "chosen", "auto_ms", "fused_ms",
+               "gemm_ms", "dense_ms", "w*mask_ms", "loop_ms", "ratio_to_dense",
+               "speedup_vs_w*mask", "speedup_vs_loop", "ratio_to_byte_floor",
+               "dense_ratio_to_byte_floor", "auto_vs_best_path"]
+    notes = (f"Mask density {DENSITY}, float32, bias; batch = rows of x (per candidate for "
+             f"K={CANDIDATES}, weight shared). fwd+bwd: gradients of x, weight and bias. auto: the "
+             "path chosen automatically (per stage in 'chosen': fwd, gi = input gradient, gw = "
+             "weight gradient); fused / gemm: each path forced. ratio_to_dense < 1 is faster than "
+             "dense F.linear; speedup_* > 1 is faster than that baseline. ratio_to_byte_floor "
+             "(batch < 16): time over the bytes of W, mask, x and y (fwd; fwd+bwd adds the "
+             "gradients' bytes) moved at the copy bandwidth measured in this run. "
+             f"auto_vs_best_path > {AUTO_TOLERANCE} marks a wrong automatic choice "
+             f"({len(misses)} rows). Times: best of {REPEATS} medians."
              + (" Quick mode." if args.quick else ""))
-    path = write_results("masked_linear", device, rows, columns, notes)
+    path = write_results("masked_linear", torch.device("cpu"), rows, columns, notes)
     print(f"results: {path}")
 
 

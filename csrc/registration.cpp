@@ -3,7 +3,10 @@
 // fakes and autograd are registered in Python (sparsenas/ops/).
 
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 #include <torch/library.h>
+
+#include "cpu/path_choice.h"
 
 #ifndef SPARSENAS_VERSION
 #define SPARSENAS_VERSION "unknown"
@@ -45,6 +48,12 @@ PYBIND11_MODULE(_C, module) {
   module.doc() = "sparsenas native operators (registered under torch.ops.sparsenas)";
   module.attr("__version__") = SPARSENAS_VERSION;
   module.attr("torch_version") = SPARSENAS_TORCH_VERSION;
+  module.def("kernel_path_choices", &sparsenas::cpu::path_choices,
+             "Every CPU kernel path chosen so far in this process: shape class -> 'fused' / 'gemm'.");
+  module.def("set_kernel_path_choices", &sparsenas::cpu::set_path_choices, py::arg("choices"),
+             "Adds path choices (shape class -> 'fused' / 'gemm'); classes already chosen keep theirs.");
+  module.def("use_kernel_path_cache", &sparsenas::cpu::use_path_cache, py::arg("file"),
+             "Reads the path choices recorded in file and appends every new choice to it.");
 #ifdef SPARSENAS_WITH_CUDA
   module.attr("with_cuda") = true;
   module.attr("cuda_archs") = SPARSENAS_CUDA_ARCHS;

@@ -7,8 +7,11 @@ op runs its reference too, and one ``RuntimeWarning`` at import says why and how
 
 from __future__ import annotations
 
+import hashlib
 import os
+import platform
 import warnings
+from pathlib import Path
 from types import ModuleType
 
 import torch
@@ -33,6 +36,50 @@ def _load() -> tuple[ModuleType | None, str | None]:
 
 
 native, load_error = _load()
+
+
+def kernel_path_cache_file() -> Path | None:
+    """Where the CPU kernels record their measured path choices for this machine and build.
+
+    Under ``$SPARSENAS_CACHE_DIR`` (default ``$XDG_CACHE_HOME/sparsenas``, else
+    ``~/.cache/sparsenas``); the name hashes the CPU model, the torch and sparsenas versions and
+    the compiled extension file, so that another machine or a rebuild measures afresh. None
+    without the extension.
+    """
+    if native is None:
+        return None
+    root = os.environ.get("SPARSENAS_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+        "sparsenas")
+    extension = os.stat(native.__file__)
+    identity = "|".join([_cpu_model(), torch.__version__, native.__version__,
+                         str(extension.st_size), str(extension.st_mtime_ns)])
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    return Path(root) / f"kernel-paths-{digest}.tsv"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _use_kernel_path_cache() -> None:
+    file = kernel_path_cache_file()
+    if file is None:
+        return
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return  # no writable cache directory: choices are measured in every process
+    native.use_kernel_path_cache(str(file))
+
+
+_use_kernel_path_cache()
 
 
 def _native_ops() -> list[str]:

@@ -3,6 +3,8 @@ same suite verifies the CUDA kernels when it runs on a GPU machine."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,10 @@ import torch
 # directory first on sys.path, and from the repository root that would import the source tree,
 # which holds no compiled extension after a non-editable install, instead of the installed package.
 SUBPROCESS_CWD = Path(__file__).resolve().parent
+
+# The kernels' on-disk record of measured path choices goes to a directory of this test session
+# (inherited by the subprocesses tests start), not to the user's cache.
+os.environ["SPARSENAS_CACHE_DIR"] = tempfile.mkdtemp(prefix="sparsenas-test-cache-")
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

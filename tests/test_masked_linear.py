@@ -21,6 +21,7 @@ MASK_FORMATS = ["bool", "uint8", "soft", "packed"]
 # Forms: (K candidates or None, weight per candidate, bias per candidate).
 FORMS = {"single": (None, False, False), "shared": (3, False, False),
          "per_candidate": (2, True, True)}
+PATH_VARIABLE = "SPARSENAS_MASKED_LINEAR_PATH"
 TOLERANCE = {torch.float32: dict(atol=2e-4, rtol=2e-4), torch.float64: dict(atol=1e-10, rtol=1e-10),
              torch.bfloat16: dict(atol=4e-2, rtol=3e-2)}
 
@@ -86,13 +87,20 @@ def assert_matches_reference(x, weight, mask, bias, packed):
                                    rtol=tol["rtol"])
 
 
+@pytest.fixture(params=["auto", "fused", "gemm"])
+def kernel_path(request, monkeypatch):
+    """Each CPU kernel path forced in turn (auto: the size floor keeps small shapes fused)."""
+    monkeypatch.setenv(PATH_VARIABLE, request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("mask_format", MASK_FORMATS)
 @pytest.mark.parametrize("form", list(FORMS))
 @pytest.mark.parametrize("rows,in_features,out_features",
                          [((2, 3), 13, 9), ((40,), 70, 21)])
-def test_forward_and_gradients_match_reference(device, dtype, mask_format, form, rows, in_features,
-                                               out_features):
+def test_forward_and_gradients_match_reference(device, kernel_path, dtype, mask_format, form, rows,
+                                               in_features, out_features):
     args = make_inputs(device, dtype, mask_format, rows, in_features, out_features, form,
                        requires_grad=True)
     assert_matches_reference(*args)
@@ -100,7 +108,7 @@ def test_forward_and_gradients_match_reference(device, dtype, mask_format, form,
 
 @pytest.mark.parametrize("mask_format", MASK_FORMATS)
 @pytest.mark.parametrize("form", ["single", "shared"])
-def test_several_cache_tiles(device, mask_format, form):
+def test_several_cache_tiles(device, kernel_path, mask_format, form):
     # Large enough for several weight tiles (forward / weight gradient) and several column tiles
     # of the input gradient, the last one partial and not byte aligned.
     args = make_inputs(device, torch.float32, mask_format, (33,), 2053, 300, form,
@@ -334,3 +342,93 @@ def test_gradient_ops_reject_bad_inputs(device):
         ops.masked_linear_grad_weight(grad, x, weight, mask, False, True, True)
     with pytest.raises(TypeError, match="'grad'"):
         ops.masked_linear_grad_input(grad.long(), weight, mask)
+
+
+def _path_choice_inputs(seed):
+    # 64 rows of a 256 x 256 layer: above the size below which nothing is measured.
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(64, 256, generator=gen)
+    weight = torch.randn(256, 256, generator=gen)
+    keep = torch.rand(256, 256, generator=gen) < 0.5
+    return x, weight, keep
+
+
+@pytest.mark.skipif(not has_native_kernel("masked_linear", "cpu"), reason="native CPU kernel")
+def test_automatic_path_is_measured_once_and_reused(monkeypatch):
+    from sparsenas._extension import native
+
+    monkeypatch.delenv(PATH_VARIABLE, raising=False)
+    x, weight, keep = _path_choice_inputs(0)
+    before = native.kernel_path_choices()
+    out = masked_linear(x, weight, keep)
+    added = {k: v for k, v in native.kernel_path_choices().items() if k not in before}
+    key = (f"masked_linear forward float32 byte rows<=64 in<=256 out<=256 single "
+           f"threads={torch.get_num_threads()}")
+    if key in before:  # measured by an earlier test in this process
+        added[key] = before[key]
+    assert set(added) == {key} and added[key] in ("fused", "gemm")
+    # Later calls of the class reuse the choice, and compute exactly what that path computes.
+    again = masked_linear(x, weight, keep)
+    assert native.kernel_path_choices()[key] == added[key]
+    monkeypatch.setenv(PATH_VARIABLE, added[key])
+    forced = masked_linear(x, weight, keep)
+    assert torch.equal(out, forced) and torch.equal(again, forced)
+
+
+@pytest.mark.skipif(not has_native_kernel("masked_linear", "cpu"), reason="native CPU kernel")
+def test_preset_path_choice_is_used(monkeypatch):
+    from sparsenas._extension import native
+
+    monkeypatch.delenv(PATH_VARIABLE, raising=False)
+    x, weight, keep = _path_choice_inputs(1)
+    x = x[:48]  # rows<=64 of a new mask kind: a class no other test measures
+    mask = keep.float()
+    key = (f"masked_linear forward float32 soft rows<=64 in<=256 out<=256 single "
+           f"threads={torch.get_num_threads()}")
+    native.set_kernel_path_choices({key: "gemm"})
+    chosen = native.kernel_path_choices()[key]
+    auto = masked_linear(x, weight, mask)
+    monkeypatch.setenv(PATH_VARIABLE, chosen)
+    assert torch.equal(auto, masked_linear(x, weight, mask))
+    with pytest.raises(ValueError, match="kernel path choice"):
+        native.set_kernel_path_choices({key: "fastest"})
+
+
+@pytest.mark.skipif(not has_native_kernel("masked_linear", "cpu"), reason="native CPU kernel")
+def test_bad_path_variable_names_itself(monkeypatch):
+    monkeypatch.setenv(PATH_VARIABLE, "blas")
+    x, weight, keep = _path_choice_inputs(2)
+    with pytest.raises(ValueError, match="SPARSENAS_MASKED_LINEAR_PATH must be 'fused', 'gemm' or "
+                                         "'auto', got 'blas'"):
+        masked_linear(x, weight, keep)
+
+
+@pytest.mark.skipif(not has_native_kernel("masked_linear", "cpu"), reason="native CPU kernel")
+def test_path_choices_are_recorded_for_later_processes(tmp_path):
+    script = (
+        "import torch\n"
+        "from sparsenas import _extension\n"
+        "from sparsenas.ops import masked_linear\n"
+        "torch.set_num_threads(1)\n"
+        "x, w = torch.randn(64, 256), torch.randn(256, 256)\n"
+        "masked_linear(x, w, torch.rand(256, 256) < 0.5)\n"
+        "masked_linear(x, w, torch.rand(256, 256) < 0.5, packed=False)\n"
+        "print(_extension.kernel_path_cache_file())\n"
+        "print(_extension.native.kernel_path_choices()[KEY])\n")
+    key = "masked_linear forward float32 byte rows<=64 in<=256 out<=256 single threads=1"
+    env = {**os.environ, "SPARSENAS_CACHE_DIR": str(tmp_path)}
+    env.pop(PATH_VARIABLE, None)
+
+    def run():
+        result = subprocess.run([sys.executable, "-c", f"KEY = {key!r}\n" + script], env=env,
+                                cwd=SUBPROCESS_CWD, capture_output=True, text=True, check=True)
+        return result.stdout.split()[-2:]
+
+    file, measured = run()
+    lines = open(file).read().splitlines()
+    assert lines == [f"{key}\t{measured}"]  # measured once, recorded at once
+    # A later process runs what the record says, whatever it would measure itself.
+    other = "gemm" if measured == "fused" else "fused"
+    with open(file, "w") as record:
+        record.write(f"{key}\t{other}\nunparseable line\n")
+    assert run() == [file, other]

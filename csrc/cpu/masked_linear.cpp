@@ -5,42 +5,46 @@
 // - otherwise the masked weight is built one cache-sized tile at a time and a GEMM reads it
 //   while it is still in cache (tiles of output rows for the forward and the weight gradient,
 //   tiles of input columns for the input gradient, so that every GEMM sums over its whole
-//   reduction dimension at once and the result is written, never accumulated).
+//   reduction dimension at once and the result is written, never accumulated). Each thread
+//   masks its own tiles and runs their GEMMs itself, all in one parallel region whose tiles are
+//   claimed dynamically: a thread descheduled by other work on the machine delays the call by
+//   one tile at most, not by its whole share, and a call pays for one region, not two per tile.
+// Which of the two paths runs is measured per shape class on first use (choose_path below).
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <ATen/Version.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <limits>
 #include <string>
 
 #include "common/checks.h"
+#include "common/parallel.h"
 #include "cpu/masked_linear_kernels.h"
+#include "cpu/path_choice.h"
 #include "ops/masked_linear.h"
 
 namespace sparsenas {
 namespace {
 
+using cpu::KernelPath;
 using cpu::MaskKind;
 
-// Up to these many rows per candidate the fused kernels beat masked tiles + GEMM (measured on a
-// 1024 x 1024 layer with benchmarks/masked_linear.py and per-op timings). With AVX2 / AVX-512
-// the fused forward runs near the FMA peak and beats the BLAS at every batch size; the fused
-// gradients re-read a weight strip or x from cache for every few rows and are kept to a few
-// hundred rows. The portable kernels switch to tiles + GEMM early.
-int64_t fused_forward_max_rows(const cpu::Kernels& kern) {
-  return kern.vectorized ? std::numeric_limits<int64_t>::max() : 16;
-}
-int64_t fused_grad_max_rows(const cpu::Kernels& kern) { return kern.vectorized ? 256 : 16; }
 // The fused forward runs over chunks of this many x rows, whose opmath copy stays in L2.
 constexpr int64_t kFusedChunkRows = 128;
-// Elements of one masked tile: 256 K floats = 1 MiB, half of a typical L2.
-constexpr int64_t kTileElements = 1 << 18;
+// Elements of one masked tile: at least 64 K floats (256 KiB: the tile stays in even a 512 KiB
+// L2), at most 1 M (4 MiB), else about as many tile rows as the GEMM has rows of x: a GEMM whose
+// shared dimension is much smaller than its rows runs well below the BLAS's peak, which costs
+// more than a tile that spills to L3.
+constexpr int64_t kMinTileElements = int64_t{1} << 16;
+constexpr int64_t kMaxTileElements = int64_t{1} << 20;
 
 const cpu::Kernels& kernels(at::ScalarType dtype, MaskKind kind) {
   // The capability ATen itself runs at (it honours ATEN_CPU_CAPABILITY); one table per
@@ -95,21 +99,37 @@ Operand mask_operand(const at::Tensor& mask, const MaskedLinearGeometry& g, bool
           static_cast<int64_t>(m.element_size())};
 }
 
-int64_t tile_extent(int64_t other_extent, int64_t total) {
-  // A multiple of 16 (so that column tiles of a packed mask start on a byte), at least 16.
-  const int64_t n = std::max<int64_t>(16, kTileElements / std::max<int64_t>(other_extent, 1) / 16 * 16);
+// Tile rows (or columns) of a weight of `total` x `other_extent`, for a GEMM with `rows` rows of x:
+// a multiple of 16 (so that column tiles of a packed mask start on a byte), at least 16.
+int64_t tile_extent(int64_t other_extent, int64_t total, int64_t rows) {
+  const int64_t wanted = static_cast<int64_t>(std::bit_ceil(static_cast<uint64_t>(std::max<int64_t>(rows, 1))));
+  const int64_t elements = std::clamp(wanted * other_extent, kMinTileElements, kMaxTileElements);
+  const int64_t n = std::max<int64_t>(16, elements / std::max<int64_t>(other_extent, 1) / 16 * 16);
   return std::min(n, total);
 }
 
-// dst rows [0, rows) (+)= src rows * mask rows, in parallel over rows.
-void mask_multiply(const cpu::Kernels& kern, const void* src, int64_t src_ld, const void* mask,
-                   int64_t mask_ld, void* dst, int64_t dst_ld, int64_t rows, int64_t cols,
-                   bool accumulate, bool dst_opmath) {
-  const cpu::MaskMultiplyArgs args{src, src_ld, mask, mask_ld, dst, dst_ld, cols, accumulate,
-                                   dst_opmath};
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(cols, 1));
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    kern.mask_multiply(args, begin, end);
+// dst rows [0, rows) (+)= src rows * mask rows, on the calling thread.
+void mask_rows(const cpu::Kernels& kern, const void* src, int64_t src_ld, const void* mask,
+               int64_t mask_ld, void* dst, int64_t dst_ld, int64_t rows, int64_t cols,
+               bool accumulate, bool dst_opmath) {
+  kern.mask_multiply({src, src_ld, mask, mask_ld, dst, dst_ld, cols, accumulate, dst_opmath}, 0,
+                     rows);
+}
+
+// Calls fn(item, tile) for items [0, items) on the threads of one parallel region, items claimed
+// dynamically; `tile` is the calling thread's own scratch tensor of tile_shape. ATen ops in fn see
+// the caller's thread-local state (dispatch keys, grad mode), which worker threads do not inherit.
+template <typename Fn>
+void for_each_tile(int64_t items, at::IntArrayRef tile_shape, const at::TensorOptions& options,
+                   const Fn& fn) {
+  std::vector<int64_t> shape{dynamic_workers(items)};
+  shape.insert(shape.end(), tile_shape.begin(), tile_shape.end());
+  auto buffers = at::empty(shape, options);
+  const at::ThreadLocalState caller;
+  parallel_for_dynamic(0, items, 1, [&](int64_t begin, int64_t end, int64_t worker) {
+    at::ThreadLocalStateGuard state(caller);
+    auto tile = buffers[worker];
+    for (int64_t item = begin; item < end; ++item) fn(item, tile);
   });
 }
 
@@ -131,6 +151,123 @@ at::Tensor transposed_opmath(const at::Tensor& g3) {
   return g3.to(at::toOpMathType(g3.scalar_type())).transpose(1, 2).contiguous();
 }
 
+// ---- path choice ----
+
+constexpr const char* kPathVariable = "SPARSENAS_MASKED_LINEAR_PATH";
+// Below this many multiply-adds per candidate the fused kernels win everywhere (a GEMM call and a
+// tile allocation cost more than the whole product), so nothing is measured.
+constexpr int64_t kMeasureMinMacs = int64_t{1} << 15;
+// A measurement runs on at most this many multiply-adds (a prefix of the candidates), timed three
+// times per path; a single candidate above it is timed once per path.
+constexpr int64_t kMeasureMacs = int64_t{1} << 27;
+
+const char* dtype_name(at::ScalarType dtype) {
+  return dtype == at::kFloat ? "float32" : dtype == at::kDouble ? "float64"
+       : dtype == at::kBFloat16 ? "bfloat16" : "float16";
+}
+const char* kind_name(MaskKind kind) {
+  return kind == MaskKind::kByte ? "byte" : kind == MaskKind::kBits ? "packed" : "soft";
+}
+int64_t size_class(int64_t n) { return static_cast<int64_t>(std::bit_ceil(static_cast<uint64_t>(std::max<int64_t>(n, 1)))); }
+
+// The shape class a choice holds for: sizes rounded up to powers of two, the candidate layout and
+// the thread count (crossovers move with all of them).
+std::string path_key(const char* stage, at::ScalarType dtype, MaskKind kind,
+                     const MaskedLinearGeometry& g) {
+  const char* layout = g.candidates == 1 ? "single" : g.weight_per_candidate ? "candidates" : "candidates-shared-weight";
+  return std::string("masked_linear ") + stage + " " + dtype_name(dtype) + " " + kind_name(kind) + " rows<=" +
+         std::to_string(size_class(g.rows)) + " in<=" + std::to_string(size_class(g.in_features)) +
+         " out<=" + std::to_string(size_class(g.out_features)) + " " + layout +
+         " threads=" + std::to_string(at::get_num_threads());
+}
+
+// The path for one call: forced by SPARSENAS_MASKED_LINEAR_PATH, or measured once per shape class by
+// running the stage with both paths on its first `measured` candidates (measure(path, count)).
+template <typename Measure>
+KernelPath choose_path(const char* stage, at::ScalarType dtype, MaskKind kind,
+                       const MaskedLinearGeometry& g, Measure&& measure) {
+  if (const auto forced = cpu::forced_path(kPathVariable)) return *forced;
+  const int64_t macs = g.rows * g.in_features * g.out_features;
+  if (macs < kMeasureMinMacs) return KernelPath::kFused;
+  const int64_t count = std::clamp<int64_t>(kMeasureMacs / macs, 1, g.candidates);
+  const int repeats = count * macs <= kMeasureMacs ? 3 : 1;
+  return cpu::measured_path(path_key(stage, dtype, kind, g), repeats,
+                            [&](KernelPath path) { measure(path, count); });
+}
+
+// The first `count` candidates of a K-candidate operand (a shared one as it is).
+at::Tensor leading(const at::Tensor& t, bool per_candidate, int64_t count) {
+  return per_candidate ? t.narrow(0, 0, count) : t;
+}
+
+// ---- forward ----
+
+void forward_fused(const cpu::Kernels& kern, const MaskedLinearGeometry& g, const at::Tensor& x3,
+                   const Operand& w, const Operand& m, const at::Tensor& b, const at::Tensor& out) {
+  const int64_t K = g.candidates, rows = g.rows, in = g.in_features, out_f = g.out_features;
+  auto xbuf = padded_opmath_rows(x3);
+  const int64_t in_stride = xbuf.size(2);
+  const int64_t blocks = (out_f + cpu::kFusedOutBlock - 1) / cpu::kFusedOutBlock;
+  auto run = [&](const cpu::FusedForwardArgs& args, int64_t items, int64_t chunk_rows) {
+    const int64_t grain =
+        std::max<int64_t>(1, 65536 / (cpu::kFusedOutBlock * in_stride * std::max<int64_t>(chunk_rows, 1)));
+    parallel_for_dynamic(0, items, grain, [&](int64_t begin, int64_t end, int64_t) {
+      kern.fused_forward(args, begin, end);
+    });
+  };
+  const char* bias_data = b.defined() ? static_cast<const char*>(b.const_data_ptr()) : nullptr;
+  const int64_t bias_stride = g.bias_per_candidate ? out_f : 0;
+  if (rows <= kFusedChunkRows) {
+    run({xbuf.const_data_ptr(), w.tensor.const_data_ptr(), w.candidate_stride,
+         m.tensor.const_data_ptr(), m.candidate_stride, m.ld, bias_data, bias_stride,
+         out.data_ptr(), rows, in, in_stride, out_f, blocks},
+        K * blocks, rows);
+    return;
+  }
+  // Chunks of rows, one candidate at a time: each chunk's x stays in L2 while every masked
+  // weight row is multiplied into it.
+  for (int64_t k = 0; k < K; ++k) {
+    for (int64_t r0 = 0; r0 < rows; r0 += kFusedChunkRows) {
+      const int64_t n = std::min(kFusedChunkRows, rows - r0);
+      run({static_cast<const char*>(xbuf.const_data_ptr()) + (k * rows + r0) * in_stride * xbuf.element_size(),
+           w.at(k, 0, 0), 0, m.at(k, 0, 0), 0, m.ld,
+           bias_data ? bias_data + k * bias_stride * b.element_size() : nullptr, 0,
+           static_cast<char*>(out.data_ptr()) + (k * rows + r0) * out_f * out.element_size(), n,
+           in, in_stride, out_f, blocks},
+          blocks, n);
+    }
+  }
+}
+
+void forward_gemm(const cpu::Kernels& kern, const MaskedLinearGeometry& g, const at::Tensor& x3,
+                  const Operand& w, const Operand& m, const at::Tensor& b, const at::Tensor& out) {
+  const int64_t in = g.in_features, out_f = g.out_features;
+  const int64_t tile_rows = tile_extent(in, out_f, g.rows);
+  const int64_t tiles = (out_f + tile_rows - 1) / tile_rows;
+  const int64_t items = g.candidates * tiles;
+  for_each_tile(items, {tile_rows, in}, x3.options(), [&](int64_t item, const at::Tensor& tile) {
+    const int64_t k = item / tiles, o0 = item % tiles * tile_rows;
+    const int64_t n = std::min(tile_rows, out_f - o0);
+    mask_rows(kern, w.at(k, o0, 0), in, m.at(k, o0, 0), m.ld, tile.data_ptr(), in, n, in, false,
+              false);
+    auto dst = out[k].narrow(1, o0, n);
+    if (b.defined()) {
+      at::addmm_out(dst, (g.bias_per_candidate ? b[k] : b).narrow(0, o0, n).unsqueeze(0), x3[k],
+                    tile.narrow(0, 0, n).t());
+    } else {
+      at::mm_out(dst, x3[k], tile.narrow(0, 0, n).t());
+    }
+  });
+}
+
+// out [K, rows, out] = the forward of the first g.candidates candidates by `path`.
+void forward_by(KernelPath path, const cpu::Kernels& kern, const MaskedLinearGeometry& g,
+                const at::Tensor& x3, const Operand& w, const Operand& m, const at::Tensor& b,
+                const at::Tensor& out) {
+  if (path == KernelPath::kFused) forward_fused(kern, g, x3, w, m, b, out);
+  else forward_gemm(kern, g, x3, w, m, b, out);
+}
+
 at::Tensor masked_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& mask,
                              const c10::optional<at::Tensor>& bias, bool packed) {
   const auto g = check_masked_linear("masked_linear", x, weight, mask, bias, packed);
@@ -146,62 +283,63 @@ at::Tensor masked_linear_cpu(const at::Tensor& x, const at::Tensor& weight, cons
   }
   const auto w = weight_operand(weight, g);
   const auto m = mask_operand(mask, g, packed);
-  const auto& kern = kernels(x.scalar_type(), mask_kind(mask, packed));
+  const auto kind = mask_kind(mask, packed);
+  const auto& kern = kernels(x.scalar_type(), kind);
   auto x3 = x.contiguous().view({K, rows, in});
-
-  if (rows <= fused_forward_max_rows(kern)) {
-    auto xbuf = padded_opmath_rows(x3);
-    const int64_t in_stride = xbuf.size(2);
-    const int64_t blocks = (out_f + cpu::kFusedOutBlock - 1) / cpu::kFusedOutBlock;
-    auto run = [&](const cpu::FusedForwardArgs& args, int64_t items, int64_t chunk_rows) {
-      const int64_t grain =
-          std::max<int64_t>(1, 65536 / (cpu::kFusedOutBlock * in_stride * std::max<int64_t>(chunk_rows, 1)));
-      at::parallel_for(0, items, grain, [&](int64_t begin, int64_t end) {
-        kern.fused_forward(args, begin, end);
-      });
-    };
-    const char* bias_data = has_bias ? static_cast<const char*>(b.const_data_ptr()) : nullptr;
-    const int64_t bias_stride = g.bias_per_candidate ? out_f : 0;
-    if (rows <= kFusedChunkRows) {
-      run({xbuf.const_data_ptr(), w.tensor.const_data_ptr(), w.candidate_stride,
-           m.tensor.const_data_ptr(), m.candidate_stride, m.ld, bias_data, bias_stride,
-           out.data_ptr(), rows, in, in_stride, out_f, blocks},
-          K * blocks, rows);
-      return out.view(g.output_shape);
-    }
-    // Chunks of rows, one candidate at a time: each chunk's x stays in L2 while every masked
-    // weight row is multiplied into it.
-    for (int64_t k = 0; k < K; ++k) {
-      for (int64_t r0 = 0; r0 < rows; r0 += kFusedChunkRows) {
-        const int64_t n = std::min(kFusedChunkRows, rows - r0);
-        run({static_cast<const char*>(xbuf.const_data_ptr()) + (k * rows + r0) * in_stride * xbuf.element_size(),
-             w.at(k, 0, 0), 0, m.at(k, 0, 0), 0, m.ld,
-             bias_data ? bias_data + k * bias_stride * b.element_size() : nullptr, 0,
-             static_cast<char*>(out.data_ptr()) + (k * rows + r0) * out_f * out.element_size(), n,
-             in, in_stride, out_f, blocks},
-            blocks, n);
-      }
-    }
-    return out.view(g.output_shape);
-  }
-
-  const int64_t tile_rows = tile_extent(in, out_f);
-  auto tile = at::empty({tile_rows, in}, x.options());
-  for (int64_t k = 0; k < K; ++k) {
-    for (int64_t o0 = 0; o0 < out_f; o0 += tile_rows) {
-      const int64_t n = std::min(tile_rows, out_f - o0);
-      mask_multiply(kern, w.at(k, o0, 0), in, m.at(k, o0, 0), m.ld, tile.data_ptr(), in, n, in,
-                    false, false);
-      auto dst = out[k].narrow(1, o0, n);
-      if (has_bias) {
-        at::addmm_out(dst, (g.bias_per_candidate ? b[k] : b).narrow(0, o0, n).unsqueeze(0), x3[k],
-                      tile.narrow(0, 0, n).t());
-      } else {
-        at::mm_out(dst, x3[k], tile.narrow(0, 0, n).t());
-      }
-    }
-  }
+  const auto path = choose_path("forward", x.scalar_type(), kind, g, [&](KernelPath p, int64_t count) {
+    auto part = g;
+    part.candidates = count;
+    forward_by(p, kern, part, x3.narrow(0, 0, count), w, m,
+               has_bias ? leading(b, g.bias_per_candidate, count) : b,
+               at::empty({count, rows, out_f}, x.options()));
+  });
+  forward_by(path, kern, g, x3, w, m, b, out);
   return out.view(g.output_shape);
+}
+
+// ---- gradient of the input: grad (W ⊙ M) ----
+
+void grad_input_fused(const cpu::Kernels& kern, const MaskedLinearGeometry& g,
+                      const at::Tensor& g3, const Operand& w, const Operand& m,
+                      const at::Tensor& result) {
+  const int64_t K = g.candidates, rows = g.rows, in = g.in_features, out_f = g.out_features;
+  auto grad_t = transposed_opmath(g3);
+  const int64_t col_blocks = (in + kern.grad_input_block_cols - 1) / kern.grad_input_block_cols;
+  const cpu::FusedGradInputArgs args{grad_t.const_data_ptr(), w.tensor.const_data_ptr(),
+                                     w.candidate_stride, m.tensor.const_data_ptr(),
+                                     m.candidate_stride, m.ld, result.data_ptr(), rows, in,
+                                     out_f, col_blocks};
+  const int64_t grain =
+      std::max<int64_t>(1, 65536 / (kern.grad_input_block_cols * out_f * std::max<int64_t>(rows, 1)));
+  parallel_for_dynamic(0, K * col_blocks, grain, [&](int64_t begin, int64_t end, int64_t) {
+    kern.fused_grad_input(args, begin, end);
+  });
+}
+
+void grad_input_gemm(const cpu::Kernels& kern, const MaskedLinearGeometry& g, bool packed,
+                     const at::Tensor& g3, const Operand& w, const Operand& m,
+                     const at::Tensor& result) {
+  const int64_t in = g.in_features, out_f = g.out_features;
+  // Column tiles of the masked weight: [out, cols], each a complete GEMM over out.
+  const int64_t tile_cols = tile_extent(out_f, in, g.rows);
+  const int64_t tiles = (in + tile_cols - 1) / tile_cols;
+  const int64_t items = g.candidates * tiles;
+  for_each_tile(items, {out_f, tile_cols}, g3.options(), [&](int64_t item, const at::Tensor& tile) {
+    const int64_t k = item / tiles, c0 = item % tiles * tile_cols;
+    const int64_t n = std::min(tile_cols, in - c0);
+    // A packed row's column c0 (a multiple of 16) starts at byte c0 / 8.
+    mask_rows(kern, w.at(k, 0, c0), in, m.at(k, 0, packed ? c0 / 8 : c0), m.ld, tile.data_ptr(),
+              tile_cols, out_f, n, false, false);
+    auto dst = result[k].narrow(1, c0, n);
+    at::mm_out(dst, g3[k], tile.narrow(1, 0, n));
+  });
+}
+
+void grad_input_by(KernelPath path, const cpu::Kernels& kern, const MaskedLinearGeometry& g,
+                   bool packed, const at::Tensor& g3, const Operand& w, const Operand& m,
+                   const at::Tensor& result) {
+  if (path == KernelPath::kFused) grad_input_fused(kern, g, g3, w, m, result);
+  else grad_input_gemm(kern, g, packed, g3, w, m, result);
 }
 
 // grad_input = grad (W ⊙ M): [(K,) ..., out] -> [(K,) ..., in].
@@ -216,36 +354,84 @@ at::Tensor masked_linear_grad_input_cpu(const at::Tensor& grad, const at::Tensor
   if (out_f == 0) return result.zero_().view(shape);
   const auto w = weight_operand(weight, g);
   const auto m = mask_operand(mask, g, packed);
-  const auto& kern = kernels(grad.scalar_type(), mask_kind(mask, packed));
+  const auto kind = mask_kind(mask, packed);
+  const auto& kern = kernels(grad.scalar_type(), kind);
   auto g3 = grad.contiguous().view({K, rows, out_f});
-  if (rows <= fused_grad_max_rows(kern)) {
-    auto grad_t = transposed_opmath(g3);
-    const int64_t col_blocks = (in + kern.grad_input_block_cols - 1) / kern.grad_input_block_cols;
-    const cpu::FusedGradInputArgs args{grad_t.const_data_ptr(), w.tensor.const_data_ptr(),
-                                       w.candidate_stride, m.tensor.const_data_ptr(),
-                                       m.candidate_stride, m.ld, result.data_ptr(), rows, in,
-                                       out_f, col_blocks};
-    const int64_t grain =
-        std::max<int64_t>(1, 65536 / (kern.grad_input_block_cols * out_f * std::max<int64_t>(rows, 1)));
-    at::parallel_for(0, K * col_blocks, grain, [&](int64_t begin, int64_t end) {
-      kern.fused_grad_input(args, begin, end);
-    });
-    return result.view(shape);
-  }
-  // Column tiles of the masked weight: [out, cols], each a complete GEMM over out.
-  const int64_t tile_cols = tile_extent(out_f, in);
-  auto tile = at::empty({out_f, tile_cols}, grad.options());
-  for (int64_t k = 0; k < K; ++k) {
-    for (int64_t c0 = 0; c0 < in; c0 += tile_cols) {
-      const int64_t n = std::min(tile_cols, in - c0);
-      // A packed row's column c0 (a multiple of 16) starts at byte c0 / 8.
-      mask_multiply(kern, w.at(k, 0, c0), in, m.at(k, 0, packed ? c0 / 8 : c0), m.ld,
-                    tile.data_ptr(), tile_cols, out_f, n, false, false);
-      auto dst = result[k].narrow(1, c0, n);
-      at::mm_out(dst, g3[k], tile.narrow(1, 0, n));
-    }
-  }
+  const auto path = choose_path("grad_input", grad.scalar_type(), kind, g, [&](KernelPath p, int64_t count) {
+    auto part = g;
+    part.candidates = count;
+    grad_input_by(p, kern, part, packed, g3.narrow(0, 0, count), w, m,
+                  at::empty({count, rows, in}, grad.options()));
+  });
+  grad_input_by(path, kern, g, packed, g3, w, m, result);
   return result.view(shape);
+}
+
+// ---- gradients of the weight and the mask ----
+
+struct GradWeightOutputs {
+  at::Tensor grad_weight;  // undefined: not computed
+  at::Tensor grad_mask;    // undefined: not computed
+};
+
+void grad_weight_fused(const cpu::Kernels& by_mask, const MaskedLinearGeometry& g,
+                       const at::Tensor& x3, const at::Tensor& g3, const Operand& w,
+                       const Operand& m, const GradWeightOutputs& outs) {
+  const int64_t K = g.candidates, rows = g.rows, in = g.in_features, out_f = g.out_features;
+  auto xbuf = padded_opmath_rows(x3);
+  auto grad_t = transposed_opmath(g3);
+  const cpu::FusedGradWeightArgs args{
+      xbuf.const_data_ptr(), grad_t.const_data_ptr(), w.tensor.const_data_ptr(),
+      w.candidate_stride, m.tensor.const_data_ptr(), m.candidate_stride, m.ld,
+      outs.grad_weight.defined() ? outs.grad_weight.data_ptr() : nullptr,
+      outs.grad_mask.defined() ? outs.grad_mask.data_ptr() : nullptr, rows, in, xbuf.size(2), out_f};
+  const int64_t blocks = (out_f + cpu::kFusedGradWeightRows - 1) / cpu::kFusedGradWeightRows;
+  const int64_t work_per_item = cpu::kFusedGradWeightRows * in * std::max<int64_t>(rows, 1);
+  parallel_for_dynamic(0, K * blocks, std::max<int64_t>(1, 65536 / work_per_item),
+                       [&](int64_t begin, int64_t end, int64_t) {
+                         by_mask.fused_grad_weight(args, begin, end);
+                       });
+}
+
+void grad_weight_gemm(const cpu::Kernels& by_mask, const cpu::Kernels& by_weight,
+                      const MaskedLinearGeometry& g, const at::Tensor& x3, const at::Tensor& g3,
+                      const Operand& w, const Operand& m, const GradWeightOutputs& outs) {
+  const int64_t K = g.candidates, in = g.in_features, out_f = g.out_features;
+  const bool weight_grad = outs.grad_weight.defined();
+  const bool shared_sum = weight_grad && !g.weight_per_candidate;
+  // A sum over candidates of a reduced dtype is kept in float and rounded once at the end.
+  const bool opmath_sum =
+      shared_sum && K > 1 && at::toOpMathType(x3.scalar_type()) != x3.scalar_type();
+  auto sum = opmath_sum ? at::empty({out_f, in}, x3.options().dtype(at::kFloat)) : outs.grad_weight;
+  const int64_t tile_rows = tile_extent(in, out_f, g.rows);
+  const int64_t tiles = (out_f + tile_rows - 1) / tile_rows;
+  // A shared weight's tile sums over every candidate in one item (no two items write one row).
+  const int64_t items = shared_sum ? tiles : K * tiles;
+  auto tile_gradients = [&](int64_t k, int64_t o0, int64_t n, const at::Tensor& tile) {
+    auto gt = tile.narrow(0, 0, n);
+    at::mm_out(gt, g3[k].narrow(1, o0, n).t(), x3[k]);
+    if (weight_grad) {
+      const int64_t dst_k = g.weight_per_candidate ? k : 0;
+      mask_rows(by_mask, gt.const_data_ptr(), in, m.at(k, o0, 0), m.ld,
+                static_cast<char*>(sum.data_ptr()) + (dst_k * out_f + o0) * in * sum.element_size(),
+                in, n, in, shared_sum && k > 0, opmath_sum);
+    }
+    if (outs.grad_mask.defined()) {
+      mask_rows(by_weight, gt.const_data_ptr(), in, w.at(k, o0, 0), in,
+                static_cast<char*>(outs.grad_mask.data_ptr()) + (k * out_f + o0) * in * outs.grad_mask.element_size(),
+                in, n, in, false, false);
+    }
+  };
+  for_each_tile(items, {tile_rows, in}, x3.options(), [&](int64_t item, const at::Tensor& tile) {
+    const int64_t o0 = item % tiles * tile_rows;
+    const int64_t n = std::min(tile_rows, out_f - o0);
+    if (shared_sum) {
+      for (int64_t k = 0; k < K; ++k) tile_gradients(k, o0, n, tile);
+    } else {
+      tile_gradients(item / tiles, o0, n, tile);
+    }
+  });
+  if (opmath_sum) outs.grad_weight.copy_(sum);
 }
 
 // ((grad^T x) ⊙ M summed over K when the weight is shared, (grad^T x) ⊙ W per candidate).
@@ -257,56 +443,36 @@ std::tuple<at::Tensor, at::Tensor> masked_linear_grad_weight_cpu(
   auto grad_weight = weight_grad ? at::empty(weight.sizes(), x.options()) : at::empty({0}, x.options());
   auto grad_mask = mask_grad ? at::empty(mask.sizes(), x.options()) : at::empty({0}, x.options());
   if (out_f == 0 || in == 0) return {grad_weight, grad_mask};
-  const bool shared_sum = weight_grad && !g.weight_per_candidate;
   if (K == 0) {
     grad_weight.zero_();
     return {grad_weight, grad_mask};
   }
   const auto w = weight_operand(weight, g);
   const auto m = mask_operand(mask, g, packed);
-  const auto& by_mask = kernels(x.scalar_type(), mask_kind(mask, packed));
+  const auto kind = mask_kind(mask, packed);
+  const auto& by_mask = kernels(x.scalar_type(), kind);
   const auto& by_weight = kernels(x.scalar_type(), MaskKind::kSoft);
   auto x3 = x.contiguous().view({K, rows, in});
   auto g3 = grad.contiguous().view({K, rows, out_f});
-  // A weight shared by K > 1 candidates would make every output row read all K candidates' x.
-  if (rows <= fused_grad_max_rows(by_mask) && (K == 1 || g.weight_per_candidate)) {
-    auto xbuf = padded_opmath_rows(x3);
-    auto grad_t = transposed_opmath(g3);
-    const cpu::FusedGradWeightArgs args{
-        xbuf.const_data_ptr(), grad_t.const_data_ptr(), w.tensor.const_data_ptr(),
-        w.candidate_stride, m.tensor.const_data_ptr(), m.candidate_stride, m.ld,
-        weight_grad ? grad_weight.data_ptr() : nullptr, mask_grad ? grad_mask.data_ptr() : nullptr,
-        rows, in, xbuf.size(2), out_f};
-    const int64_t blocks = (out_f + cpu::kFusedGradWeightRows - 1) / cpu::kFusedGradWeightRows;
-    const int64_t work_per_item = cpu::kFusedGradWeightRows * in * std::max<int64_t>(rows, 1);
-    at::parallel_for(0, K * blocks, std::max<int64_t>(1, 65536 / work_per_item),
-                     [&](int64_t begin, int64_t end) { by_mask.fused_grad_weight(args, begin, end); });
+  const GradWeightOutputs outs{weight_grad ? grad_weight : at::Tensor(),
+                               mask_grad ? grad_mask : at::Tensor()};
+  // The fused kernel writes each candidate's own gradient: a weight shared by K > 1 candidates
+  // (a sum over candidates) always takes tiles + GEMM.
+  if (weight_grad && !g.weight_per_candidate && K > 1) {
+    grad_weight_gemm(by_mask, by_weight, g, x3, g3, w, m, outs);
     return {grad_weight, grad_mask};
   }
-  // A sum over candidates of a reduced dtype is kept in float and rounded once at the end.
-  const bool opmath_sum = shared_sum && K > 1 && at::toOpMathType(x.scalar_type()) != x.scalar_type();
-  auto sum = opmath_sum ? at::empty({out_f, in}, x.options().dtype(at::kFloat)) : grad_weight;
-  const int64_t tile_rows = tile_extent(in, out_f);
-  auto tile = at::empty({tile_rows, in}, x.options());
-  for (int64_t k = 0; k < K; ++k) {
-    for (int64_t o0 = 0; o0 < out_f; o0 += tile_rows) {
-      const int64_t n = std::min(tile_rows, out_f - o0);
-      auto gt = tile.narrow(0, 0, n);
-      at::mm_out(gt, g3[k].narrow(1, o0, n).t(), x3[k]);
-      if (weight_grad) {
-        const int64_t dst_k = g.weight_per_candidate ? k : 0;
-        mask_multiply(by_mask, gt.const_data_ptr(), in, m.at(k, o0, 0), m.ld,
-                      static_cast<char*>(sum.data_ptr()) + (dst_k * out_f + o0) * in * sum.element_size(),
-                      in, n, in, shared_sum && k > 0, opmath_sum);
-      }
-      if (mask_grad) {
-        mask_multiply(by_weight, gt.const_data_ptr(), in, w.at(k, o0, 0), in,
-                      static_cast<char*>(grad_mask.data_ptr()) + (k * out_f + o0) * in * grad_mask.element_size(),
-                      in, n, in, false, false);
-      }
-    }
-  }
-  if (opmath_sum) grad_weight.copy_(sum);
+  auto run = [&](KernelPath p, const MaskedLinearGeometry& part, const GradWeightOutputs& o) {
+    if (p == KernelPath::kFused) grad_weight_fused(by_mask, part, x3, g3, w, m, o);
+    else grad_weight_gemm(by_mask, by_weight, part, x3, g3, w, m, o);
+  };
+  const auto path = choose_path("grad_weight", x.scalar_type(), kind, g, [&](KernelPath p, int64_t count) {
+    auto part = g;
+    part.candidates = count;
+    run(p, part, {weight_grad ? at::empty_like(grad_weight) : at::Tensor(),
+                  mask_grad ? at::empty_like(grad_mask) : at::Tensor()});
+  });
+  run(path, g, outs);
   return {grad_weight, grad_mask};
 }
 

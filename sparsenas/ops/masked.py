@@ -1,8 +1,7 @@
-"""Masked linear op: public API, fake kernels and autograd."""
+"""Masked linear op: public API and fake kernels (its autograd is registered in C++, in
+csrc/ops/masked_linear_autograd.cpp, so that a call does not pay for a Python backward node)."""
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import Tensor
@@ -47,30 +46,6 @@ def masked_linear(
     return _reference.masked_linear(x, weight, mask, bias, packed)
 
 
-def _differentiable_backward(
-    grad: Tensor, x: Tensor, weight: Tensor, mask: Tensor, packed: bool,
-    needs: tuple[bool, bool, bool],
-) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """The gradients of x, weight and mask from differentiable torch ops (for double backward)."""
-    effective_mask = _reference.dense_mask(mask, weight.shape[-1], weight.dtype, packed)
-    masked_weight = weight * effective_mask
-    if mask.dim() == 3:
-        rows = x.reshape(x.shape[0], math.prod(x.shape[1:-1]), x.shape[-1])
-        grad_rows = grad.reshape(grad.shape[0], math.prod(grad.shape[1:-1]), grad.shape[-1])
-    else:
-        rows = x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
-        grad_rows = grad.reshape(math.prod(grad.shape[:-1]), grad.shape[-1])
-    grad_x = (grad_rows @ masked_weight).reshape(x.shape) if needs[0] else None
-    grad_effective = grad_rows.transpose(-1, -2) @ rows
-    grad_weight = None
-    if needs[1]:
-        grad_weight = grad_effective * effective_mask
-        if grad_weight.dim() > weight.dim():
-            grad_weight = grad_weight.sum(0)
-    grad_mask = grad_effective * weight if needs[2] else None
-    return grad_x, grad_weight, grad_mask
-
-
 if native is not None:
 
     @torch.library.register_fake("sparsenas::masked_linear")
@@ -92,38 +67,3 @@ if native is not None:
         _checks.same_device(op, "grad", grad, "x", x)
         return (x.new_empty(weight.shape if weight_grad else (0,)),
                 x.new_empty(mask.shape if mask_grad else (0,)))
-
-    def _masked_linear_setup(ctx, inputs, output):
-        x, weight, mask, bias, packed = inputs
-        ctx.save_for_backward(x, weight, mask)
-        ctx.packed = packed
-        ctx.bias_per_candidate = bias is not None and bias.dim() == 2
-
-    def _masked_linear_backward(ctx, grad):
-        x, weight, mask = ctx.saved_tensors
-        # needs_input_grad has no entry for an absent bias.
-        needs_x, needs_weight, needs_mask, needs_bias = (*ctx.needs_input_grad, False, False)[:4]
-        if torch.is_grad_enabled():
-            # create_graph=True: the native gradient ops have no derivatives of their own.
-            grad_x, grad_weight, grad_mask = _differentiable_backward(
-                grad, x, weight, mask, ctx.packed, (needs_x, needs_weight, needs_mask))
-        else:
-            grad_x = grad_weight = grad_mask = None
-            if needs_x:
-                grad_x = torch.ops.sparsenas.masked_linear_grad_input(grad, weight, mask, ctx.packed)
-            if needs_weight or needs_mask:
-                weight_part, mask_part = torch.ops.sparsenas.masked_linear_grad_weight(
-                    grad, x, weight, mask, ctx.packed, needs_weight, needs_mask)
-                grad_weight = weight_part if needs_weight else None
-                grad_mask = mask_part if needs_mask else None
-        grad_bias = None
-        if needs_bias:
-            if ctx.bias_per_candidate:
-                grad_bias = grad.flatten(1, -2).sum(1) if grad.dim() > 2 else grad
-            else:
-                grad_bias = grad.reshape(math.prod(grad.shape[:-1]), grad.shape[-1]).sum(0)
-        return grad_x, grad_weight, grad_mask, grad_bias, None
-
-    torch.library.register_autograd(
-        "sparsenas::masked_linear", _masked_linear_backward, setup_context=_masked_linear_setup
-    )

@@ -1,4 +1,6 @@
-"""Masked conv2d: public API, fake kernels and autograd over ``torch.ops.sparsenas.masked_conv2d``."""
+"""Masked conv2d: public API and fake kernels over ``torch.ops.sparsenas.masked_conv2d`` (its
+autograd is registered in C++, csrc/ops/masked_conv2d_autograd.cpp; the gradient op's own
+registration below only refuses double backward)."""
 
 from __future__ import annotations
 
@@ -79,29 +81,6 @@ if native is not None:
         shapes = (x.shape, weight.shape, mask.shape, bias_sizes)
         return tuple(x.new_empty(shape) if wanted else x.new_empty((0,))
                      for wanted, shape in zip(output_mask, shapes))
-
-    def _masked_conv2d_setup(ctx, inputs, output):
-        x, weight, mask, bias, stride, padding, dilation, groups, packed = inputs
-        ctx.save_for_backward(x, weight, mask)
-        ctx.conv_args = (stride, padding, dilation, groups, packed)
-        ctx.bias_shape = None if bias is None else list(bias.shape)
-
-    def _masked_conv2d_backward(ctx, grad):
-        x, weight, mask = ctx.saved_tensors
-        stride, padding, dilation, groups, packed = ctx.conv_args
-        needs = ctx.needs_input_grad
-        output_mask = [needs[0], needs[1], needs[2] and mask.is_floating_point(),
-                       ctx.bias_shape is not None and needs[3]]
-        grads = torch.ops.sparsenas.masked_conv2d_backward(
-            grad, x, weight, mask, ctx.bias_shape, stride, padding, dilation, groups, packed,
-            output_mask)
-        grad_x, grad_weight, grad_mask, grad_bias = (g if wanted else None
-                                                     for g, wanted in zip(grads, output_mask))
-        return grad_x, grad_weight, grad_mask, grad_bias, None, None, None, None, None
-
-    torch.library.register_autograd(
-        "sparsenas::masked_conv2d", _masked_conv2d_backward, setup_context=_masked_conv2d_setup
-    )
 
     def _masked_conv2d_double_backward(ctx, *grads):
         # Without this, autograd would differentiate through the kernel's inner aten calls only
