@@ -440,6 +440,9 @@ def test_block_ops_opcheck(device):
     out_sum = torch.zeros(10, 10, device=device)
     torch.library.opcheck(torch.ops.sparsenas.ntk_masked_block_,
                           (out_sum, a[:10], b[:10], mask, False, True))
+    if _native("ntk_gram_kernel", device):
+        torch.library.opcheck(torch.ops.sparsenas.ntk_gram_kernel,
+                              ([a, a[:5]], [b, b[:5]], [2, 1], False, torch.float64))
 
 
 @pytest.mark.parametrize("op, args, error, match", [
