@@ -306,7 +306,8 @@ def run_case(kind: str, n: int, outputs: int, masked: bool, device: torch.device
                                 f"copy {rates['copy'] / 1e9:.1f} GB/s")
         rows += timed
     if "idle" in seconds and "contended" in seconds and "jacobian_contraction" in seconds["idle"]:
-        baseline = seconds["contended"]["jacobian_contraction"] / seconds["idle"]["jacobian_contraction"]
+        baseline = (seconds["contended"]["jacobian_contraction"]
+                    / seconds["idle"]["jacobian_contraction"])
         for row in rows:
             if row["condition"] == "contended" and row["method"].startswith("sparsenas"):
                 row["speedup_kept"] = baseline / row["slowdown"]

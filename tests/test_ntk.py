@@ -366,6 +366,22 @@ def test_gram_kernel_is_the_sum_of_gram_blocks(device, sum_outputs, dtype):
     _assert_close_scaled(got.double(), expected, 1e-10 if dtype == torch.float64 else 1e-5)
 
 
+def test_engine_fuses_the_most_common_rows_per_example(device, monkeypatch):
+    """Gram-route layers with the most common T go to ntk_gram_kernel in one call (its tiles
+    are sized by the largest T); the others are added per layer; the sum is the same."""
+    n, O = 12, 3
+    terms = [_gram_inputs(device, n, T, O, d, p, torch.float64) + (T,)
+             for T, d, p in ((1, 5, 4), (4, 3, 2), (1, 6, 3))]
+    fused = []
+    monkeypatch.setattr(empirical, "ntk_gram_kernel", lambda a, b, T, *rest: fused.append(
+        tuple(T)) or ntk_gram_kernel(a, b, T, *rest))
+    parts = empirical._KernelParts((n * O, n * O), torch.float64, device, False, gram=terms)
+    got = parts.kernel()
+    assert fused == [(1, 1)]
+    expected = sum(reference_gram_block(a, b, T, False, False, torch.float64) for a, b, T in terms)
+    _assert_close_scaled(got, expected, 1e-10)
+
+
 def test_gram_kernel_bias_is_a_column_of_ones(device):
     a, b = _gram_inputs(device, 40, 1, 7, 6, 5, torch.float64)
     with_ones = torch.cat([a, torch.ones(40, 1, dtype=torch.float64, device=device)], 1)

@@ -145,10 +145,11 @@ struct GramTiles {
       }
     }
     const bool mirror = i0 != j0;
+    const scalar_t* tile = s.tile.data();
     if (add) {
-      write_tile<true>(result, res_cols, s.tile.data(), cols, ni * ob, cols, i0 * ob, j0 * ob, mirror);
+      write_tile<true>(result, res_cols, tile, cols, ni * ob, cols, i0 * ob, j0 * ob, mirror);
     } else {
-      write_tile<false>(result, res_cols, s.tile.data(), cols, ni * ob, cols, i0 * ob, j0 * ob, mirror);
+      write_tile<false>(result, res_cols, tile, cols, ni * ob, cols, i0 * ob, j0 * ob, mirror);
     }
   }
 };
@@ -200,7 +201,8 @@ void ntk_gram_block_cpu(at::Tensor& out, const at::Tensor& a, const at::Tensor& 
 
 at::Tensor ntk_gram_kernel_cpu(at::TensorList a, at::TensorList b, at::IntArrayRef rows_per_example,
                                bool sum_outputs, at::ScalarType dtype) {
-  const auto g = check_ntk_gram_kernel("ntk_gram_kernel", a, b, rows_per_example, sum_outputs, dtype);
+  const auto g =
+      check_ntk_gram_kernel("ntk_gram_kernel", a, b, rows_per_example, sum_outputs, dtype);
   auto result = at::empty({g.out_rows, g.out_rows}, a[0].options().dtype(dtype));
   if (result.numel() == 0) return result;
   std::vector<GramLayer> layers;

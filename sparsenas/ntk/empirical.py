@@ -16,12 +16,12 @@ output; one in ``"sum_logits"`` mode). Each layer's block then comes from its in
 cotangents (:mod:`sparsenas.ntk.kernels`): the Gram route (cost ~ n²T²(d + p)) or materialised
 per-example gradients via unfold (cost ~ n·T·p·d), whichever is cheaper; the Gram-route layers
 are summed by one call (``ntk_gram_kernel``: one pass over the kernel matrix, which is created
-there, for all of them), every other block is added to its result; masked weights use the
-fused masked kernel (linear) or masked per-example gradients (conv). An eval-mode BatchNorm is
-a per-channel affine map, so its per-example gradients are formed directly from its normalised
-inputs and cotangents. Every other trainable parameter (other norm layers, embeddings, layers
-called more than once, tied weights, ...) gets exact per-example Jacobians from ``torch.func``
-(``vmap`` over ``jacrev``). The result is the exact
+there, for all of them with the same rows per example), every other block is added to its
+result; masked weights use the fused masked kernel (linear) or masked per-example gradients
+(conv). An eval-mode BatchNorm is a per-channel affine map, so its per-example gradients are
+formed directly from its normalised inputs and cotangents. Every other trainable parameter
+(other norm layers, embeddings, layers called more than once, tied weights, ...) gets exact
+per-example Jacobians from ``torch.func`` (``vmap`` over ``jacrev``). The result is the exact
 empirical NTK.
 
 Assumptions, checked where possible: examples are independent in the forward pass (no batch
@@ -39,6 +39,7 @@ forward pass.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -48,7 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
-from sparsenas.ntk.kernels import ntk_gram_kernel, ntk_masked_block_
+from sparsenas.ntk.kernels import ntk_gram_block_, ntk_gram_kernel, ntk_masked_block_
 from sparsenas.ops._checks import data_device, describe
 
 Mode = Literal["full", "sum_logits", "trace", "diagonal"]
@@ -71,8 +72,9 @@ class _Capture:
 
 @dataclass
 class _KernelParts:
-    """The kernel's contributions: Gram-route blocks (summed in one pass by ntk_gram_kernel,
-    which creates the matrix) and every other block, added to that matrix afterwards."""
+    """The kernel's contributions: Gram-route blocks (the most common rows-per-example T summed
+    in one pass by ntk_gram_kernel, which creates the matrix; its tiles are sized by the largest
+    T it gets, so other T are added per layer) and every other block, added afterwards."""
 
     shape: tuple[int, ...]
     dtype: torch.dtype
@@ -82,11 +84,16 @@ class _KernelParts:
     additions: list[Callable[[Tensor], None]] = field(default_factory=list)
 
     def kernel(self) -> Tensor:
-        if self.gram:
-            a, b, rows_per_example = zip(*self.gram)
-            kernel = ntk_gram_kernel(a, b, rows_per_example, self.sum_outputs, self.dtype)
-        else:
+        if not self.gram:
             kernel = torch.zeros(self.shape, dtype=self.dtype, device=self.device)
+        else:
+            counts = Counter(T for _, _, T in self.gram)
+            fused = max(counts, key=lambda T: (counts[T], -T))
+            a, b, rows_per_example = zip(*(term for term in self.gram if term[2] == fused))
+            kernel = ntk_gram_kernel(a, b, rows_per_example, self.sum_outputs, self.dtype)
+            for a, b, T in self.gram:
+                if T != fused:
+                    ntk_gram_block_(kernel, a, b, T, False, self.sum_outputs)
         for add in self.additions:
             add(kernel)
         return kernel

@@ -67,7 +67,7 @@ def ntk_gram_kernel(a: Sequence[Tensor], b: Sequence[Tensor], rows_per_example: 
 
 def _gram_kernel_arguments(op: str, a: object, b: object, rows_per_example: object,
                            sum_outputs: object, dtype: object) -> tuple[list, list, list]:
-    """The rules of ntk_gram_kernel (csrc/ops/ntk.cpp says the same), checked here for both paths."""
+    """The rules of ntk_gram_kernel (csrc/ops/ntk.cpp states the same), for both paths."""
     lists = []
     for arg, value in (("a", a), ("b", b), ("rows_per_example", rows_per_example)):
         if isinstance(value, (str, bytes, Tensor)) or not isinstance(value, Sequence):
