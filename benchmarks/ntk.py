@@ -12,15 +12,33 @@ default). Each method is first checked against a float64 torch.func reference (r
 max |Δ| / max |Θ|), then timed; peak memory from the harness. Baselines whose Jacobian would
 exceed the memory cap, or whose run would take minutes, are marked skipped (with the reason).
 
-Run from the repository root: ``python -m benchmarks.ntk [--quick]``.
+Floors: each sparsenas row reports the fraction of its FLOP floor and of its byte floor that it
+reaches. The FLOP floor is the arithmetic of the cheapest route the engine has per layer (Gram
+route, materialised per-example gradients, or the masked block), counted with the kernel's
+symmetry, at the GEMM rate of a torch.mm measured in the same run and condition; the byte floor
+is one write of the kernel matrix at the copy bandwidth measured alike.
+
+``--contended`` times every case twice, idle and with a competing 2-thread torch.mm job on the
+same cores (a subprocess started before and stopped after the timings), and reports how much of
+its idle speedup each method keeps. With libgomp's default (spinning) wait policy, an idle
+OpenMP thread of the timed process can hold the core its working thread needs, and every
+parallel region of that process (torch's and sparsenas's alike) then stalls for a scheduler
+slice: timings flip between two levels about 10× apart. OMP_WAIT_POLICY=passive in the
+environment of the timed process removes the slow level.
+
+Run from the repository root: ``python -m benchmarks.ntk [--quick] [--contended]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import math
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +51,13 @@ JACOBIAN_CAP_BYTES = 2 << 30   # skip a baseline whose Jacobian needs more
 NTK_VPS_MAX_PAIRS = 64 * 64    # the pairwise method is O(n² O) vjp+jvp: small batches only
 LOOP_MAX_BACKWARDS = 2600      # classic loop: n·O backward passes through the batch graph
 SLOW_CALL_SECONDS = 2.0        # slower calls are timed once
+GEMM_RATE_SHAPE = (2560, 256)  # torch.mm of X [rows, k] by Xᵀ: the benchmark MLP's largest Gram
+COMPETITOR = ("import torch\n"
+              "torch.set_num_threads(2)\n"
+              "a = torch.randn(1024, 1024)\n"
+              "print('ready', flush=True)\n"
+              "while True:\n"
+              "    a @ a\n")
 
 
 def make_mlp(outputs: int, in_features: int = 32, hidden: int = 256) -> nn.Module:
@@ -135,8 +160,78 @@ def relative_error(got: Tensor, expected: Tensor) -> float:
     return ((got.double() - expected).abs().max() / expected.abs().max()).item()
 
 
+@contextlib.contextmanager
+def competing_job() -> Iterator[None]:
+    """A 2-thread torch.mm loop in a subprocess, running while the block runs."""
+    job = subprocess.Popen([sys.executable, "-c", COMPETITOR], stdout=subprocess.PIPE, text=True)
+    try:
+        if job.stdout.readline().strip() != "ready":
+            raise RuntimeError("the competing job did not start")
+        time.sleep(0.5)  # its threads spinning
+        yield
+    finally:
+        job.terminate()
+        job.wait()
+
+
+def machine_rates(device: torch.device, kernel_elements: int) -> dict[str, float]:
+    """GEMM FLOP/s per dtype (torch.mm at GEMM_RATE_SHAPE) and copy bandwidth in bytes/s (a
+    copy_ of a kernel-sized float64 matrix, read + written bytes)."""
+    rates = {}
+    rows, k = GEMM_RATE_SHAPE
+    for dtype in (torch.float32, torch.float64):
+        x = torch.randn(rows, k, dtype=dtype, device=device)
+        seconds = time_call(lambda: torch.mm(x, x.T), device, 0.1)
+        rates[str(dtype)] = 2 * rows * rows * k / seconds
+    src = torch.randn(max(kernel_elements, 1 << 20), dtype=torch.float64, device=device)
+    dst = torch.empty_like(src)
+    rates["copy"] = 2 * src.numel() * 8 / time_call(lambda: dst.copy_(src), device, 0.1)
+    return rates
+
+
+def _layer_shapes(model: nn.Module, x: Tensor) -> list[tuple[str, nn.Module, int]]:
+    """(name, module, positions T) of every Linear / Conv2d layer, from one forward pass."""
+    shapes, handles = [], []
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            def hook(m, inputs, output, name=name):
+                positions = output[0, 0].numel() if isinstance(m, nn.Conv2d) else (
+                    output[0].numel() // m.out_features)
+                shapes.append((name, m, positions))
+            handles.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return shapes
+
+
+def floor_flops(model: nn.Module, x: Tensor, outputs: int, masks: dict[str, Tensor]) -> float:
+    """FLOPs (2 per multiply-add) of the full-mode kernel by the cheapest route the engine has
+    per layer, counting each symmetric pair of examples once:
+    Gram route (nT)²(d + 1 + p O²), per-example gradients 2nTOpd + (nO)²pd, masked block
+    n²(nnz(M) + p O²) (Linear with a mask)."""
+    n, total = x.shape[0], 0.0
+    for name, module, T in _layer_shapes(model, x):
+        groups = getattr(module, "groups", 1)
+        p = module.weight.shape[0] // groups
+        d = module.weight[0].numel()
+        materialised = 2 * n * T * outputs * p * d + (n * outputs) ** 2 * p * d
+        mask = masks.get(f"{name}.weight")
+        if mask is None:
+            route = min((n * T) ** 2 * (d + 1 + p * outputs ** 2), materialised)
+        elif T == 1:
+            route = min(n * n * (int(mask.count_nonzero()) + p * outputs ** 2), materialised)
+        else:
+            route = materialised
+        total += groups * route
+    return float(total)
+
+
 def run_case(kind: str, n: int, outputs: int, masked: bool, device: torch.device,
-             min_run_time: float) -> list[dict]:
+             min_run_time: float, conditions: tuple[str, ...] = ("idle",)) -> list[dict]:
     generator = torch.Generator().manual_seed(n * 31 + outputs * 7 + masked)
     torch.manual_seed(n * 31 + outputs * 7 + masked)
     model = (make_mlp(outputs) if kind == "mlp" else make_cnn(outputs, kind.split("-")[1]))
@@ -147,6 +242,12 @@ def run_case(kind: str, n: int, outputs: int, masked: bool, device: torch.device
     num_params = sum(p.numel() for p in model.parameters())
     jacobian_bytes = n * outputs * num_params * 4
     expected = reference(model, x, masks) if jacobian_bytes * 2 <= JACOBIAN_CAP_BYTES else None
+    flops = {"sparsenas": floor_flops(model, x, outputs, masks),
+             "jacobian_contraction": 2.0 * (n * outputs) ** 2 * num_params}
+    flops["sparsenas_f32"] = flops["sparsenas"]
+    flop_dtype = {"sparsenas": torch.float64, "sparsenas_f32": torch.float32,
+                  "jacobian_contraction": torch.float32}
+    kernel_bytes = {"sparsenas": (n * outputs) ** 2 * 8, "sparsenas_f32": (n * outputs) ** 2 * 4}
 
     methods = {
         "sparsenas": lambda: empirical_ntk(model, x, mode="full", masks=masks),
@@ -164,8 +265,8 @@ def run_case(kind: str, n: int, outputs: int, masked: bool, device: torch.device
     if n * outputs > LOOP_MAX_BACKWARDS or jacobian_bytes > JACOBIAN_CAP_BYTES:
         skipped["per_example_loop"] = f"{n * outputs} backward passes"
 
-    rows = []
     label = f"{kind} n={n} O={outputs}" + (" masked 90%" if masked else "")
+    exact_error = None
     if expected is not None:
         # Strict check: the engine on the float64 model equals the float64 reference. (The
         # float32 rows below carry the float32 model's own rounding, which a ReLU / max-pool
@@ -175,10 +276,54 @@ def run_case(kind: str, n: int, outputs: int, masked: bool, device: torch.device
         if exact_error > 1e-9:
             raise AssertionError(f"{label}: float64 engine differs from the reference by "
                                  f"{exact_error:.2e}")
-    results = {}
+    rows, seconds = [], {}
+    for condition in conditions:
+        with competing_job() if condition == "contended" else contextlib.nullcontext():
+            rates = machine_rates(device, (n * outputs) ** 2)
+            timed, seconds[condition] = _time_methods(
+                methods, skipped, expected, label, device, min_run_time, condition,
+                measure_memory=condition == conditions[0])
+        for row in timed:
+            name = row["method"]
+            if name not in seconds[condition]:
+                continue
+            mine = seconds[condition][name]
+            row["speedup_vs_this"] = mine / seconds[condition]["sparsenas"]
+            if name in flops:
+                row["floor_GFLOP"] = flops[name] / 1e9
+                row["flop_floor"] = flops[name] / rates[str(flop_dtype[name])] / mine
+            if name in kernel_bytes:
+                row["byte_floor"] = kernel_bytes[name] / rates["copy"] / mine
+            if name == "sparsenas" and exact_error is not None:
+                row["rel_error_f64_model"] = exact_error
+            if condition != "idle" and "idle" in seconds:
+                row["slowdown"] = mine / seconds["idle"][name]
+            if name.startswith("sparsenas"):
+                row["note"] = ", ".join(f"{v / mine:.1f}x faster than {k}"
+                                        for k, v in seconds[condition].items()
+                                        if not k.startswith("sparsenas"))
+                row["note"] += (f"; GEMM {rates[str(flop_dtype[name])] / 1e9:.0f} GFLOP/s, "
+                                f"copy {rates['copy'] / 1e9:.1f} GB/s")
+        rows += timed
+    if "idle" in seconds and "contended" in seconds and "jacobian_contraction" in seconds["idle"]:
+        baseline = (seconds["contended"]["jacobian_contraction"]
+                    / seconds["idle"]["jacobian_contraction"])
+        for row in rows:
+            if row["condition"] == "contended" and row["method"].startswith("sparsenas"):
+                row["speedup_kept"] = baseline / row["slowdown"]
+    return rows
+
+
+def _time_methods(methods: dict, skipped: dict, expected: Tensor | None, label: str,
+                  device: torch.device, min_run_time: float, condition: str,
+                  measure_memory: bool) -> tuple[list[dict], dict[str, float]]:
+    """One row per method (checked against the reference, then timed) and the seconds of each."""
+    rows, results = [], {}
     for name, fn in methods.items():
+        row = {"case": label, "condition": condition, "method": name}
+        rows.append(row)
         if name in skipped:
-            rows.append({"case": label, "method": name, "note": "skipped: " + skipped[name]})
+            row["note"] = "skipped: " + skipped[name]
             continue
         start = time.perf_counter()
         value = fn()
@@ -187,20 +332,12 @@ def run_case(kind: str, n: int, outputs: int, masked: bool, device: torch.device
         if expected is not None and error > 1e-3:
             raise AssertionError(f"{label} {name}: relative error {error:.2e} vs float64 reference")
         # Calls slower than SLOW_CALL_SECONDS are timed by that first call alone.
-        seconds = first_call if first_call > SLOW_CALL_SECONDS else time_call(fn, device, min_run_time)
-        results[name] = seconds
-        rows.append({"case": label, "method": name, "seconds": seconds,
-                     "peak_MiB": peak_memory_bytes(fn, device) / 2**20, "rel_error": error})
-        if expected is not None and name == "sparsenas":
-            rows[-1]["rel_error_f64_model"] = exact_error
-    for row in rows:
-        if "seconds" in row:
-            row["speedup_vs_this"] = row["seconds"] / results["sparsenas"]
-        if row["method"].startswith("sparsenas"):
-            mine = results[row["method"]]
-            row["note"] = ", ".join(f"{v / mine:.1f}x faster than {k}"
-                                    for k, v in results.items() if not k.startswith("sparsenas"))
-    return rows
+        results[name] = (first_call if first_call > SLOW_CALL_SECONDS
+                         else time_call(fn, device, min_run_time))
+        row.update(seconds=results[name], rel_error=error)
+        if measure_memory:
+            row["peak_MiB"] = peak_memory_bytes(fn, device) / 2**20
+    return rows, results
 
 
 def main() -> None:
@@ -208,6 +345,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, well under a minute")
     parser.add_argument("--only", choices=("mlp", "cnn"), default=None,
                         help="run only the MLP or only the CNN cases (results file ntk_<only>)")
+    parser.add_argument("--contended", action="store_true",
+                        help="time every case idle and with a competing 2-thread torch.mm job "
+                             "(results file ntk_contended)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's); on a CPU shared with other "
                              "jobs, 1 thread gives stable timings")
@@ -227,7 +367,8 @@ def main() -> None:
         cases = [case for case in cases if case[0].startswith(args.only)]
     rows = []
     for case in cases:
-        case_rows = run_case(*case, device=device, min_run_time=min_run_time)
+        case_rows = run_case(*case, device=device, min_run_time=min_run_time,
+                             conditions=("idle", "contended") if args.contended else ("idle",))
         for row in case_rows:
             print({k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in row.items()},
                   flush=True)
@@ -235,17 +376,35 @@ def main() -> None:
     name = "ntk_quick" if args.quick else "ntk"
     if args.only:
         name += f"_{args.only}"
+    if args.contended:
+        name += "_contended"
+    columns = ["case", "method", "seconds", "speedup_vs_this", "floor_GFLOP", "flop_floor",
+               "byte_floor", "peak_MiB", "rel_error", "rel_error_f64_model", "note"]
+    if args.contended:
+        columns[1:1] = ["condition"]
+        columns[-1:-1] = ["slowdown", "speedup_kept"]
     path = write_results(
-        name, device, rows,
-        ["case", "method", "seconds", "speedup_vs_this", "peak_MiB", "rel_error",
-         "rel_error_f64_model", "note"],
+        name, device, rows, columns,
         notes=("Full-mode empirical NTK (n·O × n·O) of float32 models; sparsenas accumulates in "
                "float64 (its default), sparsenas_f32 in float32. speedup_vs_this = method time / sparsenas time (>1: sparsenas faster). "
                "rel_error = max|Θ − Θ_ref| / max|Θ_ref| against a float64 torch.func reference "
                "(float32 models: includes the model's own float32 rounding, the same for every "
                "method); rel_error_f64_model: sparsenas on the float64 model vs that reference. "
                "Calls slower than 2 s are timed by one call. "
-               "Masked: 90% unstructured masks on the hidden layers (masks= argument)."))
+               "Masked: 90% unstructured masks on the hidden layers (masks= argument). "
+               "flop_floor = (floor_GFLOP / GEMM rate) / seconds: floor_GFLOP counts the "
+               "cheapest route the engine has per layer (Gram route (nT)²(d+1+pO²), per-example "
+               "gradients 2nTOpd + (nO)²pd, masked block n²(nnz+pO²); 2 FLOPs per multiply-add, "
+               "each symmetric pair of examples once; the contraction: 2(nO)²P), the GEMM rate "
+               "is torch.mm of [2560, 256] by its transpose in the row's dtype, measured in the "
+               "same run and condition (note). byte_floor = (kernel-matrix bytes / copy "
+               "bandwidth) / seconds, the bandwidth from a copy_ of a kernel-sized float64 "
+               "matrix (read + written bytes). Masked rows reach their floors less: the masked "
+               "block's sparse arithmetic runs below the GEMM rate."
+               + (" Contended: the same timings with a competing 2-thread torch.mm job on the "
+                  "same cores; slowdown = contended / idle seconds; speedup_kept = the "
+                  "contraction's slowdown / this row's (1: sparsenas slows exactly as much as "
+                  "torch's own ops; > 1: less)." if args.contended else "")))
     print(f"wrote {path}")
 
 

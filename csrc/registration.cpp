@@ -38,6 +38,7 @@ TORCH_LIBRARY(sparsenas, m) {
 
   // ---- NTK ----
   m.def("ntk_gram_block_(Tensor(a!) out, Tensor a, Tensor b, int rows_per_example=1, bool bias=True, bool sum_outputs=False) -> ()");
+  m.def("ntk_gram_kernel(Tensor[] a, Tensor[] b, int[] rows_per_example, bool sum_outputs, ScalarType dtype) -> Tensor");
   m.def("ntk_masked_block_(Tensor(a!) out, Tensor a, Tensor b, Tensor mask, bool bias=True, bool sum_outputs=False) -> ()");
 }
 

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from sparsenas.ntk import (class_balanced_indices, condition_number, empirical_ntk, kendall_tau,
-                           label_gradient_alignment, ntk_gram_block_, ntk_masked_block_,
+                           label_gradient_alignment, ntk_gram_block_, ntk_gram_kernel,
+                           ntk_masked_block_,
                            ntk_regression_accuracy, spearman_rho, trace)
 from sparsenas.ops import masked_conv2d, masked_linear, pack_mask, unpack_mask
 from sparsenas.sampling import (gumbel_topk_masks, kept_nodes, philox4x32_10, sample_node_masks,
@@ -570,6 +571,14 @@ def _block(**override):
     return lambda: fn(**args)
 
 
+def _gram_kernel(**override):
+    args = dict(a=[_randn(6, 4), _randn(12, 2, seed=2)],
+                b=[_randn(6, 2, 3, seed=1), _randn(12, 2, 5, seed=3)], rows_per_example=[1, 2],
+                sum_outputs=False, dtype=torch.float64)
+    args.update(override)
+    return lambda: ntk_gram_kernel(**args)
+
+
 NTK = [
     Case("empirical_ntk", "no examples", lambda: empirical_ntk(_mlp(), torch.randn(0, 5)),
          ValueError, "x"),
@@ -608,6 +617,25 @@ NTK = [
     Case("ntk_gram_block_", "rows_per_example a float", _block(rows_per_example=1.0), TypeError,
          "rows_per_example"),
     Case("ntk_gram_block_", "a rows not a multiple", _block(rows_per_example=4), ValueError, "a"),
+    Case("ntk_gram_kernel", "a a tensor", _gram_kernel(a=_randn(6, 4)), TypeError, "a"),
+    Case("ntk_gram_kernel", "no maps", _gram_kernel(a=[], b=[], rows_per_example=[]),
+         ValueError, "a"),
+    Case("ntk_gram_kernel", "lengths differ", _gram_kernel(rows_per_example=[1]), ValueError,
+         "a"),
+    Case("ntk_gram_kernel", "dtype float16", _gram_kernel(dtype=torch.float16), TypeError,
+         "dtype"),
+    Case("ntk_gram_kernel", "a[1] int64", _gram_kernel(a=[_randn(6, 4), torch.ones(
+        12, 2, dtype=torch.long)]), TypeError, "a[1]"),
+    Case("ntk_gram_kernel", "a[0] on meta", _gram_kernel(a=[_randn(6, 4).to(META),
+                                                           _randn(12, 2)]), ValueError, "a[0]"),
+    Case("ntk_gram_kernel", "b[1] outputs", _gram_kernel(b=[_randn(6, 2, 3), _randn(12, 3, 5)]),
+         ValueError, "b[1]"),
+    Case("ntk_gram_kernel", "a[1] examples", _gram_kernel(rows_per_example=[1, 3]), ValueError,
+         "a[1]"),
+    Case("ntk_gram_kernel", "rows_per_example zero", _gram_kernel(rows_per_example=[0, 2]),
+         ValueError, "rows_per_example"),
+    Case("ntk_gram_kernel", "sum over outputs", _gram_kernel(sum_outputs=True),
+         check=lambda k: k.shape == (6, 6) and bool(torch.allclose(k, k.T))),
     Case("ntk_masked_block_", "mask shape", _block(mask=torch.ones(3, 3, dtype=torch.bool)),
          ValueError, "mask"),
     Case("ntk_masked_block_", "mask int64", _block(mask=torch.ones(3, 4, dtype=torch.long)),

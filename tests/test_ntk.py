@@ -12,7 +12,7 @@ from torch.func import functional_call, jacrev
 from sparsenas._extension import has_native_kernel
 from sparsenas.nn import NodeMask
 from sparsenas.ntk import empirical
-from sparsenas.ntk import MODES, empirical_ntk, ntk_gram_block_, ntk_masked_block_
+from sparsenas.ntk import MODES, empirical_ntk, ntk_gram_block_, ntk_gram_kernel, ntk_masked_block_
 from sparsenas.ntk.kernels import reference_gram_block, reference_masked_block
 
 
@@ -229,6 +229,19 @@ def test_float32_model_accumulates_in_float64(device):
                                atol=1e-4 * expected.abs().max().item())
 
 
+def test_float32_accumulation_error_bound(device):
+    """dtype=float32 on a model large enough for many tiles: max |Θ32 − Θ64| / max |Θ64| stays
+    at float32 rounding level (the benchmark's rel_error reports the same quantity)."""
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(8, 48), nn.ReLU(), nn.Linear(48, 48), nn.ReLU(),
+                          nn.Linear(48, 6)).to(device).eval()
+    x = torch.randn(50, 8, device=device)
+    got = empirical_ntk(model, x, mode="full", dtype=torch.float32)
+    exact = empirical_ntk(model.double(), x.double(), mode="full")
+    error = ((got.double() - exact).abs().max() / exact.abs().max()).item()
+    assert error < 1e-6
+
+
 def test_modes_are_consistent(device):
     model = _prepare(mlp(), device).double()
     x = torch.randn(6, 5, device=device, dtype=torch.float64)
@@ -322,6 +335,89 @@ def test_masked_block_matches_reference(device, n, O, d, p, mask_kind, bias, sum
     _assert_close_scaled(out, expected, tol)
 
 
+# Kernels larger than one tile of the native Gram route (256 rows of examples × T × outputs) and
+# of the masked block (32 examples), so that several tiles, their mirrors and ragged edges occur.
+@pytest.mark.parametrize("n, T, O", [(60, 1, 10), (30, 3, 4), (300, 1, 1)])
+@pytest.mark.parametrize("sum_outputs", [True, False])
+def test_gram_block_over_many_tiles(device, n, T, O, sum_outputs):
+    a, b = _gram_inputs(device, n, T, O, 7, 5, torch.float64)
+    rows = n if sum_outputs else n * O
+    start = torch.randn(rows, rows, dtype=torch.float64, device=device)
+    out = start.clone()
+    ntk_gram_block_(out, a, b, T, True, sum_outputs)
+    expected = start + reference_gram_block(a, b, T, True, sum_outputs, torch.float64)
+    _assert_close_scaled(out, expected, 1e-10)
+    strided = torch.zeros(rows, 2 * rows, dtype=torch.float64, device=device)[:, ::2]
+    ntk_gram_block_(strided, a, b, T, True, sum_outputs)
+    _assert_close_scaled(strided, expected - start, 1e-10)
+
+
+@pytest.mark.parametrize("sum_outputs", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gram_kernel_is_the_sum_of_gram_blocks(device, sum_outputs, dtype):
+    n, O = 45, 6
+    maps = [_gram_inputs(device, n, T, O, d, p, torch.float32) + (T,)
+            for T, d, p in ((1, 9, 4), (3, 5, 7), (1, 0, 3), (2, 4, 1))]
+    got = ntk_gram_kernel([m[0] for m in maps], [m[1] for m in maps], [m[2] for m in maps],
+                          sum_outputs, dtype)
+    assert got.dtype == dtype
+    expected = sum(reference_gram_block(a, b, T, False, sum_outputs, torch.float64)
+                   for a, b, T in maps)
+    _assert_close_scaled(got.double(), expected, 1e-10 if dtype == torch.float64 else 1e-5)
+
+
+def test_engine_fuses_the_most_common_rows_per_example(device, monkeypatch):
+    """Gram-route layers with the most common T go to ntk_gram_kernel in one call (its tiles
+    are sized by the largest T); the others are added per layer; the sum is the same."""
+    n, O = 12, 3
+    terms = [_gram_inputs(device, n, T, O, d, p, torch.float64) + (T,)
+             for T, d, p in ((1, 5, 4), (4, 3, 2), (1, 6, 3))]
+    fused = []
+    monkeypatch.setattr(empirical, "ntk_gram_kernel", lambda a, b, T, *rest: fused.append(
+        tuple(T)) or ntk_gram_kernel(a, b, T, *rest))
+    parts = empirical._KernelParts((n * O, n * O), torch.float64, device, False, gram=terms)
+    got = parts.kernel()
+    assert fused == [(1, 1)]
+    expected = sum(reference_gram_block(a, b, T, False, False, torch.float64) for a, b, T in terms)
+    _assert_close_scaled(got, expected, 1e-10)
+
+
+def test_gram_kernel_bias_is_a_column_of_ones(device):
+    a, b = _gram_inputs(device, 40, 1, 7, 6, 5, torch.float64)
+    with_ones = torch.cat([a, torch.ones(40, 1, dtype=torch.float64, device=device)], 1)
+    got = ntk_gram_kernel([with_ones], [b], [1])
+    _assert_close_scaled(got, reference_gram_block(a, b, 1, True, False, torch.float64), 1e-10)
+
+
+@pytest.mark.parametrize("op", ["gram", "kernel", "masked"])
+def test_block_ops_do_not_depend_on_the_thread_count(device, op):
+    """Tiles are claimed dynamically, so which thread computes a tile varies from run to run;
+    each tile's arithmetic must not (same bits with 1 or 2 threads, and from run to run)."""
+    a, b = _gram_inputs(device, 70, 1, 5, 9, 6, torch.float32)
+    mask = (torch.rand(6, 9, generator=torch.Generator().manual_seed(3)) < 0.5).to(device)
+
+    def compute() -> Tensor:
+        if op == "kernel":
+            return ntk_gram_kernel([a, a[:, :4]], [b, b[:, :, :2]], [1, 1], False, torch.float32)
+        out = torch.zeros(350, 350, device=device)
+        if op == "gram":
+            ntk_gram_block_(out, a, b)
+        else:
+            ntk_masked_block_(out, a, b, mask)
+        return out
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = compute()
+        torch.set_num_threads(2)
+        results = [compute() for _ in range(3)]
+    finally:
+        torch.set_num_threads(threads)
+    for result in results:
+        assert torch.equal(result, single)
+
+
 def test_masked_block_with_full_mask_equals_gram_block(device):
     a, b = _gram_inputs(device, 9, 1, 2, 6, 4, torch.float64)
     masked = torch.zeros(18, 18, dtype=torch.float64, device=device)
@@ -360,6 +456,9 @@ def test_block_ops_opcheck(device):
     out_sum = torch.zeros(10, 10, device=device)
     torch.library.opcheck(torch.ops.sparsenas.ntk_masked_block_,
                           (out_sum, a[:10], b[:10], mask, False, True))
+    if _native("ntk_gram_kernel", device):
+        torch.library.opcheck(torch.ops.sparsenas.ntk_gram_kernel,
+                              ([a, a[:5]], [b, b[:5]], [2, 1], False, torch.float64))
 
 
 @pytest.mark.parametrize("op, args, error, match", [

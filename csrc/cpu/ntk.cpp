@@ -1,64 +1,185 @@
-// CPU kernels of the NTK blocks. The Gram route runs two GEMMs per chunk of examples and one
-// fused pass that adds the bias, multiplies the two Grams and reduces the T × T position pairs
-// of each example pair. The masked block tiles the kernel matrix over (i, j) example tiles and,
-// per output unit k, accumulates Σ_l M_kl a_il a_jl over the mask's nonzeros only (CSR of M),
-// so per-example gradients are never formed.
+// CPU kernels of the NTK blocks. Both tile the (symmetric) kernel matrix over pairs of example
+// tiles (I, J) with I <= J and hand the tiles to the threads dynamically (parallel_for_dynamic),
+// so a thread descheduled by another job on the same cores holds up one tile, not a static share.
+// Each tile is written to its block (I, J) of the result and, off the diagonal, transposed to
+// the mirror block (J, I); distinct tiles write disjoint blocks.
+//
+// The Gram route multiplies, per tile and linear map, two Gram slices by GEMMs in the
+// accumulation dtype (Ã_I Ã_Jᵀ, with a bias as a column of ones in Ã, and B_I B_Jᵀ, n·T·ob rows
+// wide: the FLOPs that matter) into per-thread scratch that stays in cache, multiplies the two
+// Grams and reduces the T × T position pairs of each example pair into the tile; the tile sums
+// every map before it is written, so the kernel matrix is written once. The masked block
+// accumulates, per output unit k, Σ_l M_kl a_il a_jl over the mask's nonzeros only (CSR of M), so
+// per-example gradients are never formed.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <utility>
 #include <vector>
 
+#include "common/parallel.h"
 #include "ops/ntk.h"
 
 namespace sparsenas {
 namespace {
 
-constexpr int64_t kGramBudget = int64_t{1} << 24;  // elements of the two Gram slices per chunk
-constexpr int64_t kTile = 32;                      // examples per tile of the masked block
+// Rows (examples × T × outputs) per side of a Gram-route tile: large enough for GEMMs near the
+// BLAS's peak, small enough that the tile's Gram slices stay in a core's L2 cache.
+constexpr int64_t kGramTileRows = 256;
+constexpr int64_t kTile = 32;  // examples per tile of the masked block
 
-// For examples i in [i0, i0 + count) and j in [i0, n): adds
-//   Σ_{t,s} (ga[(i,t),(j,s)] + bias) gb[(i,t,o),(j,s,o')]
-// to result[(i,o), (j,o')] and, for j outside the chunk, to the mirrored entry (the kernel is
-// symmetric, so only chunk rows × columns from the chunk's start on are ever multiplied).
-// ga [count·T, (n-i0)·T], gb [count·T·ob, (n-i0)·T·ob].
+// The upper triangle of tiles × tiles tile pairs, in row order.
+std::vector<std::pair<int64_t, int64_t>> upper_tile_pairs(int64_t tiles) {
+  std::vector<std::pair<int64_t, int64_t>> pairs;
+  pairs.reserve(tiles * (tiles + 1) / 2);
+  for (int64_t ti = 0; ti < tiles; ++ti)
+    for (int64_t tj = ti; tj < tiles; ++tj) pairs.emplace_back(ti, tj);
+  return pairs;
+}
+
+// Adds (Add) or stores the tile [rows, cols] (leading dimension ld) at (row0, col0) of result
+// and, when `mirror`, its transpose at (col0, row0). The transposed writes go in column blocks so
+// that the tile rows read for one block stay in L1.
+template <bool Add, typename scalar_t>
+void write_tile(scalar_t* result, int64_t res_cols, const scalar_t* tile, int64_t ld,
+                int64_t rows, int64_t cols, int64_t row0, int64_t col0, bool mirror) {
+  for (int64_t r = 0; r < rows; ++r) {
+    scalar_t* res_row = result + (row0 + r) * res_cols + col0;
+    const scalar_t* tile_row = tile + r * ld;
+    for (int64_t c = 0; c < cols; ++c) res_row[c] = Add ? res_row[c] + tile_row[c] : tile_row[c];
+  }
+  if (!mirror) return;
+  constexpr int64_t kBlock = 16;
+  for (int64_t c0 = 0; c0 < cols; c0 += kBlock) {
+    const int64_t c1 = std::min(cols, c0 + kBlock);
+    for (int64_t c = c0; c < c1; ++c) {
+      scalar_t* res_row = result + (col0 + c) * res_cols + row0;
+      for (int64_t r = 0; r < rows; ++r)
+        res_row[r] = Add ? res_row[r] + tile[r * ld + c] : tile[r * ld + c];
+    }
+  }
+}
+
+// One linear map of the Gram route: A [n·T, d] (with a column of ones when the map has a bias:
+// ã_it·ã_js = a_it·a_js + 1) and B [n·T·ob, K], row-major in the accumulation dtype.
+struct GramLayer {
+  at::Tensor A, B;
+  int64_t T;
+};
+
+GramLayer gram_layer(const at::Tensor& a, const at::Tensor& b, int64_t T, bool bias,
+                     bool sum_outputs, at::ScalarType dtype) {
+  const int64_t rows = a.size(0), O = b.size(1), p = b.size(2);
+  auto A = bias ? at::cat({a.to(dtype), at::ones({rows, 1}, a.options().dtype(dtype))}, 1)
+                : a.to(dtype).contiguous();
+  // Rows of B: (i, t) with all outputs side by side (sum_outputs) or (i, t, o).
+  auto B = b.to(dtype).contiguous().view({sum_outputs ? rows : rows * O, (sum_outputs ? O : 1) * p});
+  return {A, B, T};
+}
+
+// The Gram route of several maps, tile by tile: for examples [i0, i0 + ni) × [j0, j0 + nj),
+//   tile[(i,o),(j,o')] = Σ_maps Σ_{t,s} (Ã_it · Ã_js) (B_ito · B_jso'),
+// summed over the maps in per-thread scratch and then stored into (or, with `add`, added to)
+// the result once: one pass over the kernel matrix however many maps there are.
 template <typename scalar_t>
-void combine_grams(const scalar_t* ga, const scalar_t* gb, scalar_t* result, int64_t i0,
-                   int64_t count, int64_t n, int64_t T, int64_t ob, scalar_t bias) {
-  const int64_t cols = n - i0;
-  const int64_t ga_cols = cols * T;
-  const int64_t gb_cols = cols * T * ob;
-  const int64_t res_cols = n * ob;
-  at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
-    std::vector<scalar_t> acc(cols * ob);
-    for (int64_t i = begin; i < end; ++i) {
-      for (int64_t o = 0; o < ob; ++o) {
-        std::fill(acc.begin(), acc.end(), scalar_t(0));
-        for (int64_t t = 0; t < T; ++t) {
-          const scalar_t* ga_row = ga + (i * T + t) * ga_cols;
-          const scalar_t* gb_row = gb + ((i * T + t) * ob + o) * gb_cols;
-          if (ob == 1 && T == 1) {
-            for (int64_t j = 0; j < cols; ++j) acc[j] += (ga_row[j] + bias) * gb_row[j];
-            continue;
+struct GramTiles {
+  const std::vector<GramLayer>& layers;
+  scalar_t* result;
+  int64_t res_cols, ob;
+  bool add;
+
+  struct Scratch {
+    at::Tensor ga, gb;  // the two Gram slices of one map
+    std::vector<scalar_t> tile, factor;
+  };
+
+  void operator()(Scratch& s, int64_t i0, int64_t ni, int64_t j0, int64_t nj) const {
+    const int64_t cols = nj * ob;
+    s.tile.assign(ni * ob * cols, scalar_t(0));
+    s.factor.resize(cols);
+    for (const auto& layer : layers) {
+      const int64_t T = layer.T;
+      const int64_t ga_rows = ni * T, ga_cols = nj * T;
+      const int64_t gb_rows = ga_rows * ob, gb_cols = ga_cols * ob;
+      at::Tensor ga = s.ga.narrow(0, 0, ga_rows * ga_cols).view({ga_rows, ga_cols});
+      at::Tensor gb = s.gb.narrow(0, 0, gb_rows * gb_cols).view({gb_rows, gb_cols});
+      at::mm_out(ga, layer.A.narrow(0, i0 * T, ga_rows), layer.A.narrow(0, j0 * T, ga_cols).t());
+      at::mm_out(gb, layer.B.narrow(0, i0 * T * ob, gb_rows),
+                 layer.B.narrow(0, j0 * T * ob, gb_cols).t());
+      const scalar_t* ga_ptr = ga.data_ptr<scalar_t>();
+      const scalar_t* gb_ptr = gb.data_ptr<scalar_t>();
+      if (T == 1) {
+        // Row (i, o) of the tile += gb row (i, o) times ga[i, j], spread over o'.
+        scalar_t* factor = s.factor.data();
+        for (int64_t i = 0; i < ni; ++i) {
+          const scalar_t* ga_row = ga_ptr + i * ga_cols;
+          for (int64_t j = 0; j < nj; ++j)
+            for (int64_t o2 = 0; o2 < ob; ++o2) factor[j * ob + o2] = ga_row[j];
+          for (int64_t o = 0; o < ob; ++o) {
+            scalar_t* row = s.tile.data() + (i * ob + o) * cols;
+            const scalar_t* gb_row = gb_ptr + (i * ob + o) * cols;
+            for (int64_t c = 0; c < cols; ++c) row[c] += factor[c] * gb_row[c];
           }
-          for (int64_t j = 0; j < cols; ++j) {
-            scalar_t* a = acc.data() + j * ob;
-            for (int64_t s = 0; s < T; ++s) {
-              const scalar_t g = ga_row[j * T + s] + bias;
-              const scalar_t* gbp = gb_row + (j * T + s) * ob;
-              for (int64_t o2 = 0; o2 < ob; ++o2) a[o2] += g * gbp[o2];
+        }
+        continue;
+      }
+      for (int64_t i = 0; i < ni; ++i) {
+        for (int64_t o = 0; o < ob; ++o) {
+          scalar_t* row = s.tile.data() + (i * ob + o) * cols;
+          for (int64_t t = 0; t < T; ++t) {
+            const scalar_t* ga_row = ga_ptr + (i * T + t) * ga_cols;
+            const scalar_t* gb_row = gb_ptr + ((i * T + t) * ob + o) * gb_cols;
+            for (int64_t j = 0; j < nj; ++j) {
+              scalar_t* r = row + j * ob;
+              for (int64_t u = 0; u < T; ++u) {
+                const scalar_t g = ga_row[j * T + u];
+                const scalar_t* gbp = gb_row + (j * T + u) * ob;
+                for (int64_t o2 = 0; o2 < ob; ++o2) r[o2] += g * gbp[o2];
+              }
             }
           }
         }
-        const int64_t row = (i0 + i) * ob + o;
-        scalar_t* res_row = result + row * res_cols + i0 * ob;
-        for (int64_t c = 0; c < cols * ob; ++c) res_row[c] += acc[c];
-        // Mirror the columns beyond the chunk (rows of other chunks, disjoint across threads).
-        for (int64_t c = count * ob; c < cols * ob; ++c) result[(i0 * ob + c) * res_cols + row] += acc[c];
       }
     }
+    const bool mirror = i0 != j0;
+    const scalar_t* tile = s.tile.data();
+    if (add) {
+      write_tile<true>(result, res_cols, tile, cols, ni * ob, cols, i0 * ob, j0 * ob, mirror);
+    } else {
+      write_tile<false>(result, res_cols, tile, cols, ni * ob, cols, i0 * ob, j0 * ob, mirror);
+    }
+  }
+};
+
+// Stores (add = false) or adds the Gram route of `layers` into result [n·ob, n·ob] (contiguous).
+void gram_route(at::Tensor& result, const std::vector<GramLayer>& layers, int64_t n, int64_t ob,
+                bool add) {
+  int64_t max_T = 1, max_ga = 0, max_gb = 0;
+  for (const auto& layer : layers) max_T = std::max(max_T, layer.T);
+  const int64_t tile = std::clamp<int64_t>(kGramTileRows / (max_T * ob), 1, n);
+  for (const auto& layer : layers) {
+    max_ga = std::max(max_ga, tile * layer.T * tile * layer.T);
+    max_gb = std::max(max_gb, tile * layer.T * ob * tile * layer.T * ob);
+  }
+  const auto pairs = upper_tile_pairs((n + tile - 1) / tile);
+  const int64_t num_pairs = static_cast<int64_t>(pairs.size());
+  AT_DISPATCH_FLOATING_TYPES(result.scalar_type(), "ntk_gram_route_cpu", [&] {
+    const GramTiles<scalar_t> gram{layers, result.data_ptr<scalar_t>(), n * ob, ob, add};
+    std::vector<typename GramTiles<scalar_t>::Scratch> scratch(dynamic_workers(num_pairs));
+    parallel_for_dynamic(0, num_pairs, 1, [&](int64_t begin, int64_t end, int64_t worker) {
+      auto& s = scratch[worker];
+      if (!s.ga.defined()) {
+        s.ga = at::empty({max_ga}, result.options());
+        s.gb = at::empty({max_gb}, result.options());
+      }
+      for (int64_t pi = begin; pi < end; ++pi) {
+        const int64_t i0 = pairs[pi].first * tile, j0 = pairs[pi].second * tile;
+        gram(s, i0, std::min(tile, n - i0), j0, std::min(tile, n - j0));
+      }
+    });
   });
 }
 
@@ -66,28 +187,29 @@ void ntk_gram_block_cpu(at::Tensor& out, const at::Tensor& a, const at::Tensor& 
                         int64_t rows_per_example, bool bias, bool sum_outputs) {
   const auto g = check_ntk_gram_block("ntk_gram_block_", out, a, b, rows_per_example, sum_outputs);
   if (out.numel() == 0) return;
-  const int64_t n = g.examples, T = g.rows_per_example, O = g.outputs, p = g.out_features;
-  const int64_t ob = sum_outputs ? 1 : O;
-  auto A = a.to(out.scalar_type()).contiguous();
-  // Rows of B: (i, t) with all outputs side by side (sum_outputs) or (i, t, o).
-  auto B = b.to(out.scalar_type()).contiguous().view({n * T * ob, (sum_outputs ? O : 1) * p});
-  // Accumulate straight into out when it is contiguous; else into a scratch matrix added at the end.
-  auto result = out.is_contiguous() ? out : at::zeros({g.out_rows, g.out_rows}, out.options().memory_format(at::MemoryFormat::Contiguous));
-  // At least 4 chunks so the block upper triangle saves GEMM work (symmetry).
-  const int64_t chunk = std::min(ntk_gram_chunk(g, sum_outputs, kGramBudget),
-                                 std::max<int64_t>(1, (n + 3) / 4));
-  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "ntk_gram_block_cpu", [&] {
-    for (int64_t i0 = 0; i0 < n; i0 += chunk) {
-      const int64_t count = std::min(chunk, n - i0);
-      auto ga = at::mm(A.narrow(0, i0 * T, count * T), A.narrow(0, i0 * T, (n - i0) * T).t());
-      auto gb = at::mm(B.narrow(0, i0 * T * ob, count * T * ob),
-                       B.narrow(0, i0 * T * ob, (n - i0) * T * ob).t());
-      combine_grams<scalar_t>(ga.contiguous().data_ptr<scalar_t>(),
-                              gb.contiguous().data_ptr<scalar_t>(), result.data_ptr<scalar_t>(),
-                              i0, count, n, T, ob, bias ? scalar_t(1) : scalar_t(0));
-    }
-  });
-  if (!result.is_same(out)) out.add_(result);
+  const std::vector<GramLayer> layers{
+      gram_layer(a, b, rows_per_example, bias, sum_outputs, out.scalar_type())};
+  const int64_t ob = sum_outputs ? 1 : g.outputs;
+  if (out.is_contiguous()) {
+    gram_route(out, layers, g.examples, ob, /*add=*/true);
+    return;
+  }
+  auto result = at::empty({g.out_rows, g.out_rows}, out.options().memory_format(at::MemoryFormat::Contiguous));
+  gram_route(result, layers, g.examples, ob, /*add=*/false);
+  out.add_(result);
+}
+
+at::Tensor ntk_gram_kernel_cpu(at::TensorList a, at::TensorList b, at::IntArrayRef rows_per_example,
+                               bool sum_outputs, at::ScalarType dtype) {
+  const auto g =
+      check_ntk_gram_kernel("ntk_gram_kernel", a, b, rows_per_example, sum_outputs, dtype);
+  auto result = at::empty({g.out_rows, g.out_rows}, a[0].options().dtype(dtype));
+  if (result.numel() == 0) return result;
+  std::vector<GramLayer> layers;
+  for (size_t l = 0; l < a.size(); ++l)
+    layers.push_back(gram_layer(a[l], b[l], rows_per_example[l], false, sum_outputs, dtype));
+  gram_route(result, layers, g.examples, sum_outputs ? 1 : g.outputs, /*add=*/false);
+  return result;
 }
 
 void ntk_masked_block_cpu(at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
@@ -103,10 +225,8 @@ void ntk_masked_block_cpu(at::Tensor& out, const at::Tensor& a, const at::Tensor
   auto M = mask.to(dtype).contiguous();                    // [p, d]
   // Accumulate straight into out when it is contiguous; else into a scratch matrix added at the end.
   auto result = out.is_contiguous() ? out : at::zeros({g.out_rows, g.out_rows}, out.options().memory_format(at::MemoryFormat::Contiguous));
-  const int64_t tiles = (n + kTile - 1) / kTile;
-  std::vector<std::pair<int64_t, int64_t>> pairs;  // upper triangle: the kernel is symmetric
-  for (int64_t ti = 0; ti < tiles; ++ti)
-    for (int64_t tj = ti; tj < tiles; ++tj) pairs.emplace_back(ti, tj);
+  const auto pairs = upper_tile_pairs((n + kTile - 1) / kTile);
+  const int64_t num_pairs = static_cast<int64_t>(pairs.size());
 
   AT_DISPATCH_FLOATING_TYPES(dtype, "ntk_masked_block_cpu", [&] {
     // CSR of the mask: the nonzeros of each output unit's row.
@@ -129,8 +249,13 @@ void ntk_masked_block_cpu(at::Tensor& out, const at::Tensor& a, const at::Tensor
     const scalar_t bias_value = bias ? scalar_t(1) : scalar_t(0);
     const int64_t res_cols = g.out_rows;
 
-    at::parallel_for(0, static_cast<int64_t>(pairs.size()), 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> s(kTile * kTile), acc(kTile * ob * kTile * ob);
+    // Per-thread scratch: s_ij of one output unit and the tile's accumulator.
+    std::vector<std::pair<std::vector<scalar_t>, std::vector<scalar_t>>> scratch(
+        dynamic_workers(num_pairs));
+    parallel_for_dynamic(0, num_pairs, 1, [&](int64_t begin, int64_t end, int64_t worker) {
+      auto& [s, acc] = scratch[worker];
+      s.resize(kTile * kTile);
+      acc.resize(kTile * ob * kTile * ob);
       for (int64_t pi = begin; pi < end; ++pi) {
         const int64_t i0 = pairs[pi].first * kTile, j0 = pairs[pi].second * kTile;
         const int64_t ni = std::min(kTile, n - i0), nj = std::min(kTile, n - j0);
@@ -172,13 +297,8 @@ void ntk_masked_block_cpu(at::Tensor& out, const at::Tensor& a, const at::Tensor
             }
           }
         }
-        for (int64_t r = 0; r < ni * ob; ++r) {
-          for (int64_t c = 0; c < acc_cols; ++c) {
-            const scalar_t v = acc[r * acc_cols + c];
-            res[(i0 * ob + r) * res_cols + j0 * ob + c] += v;
-            if (i0 != j0) res[(j0 * ob + c) * res_cols + i0 * ob + r] += v;
-          }
-        }
+        write_tile<true>(res, res_cols, acc.data(), acc_cols, ni * ob, acc_cols, i0 * ob, j0 * ob,
+                         i0 != j0);
       }
     });
   });
@@ -190,6 +310,7 @@ void ntk_masked_block_cpu(at::Tensor& out, const at::Tensor& a, const at::Tensor
 TORCH_LIBRARY_IMPL(sparsenas, CPU, m) {
   m.impl("ntk_gram_block_", &ntk_gram_block_cpu);
   m.impl("ntk_masked_block_", &ntk_masked_block_cpu);
+  m.impl("ntk_gram_kernel", &ntk_gram_kernel_cpu);
 }
 
 }  // namespace sparsenas

@@ -1,6 +1,7 @@
 #include "ops/ntk.h"
 
 #include <algorithm>
+#include <string>
 
 #include "common/checks.h"
 
@@ -68,6 +69,48 @@ NtkBlockGeometry check_ntk_masked_block(const char* op, const at::Tensor& out,
   g.out_rows = sum_outputs ? g.examples : g.examples * g.outputs;
   check_out(op, out, g);
   return g;
+}
+
+NtkBlockGeometry check_ntk_gram_kernel(const char* op, at::TensorList a, at::TensorList b,
+                                       at::IntArrayRef rows_per_example, bool sum_outputs,
+                                       at::ScalarType dtype) {
+  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble, op,
+                   "(): argument 'dtype' must be float32 or float64 (NTK blocks never accumulate "
+                   "in reduced precision), got ", dtype_name(dtype));
+  TORCH_CHECK_VALUE(!a.empty(), op, "(): argument 'a' must hold at least one tensor (one per "
+                    "linear map), got an empty list");
+  TORCH_CHECK_VALUE(b.size() == a.size() && rows_per_example.size() == a.size(), op,
+                    "(): arguments 'a', 'b' and 'rows_per_example' must have one entry per linear "
+                    "map, got ", a.size(), ", ", b.size(), " and ", rows_per_example.size());
+  NtkBlockGeometry first{};
+  for (size_t l = 0; l < a.size(); ++l) {
+    const std::string a_arg = "a[" + std::to_string(l) + "]";
+    const std::string b_arg = "b[" + std::to_string(l) + "]";
+    check_floating(op, a_arg.c_str(), a[l]);
+    check_floating(op, b_arg.c_str(), b[l]);
+    check_same_device(op, a_arg.c_str(), a[l], "a[0]", a[0]);
+    check_same_device(op, b_arg.c_str(), b[l], "a[0]", a[0]);
+    check_dim(op, a_arg.c_str(), a[l], 2, "[rows, in_features]");
+    check_dim(op, b_arg.c_str(), b[l], 3, "[rows, outputs, out_features]");
+    check_size(op, b_arg.c_str(), b[l], 0, a[l].size(0), "rows, from a");
+    const int64_t T = rows_per_example[l];
+    TORCH_CHECK_VALUE(T >= 1, op, "(): argument 'rows_per_example' must hold values >= 1, got ",
+                      T, " at ", l);
+    TORCH_CHECK_VALUE(a[l].size(0) % T == 0, op, "(): argument '", a_arg, "' must have a multiple "
+                      "of rows_per_example[", l, "] = ", T, " rows, got ", describe(a[l]));
+    if (l == 0) {
+      first.examples = a[0].size(0) / T;
+      first.outputs = b[0].size(1);
+      first.rows_per_example = T;
+      first.in_features = a[0].size(1);
+      first.out_features = b[0].size(2);
+      first.out_rows = sum_outputs ? first.examples : first.examples * first.outputs;
+    }
+    check_size(op, a_arg.c_str(), a[l], 0, first.examples * T,
+               "examples from a[0] × rows_per_example");
+    check_size(op, b_arg.c_str(), b[l], 1, first.outputs, "outputs, from b[0]");
+  }
+  return first;
 }
 
 int64_t ntk_gram_chunk(const NtkBlockGeometry& g, bool sum_outputs, int64_t budget) {

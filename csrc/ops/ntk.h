@@ -10,6 +10,9 @@
 // ntk_masked_block_: out[(i,o),(j,o')] += Σ_kl M_kl (b_iok b_jo'k)(a_il a_jl + bias-only term)
 //                    with T = 1; the bias adds Σ_k b_iok b_jo'k. Never materialises per-example
 //                    gradients: tiles over (i, j) and reads M in place.
+// ntk_gram_kernel:   Σ over maps l of the ntk_gram_block_ of (a[l], b[l], rows_per_example[l])
+//                    without bias (a bias is a column of ones appended to a[l]), as a new
+//                    matrix of `dtype`; the CPU kernel makes one pass over it for all maps.
 // out: float32 or float64 ([n, n] with sum_outputs, else [n O, n O]); a, b, mask are converted
 // to out's dtype, so accumulation is never below float32.
 
@@ -33,6 +36,10 @@ NtkBlockGeometry check_ntk_gram_block(const char* op, const at::Tensor& out, con
 NtkBlockGeometry check_ntk_masked_block(const char* op, const at::Tensor& out,
                                         const at::Tensor& a, const at::Tensor& b,
                                         const at::Tensor& mask, bool sum_outputs);
+
+NtkBlockGeometry check_ntk_gram_kernel(const char* op, at::TensorList a, at::TensorList b,
+                                       at::IntArrayRef rows_per_example, bool sum_outputs,
+                                       at::ScalarType dtype);
 
 // Examples per chunk of the Gram route so that its two Gram slices hold about `budget` elements.
 int64_t ntk_gram_chunk(const NtkBlockGeometry& g, bool sum_outputs, int64_t budget);

@@ -14,12 +14,14 @@ How it is computed: forward hooks capture the input of every ``nn.Linear`` / ``n
 a zero probe added to its output yields the per-example output cotangents (one backward pass per
 output; one in ``"sum_logits"`` mode). Each layer's block then comes from its inputs and
 cotangents (:mod:`sparsenas.ntk.kernels`): the Gram route (cost ~ n²T²(d + p)) or materialised
-per-example gradients via unfold (cost ~ n·T·p·d), whichever is cheaper; masked weights use the
-fused masked kernel (linear) or masked per-example gradients (conv). An eval-mode BatchNorm is
-a per-channel affine map, so its per-example gradients are formed directly from its normalised
-inputs and cotangents. Every other trainable parameter (other norm layers, embeddings, layers
-called more than once, tied weights, ...) gets exact per-example Jacobians from ``torch.func``
-(``vmap`` over ``jacrev``). The result is the exact
+per-example gradients via unfold (cost ~ n·T·p·d), whichever is cheaper; the Gram-route layers
+are summed by one call (``ntk_gram_kernel``: one pass over the kernel matrix, which is created
+there, for all of them with the same rows per example), every other block is added to its
+result; masked weights use the fused masked kernel (linear) or masked per-example gradients
+(conv). An eval-mode BatchNorm is a per-channel affine map, so its per-example gradients are
+formed directly from its normalised inputs and cotangents. Every other trainable parameter
+(other norm layers, embeddings, layers called more than once, tied weights, ...) gets exact
+per-example Jacobians from ``torch.func`` (``vmap`` over ``jacrev``). The result is the exact
 empirical NTK.
 
 Assumptions, checked where possible: examples are independent in the forward pass (no batch
@@ -37,6 +39,8 @@ forward pass.
 from __future__ import annotations
 
 import math
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -45,7 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
-from sparsenas.ntk.kernels import ntk_gram_block_, ntk_masked_block_
+from sparsenas.ntk.kernels import ntk_gram_block_, ntk_gram_kernel, ntk_masked_block_
 from sparsenas.ops._checks import data_device, describe
 
 Mode = Literal["full", "sum_logits", "trace", "diagonal"]
@@ -64,6 +68,35 @@ class _Capture:
     inputs: list[Tensor] = field(default_factory=list)
     probes: list[Tensor] = field(default_factory=list)
     cotangents: list[Tensor] = field(default_factory=list)  # per chunk: [O, chunk, *out_shape]
+
+
+@dataclass
+class _KernelParts:
+    """The kernel's contributions: Gram-route blocks (the most common rows-per-example T summed
+    in one pass by ntk_gram_kernel, which creates the matrix; its tiles are sized by the largest
+    T it gets, so other T are added per layer) and every other block, added afterwards."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    device: torch.device
+    sum_outputs: bool
+    gram: list[tuple[Tensor, Tensor, int]] = field(default_factory=list)  # (a, b, T)
+    additions: list[Callable[[Tensor], None]] = field(default_factory=list)
+
+    def kernel(self) -> Tensor:
+        if not self.gram:
+            kernel = torch.zeros(self.shape, dtype=self.dtype, device=self.device)
+        else:
+            counts = Counter(T for _, _, T in self.gram)
+            fused = max(counts, key=lambda T: (counts[T], -T))
+            a, b, rows_per_example = zip(*(term for term in self.gram if term[2] == fused))
+            kernel = ntk_gram_kernel(a, b, rows_per_example, self.sum_outputs, self.dtype)
+            for a, b, T in self.gram:
+                if T != fused:
+                    ntk_gram_block_(kernel, a, b, T, False, self.sum_outputs)
+        for add in self.additions:
+            add(kernel)
+        return kernel
 
 
 def empirical_ntk(
@@ -102,10 +135,11 @@ def empirical_ntk(
 
     rows = n if mode in ("sum_logits", "trace") else n * O
     shape = (n, O) if mode == "diagonal" else (rows, rows)
-    kernel = torch.zeros(shape, dtype=dtype, device=x.device)
+    parts = _KernelParts(shape, dtype, x.device, mode == "trace")
     handled: set[str] = set()
     for name, capture in captures.items():
-        handled |= _add_layer(kernel, name, capture, masks, mode, n, O)
+        handled |= _add_layer(parts, name, capture, masks, mode, n, O)
+    kernel = parts.kernel()
     fallback = {pname: p for pname, p in params.items() if pname not in handled}
     if fallback:
         _add_fallback(kernel, model, x, fallback, masks, mode, chunk, O)
@@ -257,13 +291,13 @@ def _weight_mask(name: str, module: nn.Module, masks: dict[str, Tensor]) -> Tens
     return factor
 
 
-def _add_layer(kernel: Tensor, name: str, capture: _Capture, masks: dict[str, Tensor], mode: str,
-               n: int, O: int) -> set[str]:
-    """Adds one hooked layer's block; returns the names of the parameters it covered."""
+def _add_layer(parts: _KernelParts, name: str, capture: _Capture, masks: dict[str, Tensor],
+               mode: str, n: int, O: int) -> set[str]:
+    """Adds one hooked layer's block to parts; returns the names of the parameters it covered."""
     module = capture.module
     prefix = f"{name}." if name else ""
     if _is_eval_norm(module):
-        _add_norm(kernel, capture, mode, n)
+        parts.additions.append(lambda kernel: _add_norm(kernel, capture, mode, n))
         return {prefix + "weight", prefix + "bias"}
     use_weight = module.weight.requires_grad
     use_bias = module.bias is not None and module.bias.requires_grad
@@ -280,13 +314,13 @@ def _add_layer(kernel: Tensor, name: str, capture: _Capture, masks: dict[str, Te
         b = cot.reshape(S, n, groups, -1, T).permute(1, 4, 0, 2, 3)      # [n, T, S, g, p]
         weight_factor = None if factor is None else factor.reshape(groups, factor.shape[0] // groups, -1)
         for g in range(groups):
-            _add_block(kernel, a[:, :, g], b[:, :, :, g], None if weight_factor is None
+            _add_block(parts, a[:, :, g], b[:, :, :, g], None if weight_factor is None
                        else weight_factor[g], use_weight, use_bias, mode)
     else:
         d, p = module.in_features, module.out_features
         a = inputs.reshape(n, -1, d)
         b = cot.reshape(S, n, -1, p).permute(1, 2, 0, 3)                # [n, T, S, p]
-        _add_block(kernel, a, b, factor, use_weight, use_bias, mode)
+        _add_block(parts, a, b, factor, use_weight, use_bias, mode)
     return {prefix + "weight"} | ({prefix + "bias"} if module.bias is not None else set())
 
 
@@ -324,30 +358,38 @@ def _per_example_grads(a: Tensor, b: Tensor, factor: Tensor | None, dtype: torch
     return grads if factor is None else grads * factor.to(dtype)
 
 
-def _add_block(kernel: Tensor, a: Tensor, b: Tensor, factor: Tensor | None, use_weight: bool,
-               use_bias: bool, mode: str) -> None:
+def _add_block(parts: _KernelParts, a: Tensor, b: Tensor, factor: Tensor | None,
+               use_weight: bool, use_bias: bool, mode: str) -> None:
     """a [n, T, d], b [n, T, S, p] (S seeds), factor [p, d] or None."""
     n, T, d = a.shape
     S, p = b.shape[2], b.shape[3]
+    dtype = parts.dtype
     if not use_weight:
         a, d, factor = a[..., :0], 0, None
     if mode == "diagonal":
-        kernel.add_(_diagonal_block(a, b, factor, use_bias, kernel.dtype))
+        parts.additions.append(
+            lambda kernel: kernel.add_(_diagonal_block(a, b, factor, use_bias, dtype)))
         return
-    sum_outputs = mode == "trace"
+    sum_outputs = parts.sum_outputs
     rows = n if sum_outputs else n * S
     if factor is not None and T == 1:
-        weights = factor if factor.dtype == torch.bool else factor.to(kernel.dtype).square()
-        ntk_masked_block_(kernel, a[:, 0], b[:, 0], weights, use_bias, sum_outputs)
+        weights = factor if factor.dtype == torch.bool else factor.to(dtype).square()
+        parts.additions.append(lambda kernel: ntk_masked_block_(
+            kernel, a[:, 0], b[:, 0], weights, use_bias, sum_outputs))
         return
     if factor is not None or _prefer_materialised(n, T, S, d, p, sum_outputs):
-        flat = _per_example_grads(a, b, factor, kernel.dtype).reshape(rows, -1)
-        kernel.addmm_(flat, flat.T)
-        if use_bias:
-            bias_grads = b.sum(1).to(kernel.dtype).reshape(rows, -1)
-            kernel.addmm_(bias_grads, bias_grads.T)
+        def add_materialised(kernel: Tensor) -> None:
+            flat = _per_example_grads(a, b, factor, dtype).reshape(rows, -1)
+            kernel.addmm_(flat, flat.T)
+            if use_bias:
+                bias_grads = b.sum(1).to(dtype).reshape(rows, -1)
+                kernel.addmm_(bias_grads, bias_grads.T)
+        parts.additions.append(add_materialised)
         return
-    ntk_gram_block_(kernel, a.reshape(n * T, d), b.reshape(n * T, S, p), T, use_bias, sum_outputs)
+    a = a.reshape(n * T, d)
+    if use_bias:  # ã_it · ã_js = a_it · a_js + 1
+        a = torch.cat([a, a.new_ones(n * T, 1)], 1)
+    parts.gram.append((a, b.reshape(n * T, S, p), T))
 
 
 def _prefer_materialised(n: int, T: int, S: int, d: int, p: int, sum_outputs: bool) -> bool:
