@@ -9,13 +9,17 @@ that runs on different machines stand side by side.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import platform
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.utils.benchmark as torch_benchmark
@@ -44,6 +48,29 @@ def time_call(fn: Callable[[], object], device: torch.device, min_run_time: floa
     timer = torch_benchmark.Timer(stmt="fn()", globals={"fn": fn},
                                   num_threads=torch.get_num_threads())
     return timer.blocked_autorange(min_run_time=min_run_time).median
+
+
+COMPETITOR = ("import torch\n"
+              "torch.set_num_threads(2)\n"
+              "a = torch.randn(1024, 1024)\n"
+              "print('ready', flush=True)\n"
+              "while True:\n"
+              "    a @ a\n")
+
+
+@contextlib.contextmanager
+def competing_job() -> Iterator[None]:
+    """A 2-thread torch.mm loop in a subprocess, running while the block runs: the benchmarks'
+    --contended modes time the library beside another job on the same cores."""
+    job = subprocess.Popen([sys.executable, "-c", COMPETITOR], stdout=subprocess.PIPE, text=True)
+    try:
+        if job.stdout.readline().strip() != "ready":
+            raise RuntimeError("the competing job did not start")
+        time.sleep(0.5)  # its threads spinning
+        yield
+    finally:
+        job.terminate()
+        job.wait()
 
 
 def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> int:

@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import subprocess
-import sys
 import tempfile
 
 # A fresh record of kernel path choices, so that this run measures (and shows) what a new process
@@ -36,7 +34,7 @@ os.environ["SPARSENAS_CACHE_DIR"] = tempfile.mkdtemp(prefix="sparsenas-bench-cac
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from benchmarks.harness import time_call, write_results  # noqa: E402
+from benchmarks.harness import competing_job, time_call, write_results  # noqa: E402
 from sparsenas import _extension  # noqa: E402
 from sparsenas.ops import _reference, masked_linear, pack_mask  # noqa: E402
 
@@ -248,19 +246,6 @@ def candidate_rows(batches: list[int], kinds: tuple[str, ...]) -> list[dict]:
 def format_row(row: dict) -> str:
     return "  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                      for k, v in row.items())
-
-
-@contextlib.contextmanager
-def competing_job():
-    """A 2-thread torch matrix-multiply loop in another process, for the length of the block."""
-    code = ("import torch\ntorch.set_num_threads(2)\na = torch.randn(384, 384)\n"
-            "while True:\n    a @ a\n")
-    job = subprocess.Popen([sys.executable, "-c", code])
-    try:
-        yield
-    finally:
-        job.kill()
-        job.wait()
 
 
 def contended_rows(batches: list[int]) -> list[dict]:

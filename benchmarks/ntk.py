@@ -35,16 +35,13 @@ import argparse
 import contextlib
 import copy
 import math
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
-from benchmarks.harness import peak_memory_bytes, time_call, write_results
+from benchmarks.harness import competing_job, peak_memory_bytes, time_call, write_results
 from sparsenas.ntk import empirical_ntk
 
 JACOBIAN_CAP_BYTES = 2 << 30   # skip a baseline whose Jacobian needs more
@@ -52,14 +49,6 @@ NTK_VPS_MAX_PAIRS = 64 * 64    # the pairwise method is O(n² O) vjp+jvp: small 
 LOOP_MAX_BACKWARDS = 2600      # classic loop: n·O backward passes through the batch graph
 SLOW_CALL_SECONDS = 2.0        # slower calls are timed once
 GEMM_RATE_SHAPE = (2560, 256)  # torch.mm of X [rows, k] by Xᵀ: the benchmark MLP's largest Gram
-COMPETITOR = ("import torch\n"
-              "torch.set_num_threads(2)\n"
-              "a = torch.randn(1024, 1024)\n"
-              "print('ready', flush=True)\n"
-              "while True:\n"
-              "    a @ a\n")
-
-
 def make_mlp(outputs: int, in_features: int = 32, hidden: int = 256) -> nn.Module:
     return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
                          nn.ReLU(), nn.Linear(hidden, outputs))
@@ -158,20 +147,6 @@ def reference(model: nn.Module, x: Tensor, masks: dict[str, Tensor]) -> Tensor:
 
 def relative_error(got: Tensor, expected: Tensor) -> float:
     return ((got.double() - expected).abs().max() / expected.abs().max()).item()
-
-
-@contextlib.contextmanager
-def competing_job() -> Iterator[None]:
-    """A 2-thread torch.mm loop in a subprocess, running while the block runs."""
-    job = subprocess.Popen([sys.executable, "-c", COMPETITOR], stdout=subprocess.PIPE, text=True)
-    try:
-        if job.stdout.readline().strip() != "ready":
-            raise RuntimeError("the competing job did not start")
-        time.sleep(0.5)  # its threads spinning
-        yield
-    finally:
-        job.terminate()
-        job.wait()
 
 
 def machine_rates(device: torch.device, kernel_elements: int) -> dict[str, float]:
