@@ -151,6 +151,14 @@ at::Tensor transposed_opmath(const at::Tensor& g3) {
   return g3.to(at::toOpMathType(g3.scalar_type())).transpose(1, 2).contiguous();
 }
 
+// Items per dynamically claimed chunk of a fused kernel's loop: at least `grain` (enough work to
+// amortise a claim), and about eight chunks per thread, so that each thread streams long
+// contiguous runs of weight rows (interleaving single blocks between threads defeats the
+// hardware prefetchers) while a descheduled thread still holds up only an eighth of its share.
+int64_t fused_chunk(int64_t items, int64_t grain) {
+  return std::max(grain, items / (8 * std::max<int64_t>(at::get_num_threads(), 1)));
+}
+
 // ---- path choice ----
 
 constexpr const char* kPathVariable = "SPARSENAS_MASKED_LINEAR_PATH";
@@ -158,7 +166,7 @@ constexpr const char* kPathVariable = "SPARSENAS_MASKED_LINEAR_PATH";
 // tile allocation cost more than the whole product), so nothing is measured.
 constexpr int64_t kMeasureMinMacs = int64_t{1} << 15;
 // A measurement runs on at most this many multiply-adds (a prefix of the candidates), timed three
-// times per path; a single candidate above it is timed once per path.
+// times per path; a single candidate above it is timed twice per path.
 constexpr int64_t kMeasureMacs = int64_t{1} << 27;
 
 const char* dtype_name(at::ScalarType dtype) {
@@ -190,7 +198,8 @@ KernelPath choose_path(const char* stage, at::ScalarType dtype, MaskKind kind,
   const int64_t macs = g.rows * g.in_features * g.out_features;
   if (macs < kMeasureMinMacs) return KernelPath::kFused;
   const int64_t count = std::clamp<int64_t>(kMeasureMacs / macs, 1, g.candidates);
-  const int repeats = count * macs <= kMeasureMacs ? 3 : 1;
+  // The first run of each path also pays for first-touch allocations: at least two runs each.
+  const int repeats = count * macs <= kMeasureMacs ? 3 : 2;
   return cpu::measured_path(path_key(stage, dtype, kind, g), repeats,
                             [&](KernelPath path) { measure(path, count); });
 }
@@ -211,7 +220,7 @@ void forward_fused(const cpu::Kernels& kern, const MaskedLinearGeometry& g, cons
   auto run = [&](const cpu::FusedForwardArgs& args, int64_t items, int64_t chunk_rows) {
     const int64_t grain =
         std::max<int64_t>(1, 65536 / (cpu::kFusedOutBlock * in_stride * std::max<int64_t>(chunk_rows, 1)));
-    parallel_for_dynamic(0, items, grain, [&](int64_t begin, int64_t end, int64_t) {
+    parallel_for_dynamic(0, items, fused_chunk(items, grain), [&](int64_t begin, int64_t end, int64_t) {
       kern.fused_forward(args, begin, end);
     });
   };
@@ -311,7 +320,7 @@ void grad_input_fused(const cpu::Kernels& kern, const MaskedLinearGeometry& g,
                                      out_f, col_blocks};
   const int64_t grain =
       std::max<int64_t>(1, 65536 / (kern.grad_input_block_cols * out_f * std::max<int64_t>(rows, 1)));
-  parallel_for_dynamic(0, K * col_blocks, grain, [&](int64_t begin, int64_t end, int64_t) {
+  parallel_for_dynamic(0, K * col_blocks, fused_chunk(K * col_blocks, grain), [&](int64_t begin, int64_t end, int64_t) {
     kern.fused_grad_input(args, begin, end);
   });
 }
@@ -380,14 +389,19 @@ void grad_weight_fused(const cpu::Kernels& by_mask, const MaskedLinearGeometry& 
   const int64_t K = g.candidates, rows = g.rows, in = g.in_features, out_f = g.out_features;
   auto xbuf = padded_opmath_rows(x3);
   auto grad_t = transposed_opmath(g3);
+  // A weight shared by K > 1 candidates gets the sum of their gradients.
+  const bool sum_candidates = outs.grad_weight.defined() && !g.weight_per_candidate && K > 1;
   const cpu::FusedGradWeightArgs args{
       xbuf.const_data_ptr(), grad_t.const_data_ptr(), w.tensor.const_data_ptr(),
       w.candidate_stride, m.tensor.const_data_ptr(), m.candidate_stride, m.ld,
       outs.grad_weight.defined() ? outs.grad_weight.data_ptr() : nullptr,
-      outs.grad_mask.defined() ? outs.grad_mask.data_ptr() : nullptr, rows, in, xbuf.size(2), out_f};
+      outs.grad_mask.defined() ? outs.grad_mask.data_ptr() : nullptr, rows, in, xbuf.size(2), out_f,
+      K, sum_candidates};
   const int64_t blocks = (out_f + cpu::kFusedGradWeightRows - 1) / cpu::kFusedGradWeightRows;
-  const int64_t work_per_item = cpu::kFusedGradWeightRows * in * std::max<int64_t>(rows, 1);
-  parallel_for_dynamic(0, K * blocks, std::max<int64_t>(1, 65536 / work_per_item),
+  const int64_t items = sum_candidates ? blocks : K * blocks;
+  const int64_t work_per_item = cpu::kFusedGradWeightRows * in * std::max<int64_t>(rows, 1) *
+                                (sum_candidates ? K : 1);
+  parallel_for_dynamic(0, items, fused_chunk(items, std::max<int64_t>(1, 65536 / work_per_item)),
                        [&](int64_t begin, int64_t end, int64_t) {
                          by_mask.fused_grad_weight(args, begin, end);
                        });
@@ -456,12 +470,6 @@ std::tuple<at::Tensor, at::Tensor> masked_linear_grad_weight_cpu(
   auto g3 = grad.contiguous().view({K, rows, out_f});
   const GradWeightOutputs outs{weight_grad ? grad_weight : at::Tensor(),
                                mask_grad ? grad_mask : at::Tensor()};
-  // The fused kernel writes each candidate's own gradient: a weight shared by K > 1 candidates
-  // (a sum over candidates) always takes tiles + GEMM.
-  if (weight_grad && !g.weight_per_candidate && K > 1) {
-    grad_weight_gemm(by_mask, by_weight, g, x3, g3, w, m, outs);
-    return {grad_weight, grad_mask};
-  }
   auto run = [&](KernelPath p, const MaskedLinearGeometry& part, const GradWeightOutputs& o) {
     if (p == KernelPath::kFused) grad_weight_fused(by_mask, part, x3, g3, w, m, o);
     else grad_weight_gemm(by_mask, by_weight, part, x3, g3, w, m, o);

@@ -72,10 +72,11 @@ struct FusedGradInputArgs {
 using FusedGradInputFn = void (*)(const FusedGradInputArgs&, int64_t begin, int64_t end);
 
 // G[k] = grad_t[k] x[k] (grad_t opmath [K, out, rows], x opmath [K, rows, in_stride] zero
-// padded) for the items idx in [begin, end) of kFusedGradWeightRows output rows
-// (idx = k * blocks + block): grad_weight[k, o] = G[k, o] * mask[k, o] (k = 0 when a single
-// candidate's weight is shared; a shared weight over K > 1 candidates is summed elsewhere) and
-// grad_mask[k, o] = G[k, o] * weight[k, o]. A null grad_weight / grad_mask is not computed.
+// padded) for the items idx in [begin, end) of kFusedGradWeightRows output rows:
+// grad_mask[k, o] = G[k, o] * weight[k, o] and grad_weight[k, o] = G[k, o] * mask[k, o]
+// (idx = k * blocks + block), or, with sum_candidates (a weight shared by the K candidates),
+// grad_weight[o] = sum_k G[k, o] * mask[k, o] (idx = block, every candidate summed in the item).
+// A null grad_weight / grad_mask is not computed.
 struct FusedGradWeightArgs {
   const void* x;
   const void* grad_t;
@@ -90,6 +91,8 @@ struct FusedGradWeightArgs {
   int64_t in;
   int64_t in_stride;
   int64_t out_features;
+  int64_t candidates;
+  bool sum_candidates;
 };
 using FusedGradWeightFn = void (*)(const FusedGradWeightArgs&, int64_t begin, int64_t end);
 

@@ -352,21 +352,16 @@ constexpr int64_t kGradWeightVectors = sizeof(Vectorized<acc_t>) >= 64 ? 4 : 2;
 constexpr int64_t kGradWeightRows = kFusedGradWeightRows;
 
 // Output rows [o0, o0 + n_out) (n_out <= kO) x one column block [c0, c0 + kV lanes) of candidate
-// k: a kO x kV tile of accumulators, so that each x vector loaded serves kO rows.
-template <bool kFull, int64_t kO, typename scalar_t, MaskKind kind>
-inline void grad_weight_block(const FusedGradWeightArgs& a, int64_t k, int64_t o0, int64_t n_out,
-                              int64_t c0) {
-  using acc_t = at::opmath_type<scalar_t>;
+// k: G[k] = grad_t[k] x[k] as a kO x kV tile of accumulators, so that each x vector loaded serves
+// kO rows.
+template <bool kFull, int64_t kO, int64_t kV, typename acc_t>
+inline void gradient_tile(const FusedGradWeightArgs& a, int64_t k, int64_t o0, int64_t n_out,
+                          int64_t c0, Vectorized<acc_t> (&acc)[kO][kV]) {
   using Vec = Vectorized<acc_t>;
-  constexpr int64_t kV = kGradWeightVectors<acc_t>;
-  int64_t counts[kV];
-  for (int64_t v = 0; v < kV; ++v)
-    counts[v] = kFull ? Vec::size() : std::clamp<int64_t>(a.in - c0 - v * Vec::size(), 0, Vec::size());
   const acc_t* g[kO];
   for (int64_t j = 0; j < kO; ++j)  // rows past the end repeat the last one (results unused)
     g[j] = static_cast<const acc_t*>(a.grad_t) + (k * a.out_features + o0 + std::min(j, n_out - 1)) * a.rows;
   const acc_t* xk = static_cast<const acc_t*>(a.x) + k * a.rows * a.in_stride + c0;
-  Vec acc[kO][kV];
   for (int64_t j = 0; j < kO; ++j)
     for (int64_t v = 0; v < kV; ++v) acc[j][v] = Vec(acc_t(0));
   for (int64_t r = 0; r < a.rows; ++r) {
@@ -377,24 +372,56 @@ inline void grad_weight_block(const FusedGradWeightArgs& a, int64_t k, int64_t o
       for (int64_t v = 0; v < kV; ++v) acc[j][v] = at::vec::fmadd(gv, xv[v], acc[j][v]);
     }
   }
-  const scalar_t* weight = static_cast<const scalar_t*>(a.weight) + k * a.weight_stride;
+}
+
+// The gradients of one tile (see gradient_tile): grad_mask[k] = G[k] ⊙ W[k] and either
+// grad_weight[k] = G[k] ⊙ M[k] per candidate or, with a.sum_candidates, grad_weight =
+// Σ_k G[k] ⊙ M[k] over every candidate (summed in opmath, rounded once).
+template <bool kFull, int64_t kO, typename scalar_t, MaskKind kind>
+inline void grad_weight_block(const FusedGradWeightArgs& a, int64_t k_first, int64_t o0,
+                              int64_t n_out, int64_t c0) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t kV = kGradWeightVectors<acc_t>;
+  int64_t counts[kV];
+  for (int64_t v = 0; v < kV; ++v)
+    counts[v] = kFull ? Vec::size() : std::clamp<int64_t>(a.in - c0 - v * Vec::size(), 0, Vec::size());
   scalar_t* grad_weight = static_cast<scalar_t*>(a.grad_weight);
   scalar_t* grad_mask = static_cast<scalar_t*>(a.grad_mask);
-  for (int64_t j = 0; j < n_out; ++j) {
-    const int64_t o = o0 + j;
-    const scalar_t* w_row = weight + o * a.in;
-    const void* m_row = mask_at<scalar_t, kind>(a.mask, k * a.mask_stride + o * a.mask_ld);
-    const int64_t dst_row = (k * a.out_features + o) * a.in;
-    for (int64_t v = 0; v < kV; ++v) {
-      if (!kFull && counts[v] == 0) continue;
-      const int64_t c = c0 + v * Vec::size();
-      if (grad_mask != nullptr)
-        store_scalar(acc[j][v] * load_opmath(w_row + c, counts[v]), grad_mask + dst_row + c, counts[v]);
-      if (grad_weight != nullptr)
-        store_scalar(acc[j][v] * mask_multiplier<scalar_t, kind>(m_row, c, counts[v]),
-                     grad_weight + dst_row + c, counts[v]);
+  const int64_t k_end = a.sum_candidates ? a.candidates : k_first + 1;
+  // The running sum over candidates, in L1 (the registers hold the tile's accumulators).
+  alignas(64) acc_t total[kO][kV * Vec::size()];
+  Vec acc[kO][kV];
+  for (int64_t k = k_first; k < k_end; ++k) {
+    gradient_tile<kFull, kO, kV>(a, k, o0, n_out, c0, acc);
+    const scalar_t* weight = static_cast<const scalar_t*>(a.weight) + k * a.weight_stride;
+    for (int64_t j = 0; j < n_out; ++j) {
+      const int64_t o = o0 + j;
+      const scalar_t* w_row = weight + o * a.in;
+      const void* m_row = mask_at<scalar_t, kind>(a.mask, k * a.mask_stride + o * a.mask_ld);
+      const int64_t dst_row = (k * a.out_features + o) * a.in;
+      for (int64_t v = 0; v < kV; ++v) {
+        if (!kFull && counts[v] == 0) continue;
+        const int64_t c = c0 + v * Vec::size();
+        if (grad_mask != nullptr)
+          store_scalar(acc[j][v] * load_opmath(w_row + c, counts[v]), grad_mask + dst_row + c, counts[v]);
+        if (grad_weight == nullptr) continue;
+        const Vec masked = acc[j][v] * mask_multiplier<scalar_t, kind>(m_row, c, counts[v]);
+        if (!a.sum_candidates) {
+          store_scalar(masked, grad_weight + dst_row + c, counts[v]);
+        } else {
+          acc_t* t = total[j] + v * Vec::size();
+          (k == k_first ? masked : masked + Vec::loadu(t)).store(t);
+        }
+      }
     }
   }
+  if (!a.sum_candidates || grad_weight == nullptr) return;
+  for (int64_t j = 0; j < n_out; ++j)
+    for (int64_t v = 0; v < kV; ++v)
+      if (kFull || counts[v] > 0)
+        store_scalar(Vec::loadu(total[j] + v * Vec::size()),
+                     grad_weight + (o0 + j) * a.in + c0 + v * Vec::size(), counts[v]);
 }
 
 template <typename scalar_t, MaskKind kind>
@@ -408,7 +435,7 @@ void fused_grad_weight(const FusedGradWeightArgs& a, int64_t begin, int64_t end)
   const int64_t blocks = (a.out_features + kO - 1) / kO;
   const int64_t full = a.in / kBlock * kBlock;
   for (int64_t idx = begin; idx < end; ++idx) {
-    const int64_t k = idx / blocks;
+    const int64_t k = a.sum_candidates ? 0 : idx / blocks;
     const int64_t o0 = (idx % blocks) * kO;
     const int64_t n_out = std::min(kO, a.out_features - o0);
     for (int64_t c0 = 0; c0 < full; c0 += kBlock)
