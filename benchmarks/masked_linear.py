@@ -129,6 +129,20 @@ def chosen_paths(run) -> str:
     return " ".join(parts) if parts else "cached or unmeasured (fused below the size floor)"
 
 
+def time_each_path(forward, leaves: list[torch.Tensor]) -> tuple[dict, str]:
+    """(fwd, fwd+bwd) seconds of ``forward`` with each path forced and with the automatic choice,
+    and the paths the automatic choice took."""
+    times = {}
+    for path in ("fused", "gemm"):
+        with forced_path(path):
+            times[path] = fwd_and_fwd_bwd(forward, leaves)
+    with forced_path(None):
+        out = forward()
+        chosen = chosen_paths(lambda: torch.autograd.grad(forward(), leaves, torch.ones_like(out)))
+        times["auto"] = fwd_and_fwd_bwd(forward, leaves)
+    return times, chosen
+
+
 def copy_bandwidth(nbytes: int) -> float:
     """Bytes moved per second (read + write) by a copy of a buffer of ``nbytes``."""
     src = torch.ones(nbytes // 4)
@@ -165,17 +179,8 @@ def single_mask_rows(in_f: int, out_f: int, batches: list[int], kinds: tuple[str
         for kind in kinds:
             mask, packed = make_mask(keep, kind)
 
-            def forward():
-                return masked_linear(x, weight, mask, bias, packed=packed)
-
-            times = {}
-            for path in ("fused", "gemm"):
-                with forced_path(path):
-                    times[path] = fwd_and_fwd_bwd(forward, leaves)
-            with forced_path(None):
-                chosen = chosen_paths(
-                    lambda: torch.autograd.grad(forward(), leaves, torch.ones(batch, out_f)))
-                times["auto"] = fwd_and_fwd_bwd(forward, leaves)
+            times, chosen = time_each_path(
+                lambda: masked_linear(x, weight, mask, bias, packed=packed), leaves)
             floors = byte_floor(in_f, out_f, batch, mask, bandwidth)
             for i, phase in enumerate(("fwd", "fwd+bwd")):
                 best_forced = min(times["fused"][i], times["gemm"][i])
@@ -217,17 +222,8 @@ def candidate_rows(batches: list[int], kinds: tuple[str, ...]) -> list[dict]:
         for kind in kinds:
             mask, packed = make_mask(keep, kind)
 
-            def forward():
-                return masked_linear(x, weight, mask, bias, packed=packed)
-
-            times = {}
-            for path in ("fused", "gemm"):
-                with forced_path(path):
-                    times[path] = fwd_and_fwd_bwd(forward, leaves)
-            with forced_path(None):
-                chosen = chosen_paths(lambda: torch.autograd.grad(
-                    forward(), leaves, torch.ones(CANDIDATES, batch, out_f)))
-                times["auto"] = fwd_and_fwd_bwd(forward, leaves)
+            times, chosen = time_each_path(
+                lambda: masked_linear(x, weight, mask, bias, packed=packed), leaves)
             for i, phase in enumerate(("fwd", "fwd+bwd")):
                 row = {
                     "case": f"K={CANDIDATES} {in_f}->{out_f}", "threads": torch.get_num_threads(),
