@@ -300,7 +300,8 @@ def main() -> None:
         notes = ("Each method timed idle and then while a competing 2-thread torch matrix-multiply "
                  "loop runs in another process on the same cores. slowdown = contended / idle "
                  f"time. Times: best of {REPEATS} medians.")
-        path = write_results("masked_linear_contended", torch.device("cpu"), rows, columns, notes)
+        path = write_results("masked_linear_contended_quick" if args.quick else "masked_linear_contended",
+                             torch.device("cpu"), rows, columns, notes)
         print(f"results: {path}")
         return
     batches = [1, 16, 256] if args.quick else [1, 4, 16, 64, 256, 1024]
@@ -330,7 +331,8 @@ def main() -> None:
              f"auto_vs_best_path > {AUTO_TOLERANCE} marks a wrong automatic choice "
              f"({len(misses)} rows). Times: best of {REPEATS} medians."
              + (" Quick mode." if args.quick else ""))
-    path = write_results("masked_linear", torch.device("cpu"), rows, columns, notes)
+    path = write_results("masked_linear_quick" if args.quick else "masked_linear", torch.device("cpu"),
+                         rows, columns, notes)
     print(f"results: {path}")
 
 
