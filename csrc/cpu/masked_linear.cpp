@@ -31,9 +31,36 @@
 #include "cpu/path_choice.h"
 #include "ops/masked_linear.h"
 
+namespace sparsenas::cpu {
+
+const Kernels& kernels(at::ScalarType dtype, MaskKind kind) {
+  // The capability ATen itself runs at (it honours ATEN_CPU_CAPABILITY); one table per
+  // (dtype, kind), filled on first use.
+  static const std::string capability = at::get_cpu_capability();
+  auto select = [](at::ScalarType d, MaskKind k) {
+#ifdef SPARSENAS_CPU_X86
+    if (capability == "AVX512") return AVX512::kernels_for(d, k);
+    if (capability == "AVX2") return AVX2::kernels_for(d, k);
+#endif
+    return DEFAULT::kernels_for(d, k);
+  };
+  static const auto table = [&] {
+    std::array<std::array<Kernels, 3>, 4> t{};
+    const at::ScalarType dtypes[] = {at::kFloat, at::kDouble, at::kBFloat16, at::kHalf};
+    for (int d = 0; d < 4; ++d)
+      for (int k = 0; k < 3; ++k) t[d][k] = select(dtypes[d], static_cast<MaskKind>(k));
+    return t;
+  }();
+  const int d = dtype == at::kFloat ? 0 : dtype == at::kDouble ? 1 : dtype == at::kBFloat16 ? 2 : 3;
+  return table[d][static_cast<int>(kind)];
+}
+
+}  // namespace sparsenas::cpu
+
 namespace sparsenas {
 namespace {
 
+using cpu::kernels;
 using cpu::KernelPath;
 using cpu::MaskKind;
 
@@ -45,28 +72,6 @@ constexpr int64_t kFusedChunkRows = 128;
 // more than a tile that spills to L3.
 constexpr int64_t kMinTileElements = int64_t{1} << 16;
 constexpr int64_t kMaxTileElements = int64_t{1} << 20;
-
-const cpu::Kernels& kernels(at::ScalarType dtype, MaskKind kind) {
-  // The capability ATen itself runs at (it honours ATEN_CPU_CAPABILITY); one table per
-  // (dtype, kind), filled on first use.
-  static const std::string capability = at::get_cpu_capability();
-  auto select = [](at::ScalarType d, MaskKind k) {
-#ifdef SPARSENAS_CPU_X86
-    if (capability == "AVX512") return cpu::AVX512::kernels_for(d, k);
-    if (capability == "AVX2") return cpu::AVX2::kernels_for(d, k);
-#endif
-    return cpu::DEFAULT::kernels_for(d, k);
-  };
-  static const auto table = [&] {
-    std::array<std::array<cpu::Kernels, 3>, 4> t{};
-    const at::ScalarType dtypes[] = {at::kFloat, at::kDouble, at::kBFloat16, at::kHalf};
-    for (int d = 0; d < 4; ++d)
-      for (int k = 0; k < 3; ++k) t[d][k] = select(dtypes[d], static_cast<MaskKind>(k));
-    return t;
-  }();
-  const int d = dtype == at::kFloat ? 0 : dtype == at::kDouble ? 1 : dtype == at::kBFloat16 ? 2 : 3;
-  return table[d][static_cast<int>(kind)];
-}
 
 MaskKind mask_kind(const at::Tensor& mask, bool packed) {
   if (packed) return MaskKind::kBits;

@@ -110,6 +110,10 @@ struct Kernels {
   bool vectorized;                // AVX2 / AVX-512 (false: the portable build)
 };
 
+// The kernels of the best capability this machine (and ATen) runs, for dtype and mask kind; shared
+// by masked_linear and masked_conv2d.
+const Kernels& kernels(c10::ScalarType dtype, MaskKind kind);
+
 namespace DEFAULT {
 Kernels kernels_for(c10::ScalarType dtype, MaskKind kind);
 }
