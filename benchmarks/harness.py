@@ -73,6 +73,16 @@ def competing_job() -> Iterator[None]:
         job.wait()
 
 
+def copy_bandwidth(nbytes: int, device: torch.device, min_run_time: float = 0.1,
+                   repeats: int = 1) -> float:
+    """Bytes moved per second (read + written) by ``copy_`` of a buffer of ``nbytes``: the
+    yardstick of the benchmarks' byte floors. The best of ``repeats`` medians."""
+    src = torch.ones(max(nbytes // 4, 1), device=device)
+    dst = torch.empty_like(src)
+    seconds = min(time_call(lambda: dst.copy_(src), device, min_run_time) for _ in range(repeats))
+    return 2 * src.numel() * 4 / seconds
+
+
 def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> int:
     """Peak bytes allocated during one call: the CUDA allocator's peak on GPU; on CPU the running
     sum of every profiler event's own (self) allocations and frees, in time order."""

@@ -34,7 +34,8 @@ os.environ["SPARSENAS_CACHE_DIR"] = tempfile.mkdtemp(prefix="sparsenas-bench-cac
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from benchmarks.harness import competing_job, time_call, write_results  # noqa: E402
+from benchmarks.harness import (  # noqa: E402
+    competing_job, copy_bandwidth, time_call, write_results)
 from sparsenas import _extension  # noqa: E402
 from sparsenas.ops import _reference, masked_linear, pack_mask  # noqa: E402
 
@@ -146,13 +147,6 @@ def time_each_path(forward, leaves: list[torch.Tensor]) -> tuple[dict, str]:
     return times, chosen
 
 
-def copy_bandwidth(nbytes: int) -> float:
-    """Bytes moved per second (read + write) by a copy of a buffer of ``nbytes``."""
-    src = torch.ones(nbytes // 4)
-    dst = torch.empty_like(src)
-    return 2 * nbytes / best_time(lambda: dst.copy_(src))
-
-
 def byte_floor(in_f: int, out_f: int, rows: int, mask: torch.Tensor, bandwidth: float
                ) -> tuple[float, float]:
     """Seconds to move the bytes a forward, and a forward + backward, must touch at least."""
@@ -171,7 +165,7 @@ def single_mask_rows(in_f: int, out_f: int, batches: list[int], kinds: tuple[str
     bias = torch.randn(out_f, generator=gen).requires_grad_()
     keep = torch.rand(out_f, in_f, generator=gen) < DENSITY
     float_mask = keep.float()
-    bandwidth = copy_bandwidth(4 * in_f * out_f)
+    bandwidth = copy_bandwidth(4 * in_f * out_f, torch.device("cpu"), MIN_RUN_TIME, REPEATS)
     layer = f"{in_f}->{out_f}"
     rows = []
     for batch in batches:

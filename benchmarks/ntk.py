@@ -41,7 +41,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
-from benchmarks.harness import competing_job, peak_memory_bytes, time_call, write_results
+from benchmarks.harness import (competing_job, copy_bandwidth, peak_memory_bytes, time_call,
+                                write_results)
 from sparsenas.ntk import empirical_ntk
 
 JACOBIAN_CAP_BYTES = 2 << 30   # skip a baseline whose Jacobian needs more
@@ -158,9 +159,7 @@ def machine_rates(device: torch.device, kernel_elements: int) -> dict[str, float
         x = torch.randn(rows, k, dtype=dtype, device=device)
         seconds = time_call(lambda: torch.mm(x, x.T), device, 0.1)
         rates[str(dtype)] = 2 * rows * rows * k / seconds
-    src = torch.randn(max(kernel_elements, 1 << 20), dtype=torch.float64, device=device)
-    dst = torch.empty_like(src)
-    rates["copy"] = 2 * src.numel() * 8 / time_call(lambda: dst.copy_(src), device, 0.1)
+    rates["copy"] = copy_bandwidth(8 * max(kernel_elements, 1 << 20), device)
     return rates
 
 

@@ -12,12 +12,6 @@
 namespace sparsenas {
 namespace {
 
-cpu::MaskKind conv_mask_kind(const at::Tensor& mask, bool packed) {
-  if (packed) return cpu::MaskKind::kBits;
-  if (mask.scalar_type() == at::kBool || mask.scalar_type() == at::kByte) return cpu::MaskKind::kByte;
-  return cpu::MaskKind::kSoft;
-}
-
 // The mask's row width in its own elements (bytes for bool / uint8 / packed masks).
 int64_t mask_row_width(const at::Tensor& mask, bool packed, int64_t fan_in) {
   return packed ? conv_packed_width(fan_in) : fan_in;
@@ -38,7 +32,7 @@ void fill_masked_rows_cpu(const at::Tensor& weight, const at::Tensor& mask, bool
                           int64_t row0, const at::Tensor& block) {
   const int64_t rows = block.size(0), fan_in = block.size(1);
   const int64_t mask_ld = mask_row_width(mask, packed, fan_in);
-  multiply_rows(cpu::kernels(weight.scalar_type(), conv_mask_kind(mask, packed)),
+  multiply_rows(cpu::kernels(weight.scalar_type(), cpu::mask_kind(mask, packed)),
                 static_cast<const char*>(weight.const_data_ptr()) + row0 * fan_in * weight.element_size(),
                 static_cast<const char*>(mask.const_data_ptr()) + row0 * mask_ld * mask.element_size(),
                 mask_ld, block.data_ptr(), rows, fan_in, false);
@@ -49,7 +43,7 @@ void combine_weight_grads_cpu(const at::Tensor& g, const at::Tensor& weight, con
                               const at::Tensor& grad_mask) {
   const int64_t rows = g.size(0), fan_in = g.size(1);
   if (grad_weight.defined())
-    multiply_rows(cpu::kernels(g.scalar_type(), conv_mask_kind(mask, packed)), g.const_data_ptr(),
+    multiply_rows(cpu::kernels(g.scalar_type(), cpu::mask_kind(mask, packed)), g.const_data_ptr(),
                   mask.const_data_ptr(), mask_row_width(mask, packed, fan_in),
                   grad_weight.data_ptr(), rows, fan_in, accumulate);
   if (grad_mask.defined())

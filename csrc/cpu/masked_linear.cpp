@@ -55,12 +55,19 @@ const Kernels& kernels(at::ScalarType dtype, MaskKind kind) {
   return table[d][static_cast<int>(kind)];
 }
 
+MaskKind mask_kind(const at::Tensor& mask, bool packed) {
+  if (packed) return MaskKind::kBits;
+  if (mask.scalar_type() == at::kBool || mask.scalar_type() == at::kByte) return MaskKind::kByte;
+  return MaskKind::kSoft;
+}
+
 }  // namespace sparsenas::cpu
 
 namespace sparsenas {
 namespace {
 
 using cpu::kernels;
+using cpu::mask_kind;
 using cpu::KernelPath;
 using cpu::MaskKind;
 
@@ -72,12 +79,6 @@ constexpr int64_t kFusedChunkRows = 128;
 // more than a tile that spills to L3.
 constexpr int64_t kMinTileElements = int64_t{1} << 16;
 constexpr int64_t kMaxTileElements = int64_t{1} << 20;
-
-MaskKind mask_kind(const at::Tensor& mask, bool packed) {
-  if (packed) return MaskKind::kBits;
-  if (mask.scalar_type() == at::kBool || mask.scalar_type() == at::kByte) return MaskKind::kByte;
-  return MaskKind::kSoft;
-}
 
 // A contiguous weight or mask with its per-candidate and per-row strides (in its elements).
 struct Operand {
@@ -195,7 +196,8 @@ std::string path_key(const char* stage, at::ScalarType dtype, MaskKind kind,
 }
 
 // The path for one call: forced by SPARSENAS_MASKED_LINEAR_PATH, or measured once per shape class by
-// running the stage with both paths on its first `measured` candidates (measure(path, count)).
+// running the stage with both paths on its first candidates (measure(path, part): part is g cut to
+// those candidates).
 template <typename Measure>
 KernelPath choose_path(const char* stage, at::ScalarType dtype, MaskKind kind,
                        const MaskedLinearGeometry& g, Measure&& measure) {
@@ -205,8 +207,10 @@ KernelPath choose_path(const char* stage, at::ScalarType dtype, MaskKind kind,
   const int64_t count = std::clamp<int64_t>(kMeasureMacs / macs, 1, g.candidates);
   // The first run of each path also pays for first-touch allocations: at least two runs each.
   const int repeats = count * macs <= kMeasureMacs ? 3 : 2;
+  auto part = g;
+  part.candidates = count;
   return cpu::measured_path(path_key(stage, dtype, kind, g), repeats,
-                            [&](KernelPath path) { measure(path, count); });
+                            [&](KernelPath path) { measure(path, part); });
 }
 
 // The first `count` candidates of a K-candidate operand (a shared one as it is).
@@ -300,9 +304,9 @@ at::Tensor masked_linear_cpu(const at::Tensor& x, const at::Tensor& weight, cons
   const auto kind = mask_kind(mask, packed);
   const auto& kern = kernels(x.scalar_type(), kind);
   auto x3 = x.contiguous().view({K, rows, in});
-  const auto path = choose_path("forward", x.scalar_type(), kind, g, [&](KernelPath p, int64_t count) {
-    auto part = g;
-    part.candidates = count;
+  const auto path = choose_path("forward", x.scalar_type(), kind, g,
+                                [&](KernelPath p, const MaskedLinearGeometry& part) {
+    const int64_t count = part.candidates;
     forward_by(p, kern, part, x3.narrow(0, 0, count), w, m,
                has_bias ? leading(b, g.bias_per_candidate, count) : b,
                at::empty({count, rows, out_f}, x.options()));
@@ -371,11 +375,10 @@ at::Tensor masked_linear_grad_input_cpu(const at::Tensor& grad, const at::Tensor
   const auto kind = mask_kind(mask, packed);
   const auto& kern = kernels(grad.scalar_type(), kind);
   auto g3 = grad.contiguous().view({K, rows, out_f});
-  const auto path = choose_path("grad_input", grad.scalar_type(), kind, g, [&](KernelPath p, int64_t count) {
-    auto part = g;
-    part.candidates = count;
-    grad_input_by(p, kern, part, packed, g3.narrow(0, 0, count), w, m,
-                  at::empty({count, rows, in}, grad.options()));
+  const auto path = choose_path("grad_input", grad.scalar_type(), kind, g,
+                                [&](KernelPath p, const MaskedLinearGeometry& part) {
+    grad_input_by(p, kern, part, packed, g3.narrow(0, 0, part.candidates), w, m,
+                  at::empty({part.candidates, rows, in}, grad.options()));
   });
   grad_input_by(path, kern, g, packed, g3, w, m, result);
   return result.view(shape);
@@ -479,9 +482,8 @@ std::tuple<at::Tensor, at::Tensor> masked_linear_grad_weight_cpu(
     if (p == KernelPath::kFused) grad_weight_fused(by_mask, part, x3, g3, w, m, o);
     else grad_weight_gemm(by_mask, by_weight, part, x3, g3, w, m, o);
   };
-  const auto path = choose_path("grad_weight", x.scalar_type(), kind, g, [&](KernelPath p, int64_t count) {
-    auto part = g;
-    part.candidates = count;
+  const auto path = choose_path("grad_weight", x.scalar_type(), kind, g,
+                                [&](KernelPath p, const MaskedLinearGeometry& part) {
     run(p, part, {weight_grad ? at::empty_like(grad_weight) : at::Tensor(),
                   mask_grad ? at::empty_like(grad_mask) : at::Tensor()});
   });

@@ -8,6 +8,10 @@
 
 #include <cstdint>
 
+namespace at {
+class Tensor;
+}
+
 namespace sparsenas::cpu {
 
 // How a mask is stored: bytes (bool / uint8 0-1), bits (packed, 1 bit per column) or soft
@@ -113,6 +117,9 @@ struct Kernels {
 // The kernels of the best capability this machine (and ATen) runs, for dtype and mask kind; shared
 // by masked_linear and masked_conv2d.
 const Kernels& kernels(c10::ScalarType dtype, MaskKind kind);
+
+// The kind of a mask tensor (packed: bits; bool / uint8: bytes; floating: soft).
+MaskKind mask_kind(const at::Tensor& mask, bool packed);
 
 namespace DEFAULT {
 Kernels kernels_for(c10::ScalarType dtype, MaskKind kind);
