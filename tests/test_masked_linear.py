@@ -111,7 +111,7 @@ def test_forward_and_gradients_match_reference(device, kernel_path, dtype, mask_
 def test_several_cache_tiles(device, kernel_path, mask_format, form):
     # Large enough for several weight tiles (forward / weight gradient) and several column tiles
     # of the input gradient, the last one partial and not byte aligned.
-    args = make_inputs(device, torch.float32, mask_format, (33,), 2053, 300, form,
+    args = make_inputs(device, torch.float32, mask_format, (33,), 2053, 600, form,
                        requires_grad=True)
     assert_matches_reference(*args)
 

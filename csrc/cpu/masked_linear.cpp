@@ -73,13 +73,13 @@ using cpu::MaskKind;
 
 // The fused forward runs over chunks of this many x rows, whose opmath copy stays in L2.
 constexpr int64_t kFusedChunkRows = 128;
-// Elements of one masked tile: at least 64 K floats (256 KiB: the tile stays in even a 512 KiB
-// L2), at most 1 M (4 MiB), else about as many tile rows as the GEMM has rows of x: a GEMM whose
-// shared dimension is much smaller than its rows runs well below the BLAS's peak, which costs
-// more than a tile that spills to L3.
-constexpr int64_t kMinTileElements = int64_t{1} << 16;
+// A masked tile spans at least this many rows (or columns) of the weight: the tile is the GEMM's
+// B operand, and with a narrower one the BLAS runs well below its peak (MKL on AVX-512: a GEMM
+// over 64-row tiles of a 1024x1024 weight takes 1.4-1.8x the whole product at 16-64 rows of x;
+// 256-row tiles match it), which costs more than a tile that spills from L2.
+constexpr int64_t kMinTileExtent = 256;
+// At most this many elements per tile (4 MiB of float), so that a tile stays in L2 or L3.
 constexpr int64_t kMaxTileElements = int64_t{1} << 20;
-
 // A contiguous weight or mask with its per-candidate and per-row strides (in its elements).
 struct Operand {
   at::Tensor tensor;
@@ -105,13 +105,14 @@ Operand mask_operand(const at::Tensor& mask, const MaskedLinearGeometry& g, bool
           static_cast<int64_t>(m.element_size())};
 }
 
-// Tile rows (or columns) of a weight of `total` x `other_extent`, for a GEMM with `rows` rows of x:
-// a multiple of 16 (so that column tiles of a packed mask start on a byte), at least 16.
-int64_t tile_extent(int64_t other_extent, int64_t total, int64_t rows) {
-  const int64_t wanted = static_cast<int64_t>(std::bit_ceil(static_cast<uint64_t>(std::max<int64_t>(rows, 1))));
-  const int64_t elements = std::clamp(wanted * other_extent, kMinTileElements, kMaxTileElements);
-  const int64_t n = std::max<int64_t>(16, elements / std::max<int64_t>(other_extent, 1) / 16 * 16);
-  return std::min(n, total);
+// Tile rows (or columns) of a weight of `total` x `other_extent`: `total` cut evenly into tiles
+// of at least kMinTileExtent (one tile when it is narrower) and at most kMaxTileElements, a
+// multiple of 16 (so that column tiles of a packed mask start on a byte).
+int64_t tile_extent(int64_t other_extent, int64_t total) {
+  const int64_t tiles = std::max<int64_t>(1, total / kMinTileExtent);
+  const int64_t even = ((total + tiles - 1) / tiles + 15) / 16 * 16;
+  const int64_t cache_bound = std::max<int64_t>(16, kMaxTileElements / std::max<int64_t>(other_extent, 1) / 16 * 16);
+  return std::min({even, cache_bound, total});
 }
 
 // dst rows [0, rows) (+)= src rows * mask rows, on the calling thread.
@@ -260,7 +261,7 @@ void forward_fused(const cpu::Kernels& kern, const MaskedLinearGeometry& g, cons
 void forward_gemm(const cpu::Kernels& kern, const MaskedLinearGeometry& g, const at::Tensor& x3,
                   const Operand& w, const Operand& m, const at::Tensor& b, const at::Tensor& out) {
   const int64_t in = g.in_features, out_f = g.out_features;
-  const int64_t tile_rows = tile_extent(in, out_f, g.rows);
+  const int64_t tile_rows = tile_extent(in, out_f);
   const int64_t tiles = (out_f + tile_rows - 1) / tile_rows;
   const int64_t items = g.candidates * tiles;
   for_each_tile(items, {tile_rows, in}, x3.options(), [&](int64_t item, const at::Tensor& tile) {
@@ -339,7 +340,7 @@ void grad_input_gemm(const cpu::Kernels& kern, const MaskedLinearGeometry& g, bo
                      const at::Tensor& result) {
   const int64_t in = g.in_features, out_f = g.out_features;
   // Column tiles of the masked weight: [out, cols], each a complete GEMM over out.
-  const int64_t tile_cols = tile_extent(out_f, in, g.rows);
+  const int64_t tile_cols = tile_extent(out_f, in);
   const int64_t tiles = (in + tile_cols - 1) / tile_cols;
   const int64_t items = g.candidates * tiles;
   for_each_tile(items, {out_f, tile_cols}, g3.options(), [&](int64_t item, const at::Tensor& tile) {
@@ -425,9 +426,9 @@ void grad_weight_gemm(const cpu::Kernels& by_mask, const cpu::Kernels& by_weight
   const bool opmath_sum =
       shared_sum && K > 1 && at::toOpMathType(x3.scalar_type()) != x3.scalar_type();
   auto sum = opmath_sum ? at::empty({out_f, in}, x3.options().dtype(at::kFloat)) : outs.grad_weight;
-  const int64_t tile_rows = tile_extent(in, out_f, g.rows);
-  const int64_t tiles = (out_f + tile_rows - 1) / tile_rows;
   // A shared weight's tile sums over every candidate in one item (no two items write one row).
+  const int64_t tile_rows = tile_extent(in, out_f);
+  const int64_t tiles = (out_f + tile_rows - 1) / tile_rows;
   const int64_t items = shared_sum ? tiles : K * tiles;
   auto tile_gradients = [&](int64_t k, int64_t o0, int64_t n, const at::Tensor& tile) {
     auto gt = tile.narrow(0, 0, n);

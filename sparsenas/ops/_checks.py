@@ -129,6 +129,9 @@ def size(op: str, arg: str, t: Tensor, d: int, expected: int, what: str) -> None
 def integer(op: str, arg: str, value: object, low: int = -INT64_MAX - 1,
             high: int = INT64_MAX) -> int:
     """A Python / numpy integer (not a bool; a SymInt while tracing) in [low, high]."""
+    # A plain int in range is the common case; the general checks below cost ~1 µs per call.
+    if type(value) is int and low <= value <= high:
+        return value
     if isinstance(value, bool) or not isinstance(value, (numbers.Integral, torch.SymInt)):
         raise TypeError(f"{op}(): argument '{arg}' must be an int, got {describe(value)}")
     value = int(value)
@@ -225,6 +228,14 @@ def masked_linear(x: Tensor, weight: Tensor, mask: Tensor, b: Tensor | None, pac
 def conv_pair(op: str, arg: str, value: object, minimum: int) -> tuple[int, int]:
     """stride / padding / dilation: an int or two ints in [minimum, 2^31 - 1] (the sizes the
     convolution backends index with)."""
+    # The common cases first (plain ints, as nn.Conv2d stores them): the general checks below use
+    # abstract-class isinstance tests that cost microseconds on every layer call.
+    if type(value) is int:
+        if minimum <= value <= INT32_MAX:
+            return value, value
+    elif type(value) is tuple and len(value) == 2 and type(value[0]) is int and type(value[1]) is int:
+        if minimum <= value[0] <= INT32_MAX and minimum <= value[1] <= INT32_MAX:
+            return value
     pair = (value, value) if isinstance(value, (numbers.Integral, torch.SymInt)) else value
     if isinstance(pair, Tensor) or not isinstance(pair, (tuple, list)):
         raise TypeError(f"{op}(): argument '{arg}' must be an int or a pair of ints (height, "
