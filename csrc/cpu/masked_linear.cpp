@@ -105,22 +105,29 @@ Operand mask_operand(const at::Tensor& mask, const MaskedLinearGeometry& g, bool
           static_cast<int64_t>(m.element_size())};
 }
 
-// Tile rows (or columns) of a weight of `total` x `other_extent`: `total` cut evenly into tiles
-// of at least kMinTileExtent (one tile when it is narrower) and at most kMaxTileElements, a
-// multiple of 16 (so that column tiles of a packed mask start on a byte).
-int64_t tile_extent(int64_t other_extent, int64_t total) {
-  const int64_t tiles = std::max<int64_t>(1, total / kMinTileExtent);
+// Tile rows (or columns) of a weight of `total` x `other_extent`, for a GEMM with `rows` rows of
+// x: `total` cut evenly into tiles at least kMinTileExtent wide and at least as wide as `rows`
+// (rounded up to 16), within kMaxTileElements, a multiple of 16 (so that column tiles of a
+// packed mask start on a byte). A GEMM over many rows is compute bound and runs best as few large
+// products: a weight that fits one tile is one BLAS call, which the BLAS parallelises itself.
+int64_t tile_extent(int64_t other_extent, int64_t total, int64_t rows) {
+  const int64_t wanted = std::max(kMinTileExtent, (rows + 15) / 16 * 16);
+  const int64_t tiles = std::max<int64_t>(1, total / wanted);
   const int64_t even = ((total + tiles - 1) / tiles + 15) / 16 * 16;
   const int64_t cache_bound = std::max<int64_t>(16, kMaxTileElements / std::max<int64_t>(other_extent, 1) / 16 * 16);
   return std::min({even, cache_bound, total});
 }
 
-// dst rows [0, rows) (+)= src rows * mask rows, on the calling thread.
+// dst rows [0, rows) (+)= src rows * mask rows: on the calling thread inside a parallel region
+// (a tile of for_each_tile), over the threads outside one (a single tile).
 void mask_rows(const cpu::Kernels& kern, const void* src, int64_t src_ld, const void* mask,
                int64_t mask_ld, void* dst, int64_t dst_ld, int64_t rows, int64_t cols,
                bool accumulate, bool dst_opmath) {
-  kern.mask_multiply({src, src_ld, mask, mask_ld, dst, dst_ld, cols, accumulate, dst_opmath}, 0,
-                     rows);
+  const cpu::MaskMultiplyArgs args{src, src_ld, mask, mask_ld, dst, dst_ld, cols, accumulate, dst_opmath};
+  const int64_t chunk = std::max<int64_t>(1, 65536 / std::max<int64_t>(cols, 1));
+  parallel_for_dynamic(0, rows, chunk, [&](int64_t begin, int64_t end, int64_t) {
+    kern.mask_multiply(args, begin, end);
+  });
 }
 
 // Calls fn(item, tile) for items [0, items) on the threads of one parallel region, items claimed
@@ -261,7 +268,7 @@ void forward_fused(const cpu::Kernels& kern, const MaskedLinearGeometry& g, cons
 void forward_gemm(const cpu::Kernels& kern, const MaskedLinearGeometry& g, const at::Tensor& x3,
                   const Operand& w, const Operand& m, const at::Tensor& b, const at::Tensor& out) {
   const int64_t in = g.in_features, out_f = g.out_features;
-  const int64_t tile_rows = tile_extent(in, out_f);
+  const int64_t tile_rows = tile_extent(in, out_f, g.rows);
   const int64_t tiles = (out_f + tile_rows - 1) / tile_rows;
   const int64_t items = g.candidates * tiles;
   for_each_tile(items, {tile_rows, in}, x3.options(), [&](int64_t item, const at::Tensor& tile) {
@@ -340,7 +347,7 @@ void grad_input_gemm(const cpu::Kernels& kern, const MaskedLinearGeometry& g, bo
                      const at::Tensor& result) {
   const int64_t in = g.in_features, out_f = g.out_features;
   // Column tiles of the masked weight: [out, cols], each a complete GEMM over out.
-  const int64_t tile_cols = tile_extent(out_f, in);
+  const int64_t tile_cols = tile_extent(out_f, in, g.rows);
   const int64_t tiles = (in + tile_cols - 1) / tile_cols;
   const int64_t items = g.candidates * tiles;
   for_each_tile(items, {out_f, tile_cols}, g3.options(), [&](int64_t item, const at::Tensor& tile) {
@@ -427,7 +434,7 @@ void grad_weight_gemm(const cpu::Kernels& by_mask, const cpu::Kernels& by_weight
       shared_sum && K > 1 && at::toOpMathType(x3.scalar_type()) != x3.scalar_type();
   auto sum = opmath_sum ? at::empty({out_f, in}, x3.options().dtype(at::kFloat)) : outs.grad_weight;
   // A shared weight's tile sums over every candidate in one item (no two items write one row).
-  const int64_t tile_rows = tile_extent(in, out_f);
+  const int64_t tile_rows = tile_extent(in, out_f, g.rows);
   const int64_t tiles = (out_f + tile_rows - 1) / tile_rows;
   const int64_t items = shared_sum ? tiles : K * tiles;
   auto tile_gradients = [&](int64_t k, int64_t o0, int64_t n, const at::Tensor& tile) {
