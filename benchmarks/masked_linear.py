@@ -46,8 +46,8 @@ MASK_KINDS = ("bool", "uint8", "packed", "soft")
 PATH_VARIABLE = "SPARSENAS_MASKED_LINEAR_PATH"
 MEMORY_BOUND_ROWS = 16
 AUTO_TOLERANCE = 1.10
-# Each time is the best of this many medians: the best median is the one least disturbed by
-# other work on the machine.
+# Each time is the best of this many medians, taken in alternating rounds (timed_rounds): the
+# best median is the one least disturbed by other work on the machine.
 REPEATS = 3
 
 
@@ -103,26 +103,40 @@ def forced_path(path: str | None):
             os.environ[PATH_VARIABLE] = previous
 
 
-def best_time(fn) -> float:
-    return min(time_call(fn, torch.device("cpu"), MIN_RUN_TIME) for _ in range(REPEATS))
+def timed_rounds(methods: dict[str, tuple], inputs: list[torch.Tensor]
+                 ) -> dict[str, tuple[float, float]]:
+    """(fwd, fwd+bwd) seconds of each method, given as (forward callable, kernel path it runs on:
+    'fused', 'gemm' or None for the automatic choice). Rounds alternate the methods and keep each
+    one's best median: a burst of load on the machine (seconds long on a shared VM) then hits
+    every method alike instead of one method's whole measurement."""
+    steps = {}
+    for name, (forward, path) in methods.items():
+        with forced_path(path):
+            grad_out = torch.randn_like(forward())
+
+        def step(forward=forward, grad_out=grad_out):
+            torch.autograd.grad(forward(), inputs, grad_out)
+
+        steps[name] = (forward, step, path)
+    best = {name: [float("inf"), float("inf")] for name in methods}
+    for _ in range(REPEATS):
+        for name, (forward, step, path) in steps.items():
+            with forced_path(path):
+                with torch.no_grad():
+                    best[name][0] = min(best[name][0], time_call(forward, torch.device("cpu"),
+                                                                 MIN_RUN_TIME))
+                best[name][1] = min(best[name][1], time_call(step, torch.device("cpu"),
+                                                             MIN_RUN_TIME))
+    return {name: (fwd, fwd_bwd) for name, (fwd, fwd_bwd) in best.items()}
 
 
-def fwd_and_fwd_bwd(forward, inputs: list[torch.Tensor]) -> tuple[float, float]:
-    """Seconds per forward (no autograd) and per forward + backward to ``inputs``."""
-    with torch.no_grad():
-        fwd = best_time(forward)
-    grad_out = torch.randn_like(forward())
-
-    def step():
-        torch.autograd.grad(forward(), inputs, grad_out)
-
-    return fwd, best_time(step)
-
-
-def chosen_paths(run) -> str:
-    """Runs ``run`` on the automatic path; returns the path chosen for each stage it ran."""
+def chosen_paths(forward, inputs: list[torch.Tensor]) -> str:
+    """Runs a forward and backward of ``forward`` on the automatic path; returns the path chosen
+    for each stage it ran."""
     before = _extension.native.kernel_path_choices()
-    run()
+    with forced_path(None):
+        out = forward()
+        torch.autograd.grad(out, inputs, torch.ones_like(out))
     added = {key: path for key, path in _extension.native.kernel_path_choices().items()
              if key not in before}
     stages = {"forward": "fwd", "grad_input": "gi", "grad_weight": "gw"}
@@ -130,21 +144,9 @@ def chosen_paths(run) -> str:
     return " ".join(parts) if parts else "cached or unmeasured (fused below the size floor)"
 
 
-def time_each_path(forward, leaves: list[torch.Tensor]) -> tuple[dict, str]:
-    """(fwd, fwd+bwd) seconds of ``forward`` with each path forced and with the automatic choice,
-    and the paths the automatic choice took."""
-    times = {}
-    for path in ("fused", "gemm"):
-        with forced_path(path):
-            times[path] = fwd_and_fwd_bwd(forward, leaves)
-    with forced_path(None):
-        def step():
-            out = forward()
-            torch.autograd.grad(out, leaves, torch.ones_like(out))
-
-        chosen = chosen_paths(step)
-        times["auto"] = fwd_and_fwd_bwd(forward, leaves)
-    return times, chosen
+def path_methods(name: str, forward) -> dict[str, tuple]:
+    """The methods that time ``forward`` on each path: '<name> auto', '<name> fused', ..."""
+    return {f"{name} {path or 'auto'}": (forward, path) for path in (None, "fused", "gemm")}
 
 
 def byte_floor(in_f: int, out_f: int, rows: int, mask: torch.Tensor, bandwidth: float
@@ -171,28 +173,34 @@ def single_mask_rows(in_f: int, out_f: int, batches: list[int], kinds: tuple[str
     for batch in batches:
         x = torch.randn(batch, in_f, generator=gen).requires_grad_()
         leaves = [x, weight, bias]
-        dense = fwd_and_fwd_bwd(lambda: F.linear(x, weight, bias), leaves)
-        w_mask = fwd_and_fwd_bwd(lambda: F.linear(x, weight * float_mask, bias), leaves)
-        for kind in kinds:
-            mask, packed = make_mask(keep, kind)
+        masks = {kind: make_mask(keep, kind) for kind in kinds}
+        methods = {"dense": (lambda: F.linear(x, weight, bias), None),
+                   "w*mask": (lambda: F.linear(x, weight * float_mask, bias), None)}
+        chosen = {}
+        for kind, (mask, packed) in masks.items():
+            def forward(mask=mask, packed=packed):
+                return masked_linear(x, weight, mask, bias, packed=packed)
 
-            times, chosen = time_each_path(
-                lambda: masked_linear(x, weight, mask, bias, packed=packed), leaves)
+            chosen[kind] = chosen_paths(forward, leaves)
+            methods.update(path_methods(kind, forward))
+        times = timed_rounds(methods, leaves)
+        dense, w_mask = times["dense"], times["w*mask"]
+        for kind, (mask, packed) in masks.items():
+            auto, fused, gemm = (times[f"{kind} {path}"] for path in ("auto", "fused", "gemm"))
             floors = byte_floor(in_f, out_f, batch, mask, bandwidth)
             for i, phase in enumerate(("fwd", "fwd+bwd")):
-                best_forced = min(times["fused"][i], times["gemm"][i])
                 row = {
                     "case": layer, "threads": torch.get_num_threads(), "mask": kind,
-                    "batch": batch, "phase": phase, "chosen": chosen,
-                    "auto_ms": times["auto"][i] * 1e3, "fused_ms": times["fused"][i] * 1e3,
-                    "gemm_ms": times["gemm"][i] * 1e3, "dense_ms": dense[i] * 1e3,
+                    "batch": batch, "phase": phase, "chosen": chosen[kind],
+                    "auto_ms": auto[i] * 1e3, "fused_ms": fused[i] * 1e3,
+                    "gemm_ms": gemm[i] * 1e3, "dense_ms": dense[i] * 1e3,
                     "w*mask_ms": w_mask[i] * 1e3,
-                    "ratio_to_dense": times["auto"][i] / dense[i],
-                    "speedup_vs_w*mask": w_mask[i] / times["auto"][i],
-                    "auto_vs_best_path": times["auto"][i] / best_forced,
+                    "ratio_to_dense": auto[i] / dense[i],
+                    "speedup_vs_w*mask": w_mask[i] / auto[i],
+                    "auto_vs_best_path": auto[i] / min(fused[i], gemm[i]),
                 }
                 if batch < MEMORY_BOUND_ROWS:
-                    row["ratio_to_byte_floor"] = times["auto"][i] / floors[i]
+                    row["ratio_to_byte_floor"] = auto[i] / floors[i]
                     row["dense_ratio_to_byte_floor"] = dense[i] / floors[i]
                 rows.append(row)
                 print(format_row(row), flush=True)
@@ -215,21 +223,27 @@ def candidate_rows(batches: list[int], kinds: tuple[str, ...]) -> list[dict]:
             return torch.stack([F.linear(x[k], weight * float_masks[k], bias)
                                 for k in range(CANDIDATES)])
 
-        baseline = fwd_and_fwd_bwd(loop, leaves)
-        for kind in kinds:
-            mask, packed = make_mask(keep, kind)
+        masks = {kind: make_mask(keep, kind) for kind in kinds}
+        methods = {"loop": (loop, None)}
+        chosen = {}
+        for kind, (mask, packed) in masks.items():
+            def forward(mask=mask, packed=packed):
+                return masked_linear(x, weight, mask, bias, packed=packed)
 
-            times, chosen = time_each_path(
-                lambda: masked_linear(x, weight, mask, bias, packed=packed), leaves)
+            chosen[kind] = chosen_paths(forward, leaves)
+            methods.update(path_methods(kind, forward))
+        times = timed_rounds(methods, leaves)
+        baseline = times["loop"]
+        for kind in kinds:
+            auto, fused, gemm = (times[f"{kind} {path}"] for path in ("auto", "fused", "gemm"))
             for i, phase in enumerate(("fwd", "fwd+bwd")):
                 row = {
                     "case": f"K={CANDIDATES} {in_f}->{out_f}", "threads": torch.get_num_threads(),
-                    "mask": kind, "batch": batch, "phase": phase, "chosen": chosen,
-                    "auto_ms": times["auto"][i] * 1e3, "fused_ms": times["fused"][i] * 1e3,
-                    "gemm_ms": times["gemm"][i] * 1e3, "loop_ms": baseline[i] * 1e3,
-                    "speedup_vs_loop": baseline[i] / times["auto"][i],
-                    "auto_vs_best_path": times["auto"][i] / min(times["fused"][i],
-                                                                times["gemm"][i]),
+                    "mask": kind, "batch": batch, "phase": phase, "chosen": chosen[kind],
+                    "auto_ms": auto[i] * 1e3, "fused_ms": fused[i] * 1e3,
+                    "gemm_ms": gemm[i] * 1e3, "loop_ms": baseline[i] * 1e3,
+                    "speedup_vs_loop": baseline[i] / auto[i],
+                    "auto_vs_best_path": auto[i] / min(fused[i], gemm[i]),
                 }
                 rows.append(row)
                 print(format_row(row), flush=True)
@@ -254,13 +268,13 @@ def contended_rows(batches: list[int]) -> list[dict]:
         x = torch.randn(batch, in_f, generator=gen).requires_grad_()
         leaves = [x, weight, bias]
         methods = {
-            "dense F.linear": lambda: F.linear(x, weight, bias),
-            "F.linear(x, w*mask)": lambda: F.linear(x, weight * float_mask, bias),
-            "masked_linear": lambda: masked_linear(x, weight, keep, bias),
+            "dense F.linear": (lambda: F.linear(x, weight, bias), None),
+            "F.linear(x, w*mask)": (lambda: F.linear(x, weight * float_mask, bias), None),
+            "masked_linear": (lambda: masked_linear(x, weight, keep, bias), None),
         }
-        idle = {name: fwd_and_fwd_bwd(fn, leaves) for name, fn in methods.items()}
+        idle = timed_rounds(methods, leaves)
         with competing_job():
-            busy = {name: fwd_and_fwd_bwd(fn, leaves) for name, fn in methods.items()}
+            busy = timed_rounds(methods, leaves)
         for name in methods:
             for i, phase in enumerate(("fwd", "fwd+bwd")):
                 row = {"case": f"{in_f}->{out_f} bool", "threads": torch.get_num_threads(),
@@ -323,7 +337,8 @@ def main() -> None:
              "(batch < 16): time over the bytes of W, mask, x and y (fwd; fwd+bwd adds the "
              "gradients' bytes) moved at the copy bandwidth measured in this run. "
              f"auto_vs_best_path > {AUTO_TOLERANCE} marks a wrong automatic choice "
-             f"({len(misses)} rows). Times: best of {REPEATS} medians."
+             f"({len(misses)} rows). Times: best of {REPEATS} medians, in rounds that alternate "
+             "the methods of each batch size."
              + (" Quick mode." if args.quick else ""))
     path = write_results("masked_linear_quick" if args.quick else "masked_linear", torch.device("cpu"),
                          rows, columns, notes)

@@ -179,8 +179,8 @@ constexpr const char* kPathVariable = "SPARSENAS_MASKED_LINEAR_PATH";
 // Below this many multiply-adds per candidate the fused kernels win everywhere (a GEMM call and a
 // tile allocation cost more than the whole product), so nothing is measured.
 constexpr int64_t kMeasureMinMacs = int64_t{1} << 15;
-// A measurement runs on at most this many multiply-adds (a prefix of the candidates), timed three
-// times per path; a single candidate above it is timed twice per path.
+// A measurement runs on at most this many multiply-adds (a prefix of the candidates), timed five
+// times per path; a single candidate above it is timed three times per path.
 constexpr int64_t kMeasureMacs = int64_t{1} << 27;
 
 const char* dtype_name(at::ScalarType dtype) {
@@ -213,8 +213,10 @@ KernelPath choose_path(const char* stage, at::ScalarType dtype, MaskKind kind,
   const int64_t macs = g.rows * g.in_features * g.out_features;
   if (macs < kMeasureMinMacs) return KernelPath::kFused;
   const int64_t count = std::clamp<int64_t>(kMeasureMacs / macs, 1, g.candidates);
-  // The first run of each path also pays for first-touch allocations: at least two runs each.
-  const int repeats = count * macs <= kMeasureMacs ? 3 : 2;
+  // The best of several alternating runs: the first run of each path also pays for first-touch
+  // allocations, and on a shared (virtual) machine a burst of other work can slow any one run
+  // by 2x. A wrong choice lasts (it is recorded), so the measurement errs on the side of runs.
+  const int repeats = count * macs <= kMeasureMacs ? 5 : 3;
   auto part = g;
   part.candidates = count;
   return cpu::measured_path(path_key(stage, dtype, kind, g), repeats,

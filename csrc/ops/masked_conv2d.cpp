@@ -276,8 +276,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backwar
   const bool grad_x_in_place = has_work && single_block && !g.candidate_form;
   if (need_x && !grad_x_in_place)
     grad_x = single_block ? at::empty(x.sizes(), x.options()) : at::zeros(x.sizes(), x.options());
-  if (need_w) grad_weight = at::zeros(weight.sizes(), weight.options());
-  if (need_m) grad_mask = at::zeros(mask.sizes(), weight.options());
+  // With work to do, every element of the weight and mask gradients is written below (a shared
+  // weight's by candidate 0, the others accumulate); without, they are zero.
+  auto gradient_buffer = [&](c10::IntArrayRef sizes) {
+    return has_work ? at::empty(sizes, weight.options()) : at::zeros(sizes, weight.options());
+  };
+  if (need_w) grad_weight = gradient_buffer(weight.sizes());
+  if (need_m) grad_mask = gradient_buffer(mask.sizes());
 
   if (has_work) {
     const auto views = candidate_views(g, weight, mask, packed);
