@@ -63,14 +63,18 @@ KernelPath measured_path(const std::string& key, int repeats,
   }
   // Alternating runs, best of each: the first run of either path also pays for cold caches and
   // first-touch allocations.
+  constexpr double kMeasureSeconds = 0.02;
   double best[2] = {std::numeric_limits<double>::infinity(), std::numeric_limits<double>::infinity()};
-  for (int r = 0; r < repeats; ++r) {
+  double total[2] = {0.0, 0.0};
+  for (int r = 0; r < 4 * repeats && (r < repeats || std::min(total[0], total[1]) < kMeasureSeconds);
+       ++r) {
     for (const KernelPath path : {KernelPath::kFused, KernelPath::kGemm}) {
       const auto start = std::chrono::steady_clock::now();
       run(path);
       const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
-      double& slot = best[static_cast<int>(path)];
-      slot = std::min(slot, elapsed.count());
+      const int slot = static_cast<int>(path);
+      best[slot] = std::min(best[slot], elapsed.count());
+      total[slot] += elapsed.count();
     }
   }
   const KernelPath faster = best[1] < best[0] ? KernelPath::kGemm : KernelPath::kFused;
