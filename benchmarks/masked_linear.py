@@ -144,9 +144,23 @@ def chosen_paths(forward, inputs: list[torch.Tensor]) -> str:
     return " ".join(parts) if parts else "cached or unmeasured (fused below the size floor)"
 
 
-def path_methods(name: str, forward) -> dict[str, tuple]:
-    """The methods that time ``forward`` on each path: '<name> auto', '<name> fused', ..."""
-    return {f"{name} {path or 'auto'}": (forward, path) for path in (None, "fused", "gemm")}
+def time_masked_paths(baselines: dict[str, tuple], masks: dict[str, tuple], x: torch.Tensor,
+                      weight: torch.Tensor, bias: torch.Tensor, inputs: list[torch.Tensor]
+                      ) -> tuple[dict, dict]:
+    """Times the baselines and masked_linear with each mask (kind -> (mask, packed)) on the
+    automatic path and each path forced, all in one set of alternating rounds. Returns the times
+    by method ('<kind> auto', '<kind> fused', '<kind> gemm' and the baselines' names) and the
+    paths chosen per kind."""
+    methods = dict(baselines)
+    chosen = {}
+    for kind, (mask, packed) in masks.items():
+        def forward(mask=mask, packed=packed):
+            return masked_linear(x, weight, mask, bias, packed=packed)
+
+        chosen[kind] = chosen_paths(forward, inputs)
+        methods.update({f"{kind} {path or 'auto'}": (forward, path)
+                        for path in (None, "fused", "gemm")})
+    return timed_rounds(methods, inputs), chosen
 
 
 def byte_floor(in_f: int, out_f: int, rows: int, mask: torch.Tensor, bandwidth: float
@@ -174,16 +188,9 @@ def single_mask_rows(in_f: int, out_f: int, batches: list[int], kinds: tuple[str
         x = torch.randn(batch, in_f, generator=gen).requires_grad_()
         leaves = [x, weight, bias]
         masks = {kind: make_mask(keep, kind) for kind in kinds}
-        methods = {"dense": (lambda: F.linear(x, weight, bias), None),
-                   "w*mask": (lambda: F.linear(x, weight * float_mask, bias), None)}
-        chosen = {}
-        for kind, (mask, packed) in masks.items():
-            def forward(mask=mask, packed=packed):
-                return masked_linear(x, weight, mask, bias, packed=packed)
-
-            chosen[kind] = chosen_paths(forward, leaves)
-            methods.update(path_methods(kind, forward))
-        times = timed_rounds(methods, leaves)
+        baselines = {"dense": (lambda: F.linear(x, weight, bias), None),
+                     "w*mask": (lambda: F.linear(x, weight * float_mask, bias), None)}
+        times, chosen = time_masked_paths(baselines, masks, x, weight, bias, leaves)
         dense, w_mask = times["dense"], times["w*mask"]
         for kind, (mask, packed) in masks.items():
             auto, fused, gemm = (times[f"{kind} {path}"] for path in ("auto", "fused", "gemm"))
@@ -224,15 +231,7 @@ def candidate_rows(batches: list[int], kinds: tuple[str, ...]) -> list[dict]:
                                 for k in range(CANDIDATES)])
 
         masks = {kind: make_mask(keep, kind) for kind in kinds}
-        methods = {"loop": (loop, None)}
-        chosen = {}
-        for kind, (mask, packed) in masks.items():
-            def forward(mask=mask, packed=packed):
-                return masked_linear(x, weight, mask, bias, packed=packed)
-
-            chosen[kind] = chosen_paths(forward, leaves)
-            methods.update(path_methods(kind, forward))
-        times = timed_rounds(methods, leaves)
+        times, chosen = time_masked_paths({"loop": (loop, None)}, masks, x, weight, bias, leaves)
         baseline = times["loop"]
         for kind in kinds:
             auto, fused, gemm = (times[f"{kind} {path}"] for path in ("auto", "fused", "gemm"))
