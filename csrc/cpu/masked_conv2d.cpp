@@ -3,7 +3,6 @@
 // are masked_linear's vectorised mask multiplies, compiled per CPU capability.
 
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include "cpu/masked_linear_kernels.h"
@@ -13,29 +12,19 @@ namespace sparsenas {
 namespace {
 
 // The mask's row width in its own elements (bytes for bool / uint8 / packed masks).
-int64_t mask_row_width(const at::Tensor& mask, bool packed, int64_t fan_in) {
+int64_t mask_row_width(bool packed, int64_t fan_in) {
   return packed ? conv_packed_width(fan_in) : fan_in;
-}
-
-// dst rows = src rows * mask rows (+ dst when accumulating), rows in parallel, through the
-// vectorised elementwise kernels that masked_linear uses.
-void multiply_rows(const cpu::Kernels& kern, const void* src, const void* mask, int64_t mask_ld,
-                   void* dst, int64_t rows, int64_t fan_in, bool accumulate) {
-  const cpu::MaskMultiplyArgs args{src, fan_in, mask, mask_ld, dst, fan_in, fan_in, accumulate,
-                                   false};
-  // Below ~64 K elements one thread is faster than waking the others.
-  at::parallel_for(0, rows, std::max<int64_t>(1, 65536 / std::max<int64_t>(fan_in, 1)),
-                   [&](int64_t begin, int64_t end) { kern.mask_multiply(args, begin, end); });
 }
 
 void fill_masked_rows_cpu(const at::Tensor& weight, const at::Tensor& mask, bool packed,
                           int64_t row0, const at::Tensor& block) {
   const int64_t rows = block.size(0), fan_in = block.size(1);
-  const int64_t mask_ld = mask_row_width(mask, packed, fan_in);
-  multiply_rows(cpu::kernels(weight.scalar_type(), cpu::mask_kind(mask, packed)),
-                static_cast<const char*>(weight.const_data_ptr()) + row0 * fan_in * weight.element_size(),
-                static_cast<const char*>(mask.const_data_ptr()) + row0 * mask_ld * mask.element_size(),
-                mask_ld, block.data_ptr(), rows, fan_in, false);
+  const int64_t mask_ld = mask_row_width(packed, fan_in);
+  cpu::mask_rows(cpu::kernels(weight.scalar_type(), cpu::mask_kind(mask, packed)),
+                 static_cast<const char*>(weight.const_data_ptr()) + row0 * fan_in * weight.element_size(),
+                 fan_in,
+                 static_cast<const char*>(mask.const_data_ptr()) + row0 * mask_ld * mask.element_size(),
+                 mask_ld, block.data_ptr(), fan_in, rows, fan_in, false, false);
 }
 
 void combine_weight_grads_cpu(const at::Tensor& g, const at::Tensor& weight, const at::Tensor& mask,
@@ -43,12 +32,13 @@ void combine_weight_grads_cpu(const at::Tensor& g, const at::Tensor& weight, con
                               const at::Tensor& grad_mask) {
   const int64_t rows = g.size(0), fan_in = g.size(1);
   if (grad_weight.defined())
-    multiply_rows(cpu::kernels(g.scalar_type(), cpu::mask_kind(mask, packed)), g.const_data_ptr(),
-                  mask.const_data_ptr(), mask_row_width(mask, packed, fan_in),
-                  grad_weight.data_ptr(), rows, fan_in, accumulate);
+    cpu::mask_rows(cpu::kernels(g.scalar_type(), cpu::mask_kind(mask, packed)), g.const_data_ptr(),
+                   fan_in, mask.const_data_ptr(), mask_row_width(packed, fan_in),
+                   grad_weight.data_ptr(), fan_in, rows, fan_in, accumulate, false);
   if (grad_mask.defined())
-    multiply_rows(cpu::kernels(g.scalar_type(), cpu::MaskKind::kSoft), g.const_data_ptr(),
-                  weight.const_data_ptr(), fan_in, grad_mask.data_ptr(), rows, fan_in, false);
+    cpu::mask_rows(cpu::kernels(g.scalar_type(), cpu::MaskKind::kSoft), g.const_data_ptr(), fan_in,
+                   weight.const_data_ptr(), fan_in, grad_mask.data_ptr(), fan_in, rows, fan_in,
+                   false, false);
 }
 
 constexpr MaskedConvKernels kCpuKernels{&fill_masked_rows_cpu, &combine_weight_grads_cpu};

@@ -61,6 +61,16 @@ MaskKind mask_kind(const at::Tensor& mask, bool packed) {
   return MaskKind::kSoft;
 }
 
+void mask_rows(const Kernels& kern, const void* src, int64_t src_ld, const void* mask,
+               int64_t mask_ld, void* dst, int64_t dst_ld, int64_t rows, int64_t cols,
+               bool accumulate, bool dst_opmath) {
+  const MaskMultiplyArgs args{src, src_ld, mask, mask_ld, dst, dst_ld, cols, accumulate, dst_opmath};
+  const int64_t chunk = std::max<int64_t>(1, 65536 / std::max<int64_t>(cols, 1));
+  parallel_for_dynamic(0, rows, chunk, [&](int64_t begin, int64_t end, int64_t) {
+    kern.mask_multiply(args, begin, end);
+  });
+}
+
 }  // namespace sparsenas::cpu
 
 namespace sparsenas {
@@ -68,6 +78,7 @@ namespace {
 
 using cpu::kernels;
 using cpu::mask_kind;
+using cpu::mask_rows;
 using cpu::KernelPath;
 using cpu::MaskKind;
 
@@ -116,18 +127,6 @@ int64_t tile_extent(int64_t other_extent, int64_t total, int64_t rows) {
   const int64_t even = ((total + tiles - 1) / tiles + 15) / 16 * 16;
   const int64_t cache_bound = std::max<int64_t>(16, kMaxTileElements / std::max<int64_t>(other_extent, 1) / 16 * 16);
   return std::min({even, cache_bound, total});
-}
-
-// dst rows [0, rows) (+)= src rows * mask rows: on the calling thread inside a parallel region
-// (a tile of for_each_tile), over the threads outside one (a single tile).
-void mask_rows(const cpu::Kernels& kern, const void* src, int64_t src_ld, const void* mask,
-               int64_t mask_ld, void* dst, int64_t dst_ld, int64_t rows, int64_t cols,
-               bool accumulate, bool dst_opmath) {
-  const cpu::MaskMultiplyArgs args{src, src_ld, mask, mask_ld, dst, dst_ld, cols, accumulate, dst_opmath};
-  const int64_t chunk = std::max<int64_t>(1, 65536 / std::max<int64_t>(cols, 1));
-  parallel_for_dynamic(0, rows, chunk, [&](int64_t begin, int64_t end, int64_t) {
-    kern.mask_multiply(args, begin, end);
-  });
 }
 
 // Calls fn(item, tile) for items [0, items) on the threads of one parallel region, items claimed
@@ -213,9 +212,8 @@ KernelPath choose_path(const char* stage, at::ScalarType dtype, MaskKind kind,
   const int64_t macs = g.rows * g.in_features * g.out_features;
   if (macs < kMeasureMinMacs) return KernelPath::kFused;
   const int64_t count = std::clamp<int64_t>(kMeasureMacs / macs, 1, g.candidates);
-  // The best of several alternating runs: the first run of each path also pays for first-touch
-  // allocations, and on a shared (virtual) machine a burst of other work can slow any one run
-  // by 2x. A wrong choice lasts (it is recorded), so the measurement errs on the side of runs.
+  // On a shared (virtual) machine a burst of other work can slow any one run by 2x, and a wrong
+  // choice lasts (it is recorded), so the measurement errs on the side of runs.
   const int repeats = count * macs <= kMeasureMacs ? 5 : 3;
   auto part = g;
   part.candidates = count;

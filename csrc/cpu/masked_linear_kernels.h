@@ -121,6 +121,13 @@ const Kernels& kernels(c10::ScalarType dtype, MaskKind kind);
 // The kind of a mask tensor (packed: bits; bool / uint8: bytes; floating: soft).
 MaskKind mask_kind(const at::Tensor& mask, bool packed);
 
+// dst rows [0, rows) (+)= src rows * mask rows through kern.mask_multiply (see MaskMultiplyArgs):
+// on the calling thread inside a parallel region, else over the threads (chunks of about 64 K
+// elements claimed dynamically; below that one thread is faster than waking the others).
+void mask_rows(const Kernels& kern, const void* src, int64_t src_ld, const void* mask,
+               int64_t mask_ld, void* dst, int64_t dst_ld, int64_t rows, int64_t cols,
+               bool accumulate, bool dst_opmath);
+
 namespace DEFAULT {
 Kernels kernels_for(c10::ScalarType dtype, MaskKind kind);
 }

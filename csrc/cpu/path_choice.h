@@ -25,9 +25,8 @@ std::optional<KernelPath> forced_path(const char* variable);
 // The cached choice for `key`, or, the first time, the faster of the two paths (best run of
 // each) over alternating timed runs of run(path), whose results are discarded: at least
 // `repeats` runs per path, more for a short computation, until each path has run for 20 ms or
-// for 4 x `repeats` runs (a burst of other work that spoils a few runs then spoils the
-// choice less often). Thread-safe; the first choice
-// stored for a key wins.
+// for 4 x `repeats` runs (a burst of other work that spoils a few runs then spoils the choice
+// less often). Thread-safe; the first choice stored for a key wins.
 KernelPath measured_path(const std::string& key, int repeats,
                          const std::function<void(KernelPath)>& run);
 
