@@ -151,6 +151,18 @@ def blas() -> str:
     return "unknown"
 
 
+def allocator() -> str:
+    """The CPU memory allocator in use, as far as the environment says: a preloaded allocator, or
+    glibc malloc with its tunables (by default glibc returns large freed blocks to the OS, so the
+    next tensor of that size page-faults on first touch, which costs as much as a small GEMM)."""
+    preloaded = os.environ.get("LD_PRELOAD", "")
+    for name in ("jemalloc", "tcmalloc", "mimalloc"):
+        if name in preloaded:
+            return name
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    return f"glibc malloc ({tunables})" if "malloc" in tunables else "glibc malloc (default)"
+
+
 def environment(device: torch.device) -> dict:
     import sparsenas
 
@@ -160,6 +172,7 @@ def environment(device: torch.device) -> dict:
         "device_type": device.type,
         "vector_extensions": vector_extensions(),
         "blas": blas(),
+        "allocator": allocator(),
         "load_average_1min": os.getloadavg()[0],
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
@@ -180,7 +193,8 @@ def write_results(name: str, device: torch.device, rows: list[dict], columns: li
                    indent=2) + "\n")
     lines = [f"# {name} ({device.type})", "",
              f"Device: {env['device']}; vector extensions: "
-             f"{', '.join(env['vector_extensions']) or 'none reported'}; BLAS: {env['blas']}. "
+             f"{', '.join(env['vector_extensions']) or 'none reported'}; BLAS: {env['blas']}; "
+             f"allocator: {env['allocator']}. "
              f"torch {env['torch']}, sparsenas {env['sparsenas']}, {env['date']}; load average "
              f"(1 min) at the end: {env['load_average_1min']:.1f}.", ""]
     if notes:

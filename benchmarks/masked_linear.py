@@ -5,7 +5,8 @@ One mask: dense ``F.linear`` (the floor), ``F.linear(x, w * mask)`` (the two-lin
 and masked_linear with bool / uint8 / packed / soft masks, on a square 1024 x 1024 layer and a
 non-square 1024 -> 4096 one, forward and forward + backward, at 1 and 2 threads. Each masked_linear
 row is timed with the path chosen automatically and with each path forced
-(``SPARSENAS_MASKED_LINEAR_PATH=fused|gemm``), and shows the path chosen per stage; a row where the
+(``SPARSENAS_MASKED_LINEAR_PATH=fused|gemm``), and shows the path chosen per stage (and whether a
+one-mask training step keeps W ⊙ M for the input gradient); a row where the
 automatic choice is more than 10% slower than the better forced path is reported at the end. Below
 16 rows the op is memory bound and is also compared with its byte floor: the bytes of W, the mask,
 x and y (and for the backward, of the gradients) over the copy bandwidth measured on a buffer of
@@ -140,7 +141,8 @@ def chosen_paths(forward, inputs: list[torch.Tensor]) -> str:
     added = {key: path for key, path in _extension.native.kernel_path_choices().items()
              if key not in before}
     stages = {"forward": "fwd", "grad_input": "gi", "grad_weight": "gw"}
-    parts = [f"{stages[key.split()[1]]}={path}" for key, path in sorted(added.items())]
+    parts = [f"keep W*M={'yes' if path == 'gemm' else 'no'}" if key.split()[1] == "training_step"
+             else f"{stages[key.split()[1]]}={path}" for key, path in sorted(added.items())]
     return " ".join(parts) if parts else "cached or unmeasured (fused below the size floor)"
 
 
@@ -331,7 +333,11 @@ def main() -> None:
     notes = (f"Mask density {DENSITY}, float32, bias; batch = rows of x (per candidate for "
              f"K={CANDIDATES}, weight shared). fwd+bwd: gradients of x, weight and bias. auto: the "
              "path chosen automatically (per stage in 'chosen': fwd, gi = input gradient, gw = "
-             "weight gradient); fused / gemm: each path forced. ratio_to_dense < 1 is faster than "
+             "weight gradient; 'keep W*M=yes': a training step with x's gradient computes its "
+             "forward and input gradient as BLAS products on a kept masked weight, and fwd / gi "
+             "are the paths of calls without x's gradient); fused / gemm: each path forced "
+             "(gemm keeps W*M). "
+             "ratio_to_dense < 1 is faster than "
              "dense F.linear; speedup_* > 1 is faster than that baseline. ratio_to_byte_floor "
              "(batch < 16): time over the bytes of W, mask, x and y (fwd; fwd+bwd adds the "
              "gradients' bytes) moved at the copy bandwidth measured in this run. "

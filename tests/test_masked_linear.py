@@ -134,7 +134,7 @@ def test_half_precision_forward(device, dtype):
 
 @pytest.mark.parametrize("mask_format", ["bool", "soft", "packed"])
 @pytest.mark.parametrize("form", ["single", "per_candidate"])
-def test_non_contiguous_inputs(device, mask_format, form):
+def test_non_contiguous_inputs(device, kernel_path, mask_format, form):
     x, weight, mask, bias, packed = make_inputs(device, torch.float32, mask_format, (6,), 24, 10,
                                                 form)
     # Same values, other strides: x and weight transposed in memory, the mask a slice of a wider
@@ -157,7 +157,7 @@ def test_non_contiguous_inputs(device, mask_format, form):
                          [((0,), 8, 5, "single"), ((4,), 0, 5, "single"), ((4,), 8, 0, "single"),
                           ((0,), 8, 5, "shared"), ((3,), 0, 5, "per_candidate"),
                           ((3,), 8, 0, "shared")])
-def test_empty_inputs(device, mask_format, rows, in_features, out_features, form):
+def test_empty_inputs(device, kernel_path, mask_format, rows, in_features, out_features, form):
     args = make_inputs(device, torch.float32, mask_format, rows, in_features, out_features, form,
                        requires_grad=True)
     assert_matches_reference(*args)
@@ -373,6 +373,36 @@ def test_automatic_path_is_measured_once_and_reused(monkeypatch):
     monkeypatch.setenv(PATH_VARIABLE, added[key])
     forced = masked_linear(x, weight, keep)
     assert torch.equal(out, forced) and torch.equal(again, forced)
+
+
+@pytest.mark.skipif(not has_native_kernel("masked_linear", "cpu"), reason="native CPU kernel")
+def test_training_step_choice_is_measured_for_steps_that_need_the_input_gradient(monkeypatch):
+    from sparsenas._extension import native
+
+    monkeypatch.delenv(PATH_VARIABLE, raising=False)
+    x, weight, keep = _path_choice_inputs(3)
+    x, weight = x[:24], weight.requires_grad_()  # rows<=32: a class no other test measures
+    key = (f"masked_linear training_step float32 byte rows<=32 in<=256 out<=256 single "
+           f"threads={torch.get_num_threads()}")
+    masked_linear(x, weight, keep).sum().backward()  # no input gradient: nothing to keep
+    with torch.no_grad():
+        masked_linear(x.requires_grad_(), weight, keep)
+    masked_linear(x.expand(2, -1, -1), weight, keep.expand(2, -1, -1)).sum().backward()
+    assert key not in native.kernel_path_choices()
+    out = masked_linear(x, weight, keep)
+    chosen = native.kernel_path_choices()[key]
+    grads = torch.autograd.grad(out, (x, weight), torch.ones_like(out))
+    # The choice is reused, computes what its forced path computes, and matches the reference.
+    monkeypatch.setenv(PATH_VARIABLE, chosen)
+    forced = masked_linear(x, weight, keep)
+    assert torch.equal(out, forced)
+    for grad, forced_grad in zip(grads, torch.autograd.grad(forced, (x, weight),
+                                                            torch.ones_like(forced))):
+        assert torch.equal(grad, forced_grad)
+    assert_matches_reference(x, weight, keep, None, False)
+    # The arguments are checked before the choice, with the op's messages.
+    with pytest.raises(ValueError, match="'bias'"):
+        masked_linear(x, weight, keep, torch.zeros(255))
 
 
 @pytest.mark.skipif(not has_native_kernel("masked_linear", "cpu"), reason="native CPU kernel")

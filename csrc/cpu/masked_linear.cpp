@@ -1,4 +1,5 @@
-// CPU kernels of masked_linear and its gradient ops. No full masked copy of W is ever written:
+// CPU kernels of masked_linear and its gradient ops. The ops write no full masked copy of W (only
+// a single-mask training step may keep one, where measured faster: cpu/masked_weight.h):
 // - fused kernels (masked_linear_kernels_impl.h, SIMD per CPU capability) stream each weight
 //   row and its mask once, apply the mask in registers / L1 (opmath) and multiply it into the x
 //   (or gradient) rows; which row counts they serve is set below, by measurement;
@@ -28,6 +29,7 @@
 #include "common/checks.h"
 #include "common/parallel.h"
 #include "cpu/masked_linear_kernels.h"
+#include "cpu/masked_weight.h"
 #include "cpu/path_choice.h"
 #include "ops/masked_linear.h"
 
@@ -500,6 +502,50 @@ std::tuple<at::Tensor, at::Tensor> masked_linear_grad_weight_cpu(
 }
 
 }  // namespace
+
+namespace cpu {
+
+at::Tensor masked_weight(const at::Tensor& weight, const at::Tensor& mask, bool packed) {
+  auto w = weight.contiguous();
+  auto m = mask.contiguous();
+  auto result = at::empty(w.sizes(), w.options());
+  if (result.numel() == 0) return result;
+  const int64_t out_f = w.size(0), in = w.size(1);
+  mask_rows(kernels(w.scalar_type(), mask_kind(m, packed)), w.const_data_ptr(), in,
+            m.const_data_ptr(), packed ? packed_width(in) : in, result.data_ptr(), in, out_f, in,
+            false, false);
+  return result;
+}
+
+bool keeps_masked_weight(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& mask,
+                         const c10::optional<at::Tensor>& bias, bool packed) {
+  const auto g = check_masked_linear("masked_linear", x, weight, mask, bias, packed);
+  if (const auto forced = forced_path(kPathVariable)) return *forced == KernelPath::kGemm;
+  const int64_t macs = g.rows * g.in_features * g.out_features;
+  if (g.candidate_form || macs < kMeasureMinMacs) return false;
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const auto kind = mask_kind(mask, packed);
+  const auto x2 = x.detach().reshape({g.rows, g.in_features});
+  at::Tensor grad;  // made on the first timed run only: a recorded choice costs no allocation
+  // Both ways of a step, timed as a whole: keeping W ⊙ M moves the forward to the GEMM path,
+  // which is slower than the fused kernel at few rows, and saves the input gradient's masking.
+  const auto way = measured_path(
+      path_key("training_step", x.scalar_type(), kind, g), macs <= kMeasureMacs ? 5 : 3,
+      [&](KernelPath p) {
+        if (!grad.defined()) grad = at::randn({g.rows, g.out_features}, x.options());
+        if (p == KernelPath::kFused) {
+          masked_linear_cpu(x2, weight, mask, c10::nullopt, packed);
+          masked_linear_grad_input_cpu(grad, weight, mask, packed);
+        } else {
+          const auto kept = masked_weight(weight, mask, packed);
+          at::mm(x2, kept.t());
+          at::mm(grad, kept);
+        }
+      });
+  return way == KernelPath::kGemm;
+}
+
+}  // namespace cpu
 
 TORCH_LIBRARY_IMPL(sparsenas, CPU, m) {
   m.impl("masked_linear", &masked_linear_cpu);

@@ -4,11 +4,15 @@
 //   ∂L/∂M = (gradᵀ x) ⊙ W,  ∂L/∂b = grad summed over rows (per candidate for a [K, out] bias).
 // With create_graph the gradients are built from differentiable ATen ops instead, so that they
 // can be differentiated again (the gradient ops have no derivatives of their own).
+// A single-mask training step on CPU may keep W ⊙ M from the forward for the input gradient
+// (cpu/masked_weight.h), where that is measured faster than the gradient op.
 
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
+
+#include "cpu/masked_weight.h"
 
 namespace sparsenas {
 namespace {
@@ -67,10 +71,16 @@ class MaskedLinearFunction : public torch::autograd::Function<MaskedLinearFuncti
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
                             const at::Tensor& mask, const c10::optional<at::Tensor>& bias,
-                            bool packed) {
+                            bool packed, bool keep_masked_weight) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto out = call_masked_linear(x, weight, mask, bias, packed);
-    ctx->save_for_backward({x, weight, mask});
+    at::Tensor out, kept;
+    if (keep_masked_weight) {
+      kept = cpu::masked_weight(weight, mask, packed);
+      out = at::linear(x, kept, bias);
+    } else {
+      out = call_masked_linear(x, weight, mask, bias, packed);
+    }
+    ctx->save_for_backward({x, weight, mask, kept});
     ctx->saved_data["packed"] = packed;
     const bool has_bias = bias.has_value() && bias->defined();
     // An absent bias has no input edge (needs_input_grad(3) would be out of range).
@@ -81,7 +91,7 @@ class MaskedLinearFunction : public torch::autograd::Function<MaskedLinearFuncti
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const at::Tensor &x = saved[0], &weight = saved[1], &mask = saved[2];
+    const at::Tensor &x = saved[0], &weight = saved[1], &mask = saved[2], &kept = saved[3];
     const bool packed = ctx->saved_data["packed"].toBool();
     const bool candidate_form = mask.dim() == 3;
     const at::Tensor grad = grads[0].contiguous();
@@ -101,7 +111,7 @@ class MaskedLinearFunction : public torch::autograd::Function<MaskedLinearFuncti
         if (needs_mask) grad_mask = grad_effective * weight;
       }
     } else {
-      if (needs_x) grad_x = call_grad_input(grad, weight, mask, packed);
+      if (needs_x) grad_x = kept.defined() ? at::matmul(grad, kept) : call_grad_input(grad, weight, mask, packed);
       if (needs_weight || needs_mask) {
         auto parts = call_grad_weight(grad, x, weight, mask, packed, needs_weight, needs_mask);
         if (needs_weight) grad_weight = std::get<0>(parts);
@@ -114,14 +124,27 @@ class MaskedLinearFunction : public torch::autograd::Function<MaskedLinearFuncti
       else if (candidate_form) grad_bias = grad_rows.sum({0, 1});
       else grad_bias = grad_rows.sum(0);
     }
-    return {grad_x, grad_weight, grad_mask, grad_bias, at::Tensor()};
+    return {grad_x, grad_weight, grad_mask, grad_bias, at::Tensor(), at::Tensor()};
   }
 };
+
+// Only for a step that will need the input gradient, of one mask, on plain CPU tensors (a fake
+// tensor of torch.compile has the Python key and runs the op itself).
+bool keeps_masked_weight(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& mask,
+                         const c10::optional<at::Tensor>& bias, bool packed) {
+  if (mask.dim() != 2 || !at::GradMode::is_enabled() || !x.requires_grad()) return false;
+  for (const at::Tensor* t : {&x, &weight, &mask}) {
+    if (!t->is_cpu() || t->layout() != at::kStrided || t->key_set().has(c10::DispatchKey::Python))
+      return false;
+  }
+  return cpu::keeps_masked_weight(x, weight, mask, bias, packed);
+}
 
 at::Tensor masked_linear_autograd(const at::Tensor& x, const at::Tensor& weight,
                                   const at::Tensor& mask, const c10::optional<at::Tensor>& bias,
                                   bool packed) {
-  return MaskedLinearFunction::apply(x, weight, mask, bias, packed);
+  return MaskedLinearFunction::apply(x, weight, mask, bias, packed,
+                                     keeps_masked_weight(x, weight, mask, bias, packed));
 }
 
 }  // namespace
