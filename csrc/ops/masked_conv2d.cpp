@@ -212,13 +212,24 @@ at::Tensor masked_conv2d_forward(const MaskedConvKernels& kernels, const at::Ten
           .copy_((g.bias_per_candidate ? *bias : bias->unsqueeze(0)).view({-1, 1, g.out_channels, 1, 1}));
     return out;
   }
+  if (!g.candidate_form && blocks.size() == 1) {
+    // One mask and one block (most layers): the masked filter bank in the weight's shape and one
+    // convolution on x itself. No views: at batch 1 each costs a dispatcher call, and together
+    // they were a measurable part of the whole call.
+    const auto w = weight.contiguous();
+    auto filters = at::empty({g.out_channels, g.fan_in}, w.options());
+    kernels.fill_masked_rows(w, mask.contiguous(), packed, 0, filters);
+    return at::convolution(x, filters.view(w.sizes()), bias, stride, padding, dilation, false,
+                           {0, 0}, groups)
+        .contiguous();
+  }
   const auto views = candidate_views(g, weight, mask, packed);
   const auto x_k = g.candidate_form ? x : x.unsqueeze(0);
   const auto bias_k = !has_bias ? at::Tensor() : g.bias_per_candidate ? *bias : bias->unsqueeze(0);
   auto workspace = at::empty({max_block_rows(blocks), g.fan_in}, weight.options());
-  // One candidate's masked convolution over the filter blocks; written straight into `target`
-  // ([N, out, H', W']) unless a single block makes the convolution's own output the result.
-  auto convolve = [&](int64_t k, const at::Tensor& target) -> at::Tensor {
+  // One candidate's masked convolution over the filter blocks, written into `target`
+  // ([N, out, H', W']).
+  auto convolve = [&](int64_t k, const at::Tensor& target) {
     const auto wk = candidate(views.weight, g.weight_per_candidate, k);
     const auto mk = candidate(views.mask, g.candidate_form, k);
     const auto xk = x_k.select(0, k);
@@ -230,12 +241,9 @@ at::Tensor masked_conv2d_forward(const MaskedConvKernels& kernels, const at::Ten
         block_bias = candidate(bias_k, g.bias_per_candidate, k).narrow(0, b.row0, b.rows);
       auto y = at::convolution(block_input(xk, b, g), filter_view(block, g), block_bias, stride,
                                padding, dilation, false, {0, 0}, b.conv_groups);
-      if (!target.defined()) return y.contiguous();
       target.narrow(1, b.row0, b.rows).copy_(y);
     }
-    return target;
   };
-  if (!g.candidate_form && blocks.size() == 1) return convolve(0, at::Tensor());
   auto out = at::empty(g.output_shape, x.options());
   auto out_k = out.view({K, g.batch, g.out_channels, g.out_height, g.out_width});
   for (int64_t k = 0; k < K; ++k) convolve(k, out_k.select(0, k));
@@ -271,10 +279,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backwar
   at::Tensor grad_x = empty, grad_weight = empty, grad_mask = empty, grad_bias = empty;
   const auto blocks = conv_blocks(g);
   const bool single_block = blocks.size() == 1 && blocks[0].in_count == g.in_channels;
-  // With a single block of the single form, grad_x is the convolution's own result (no copy).
   const bool has_work = (need_x || need_effective) && !blocks.empty() && g.batch > 0 && K > 0;
-  const bool grad_x_in_place = has_work && single_block && !g.candidate_form;
-  if (need_x && !grad_x_in_place)
+  // One mask and one block (most layers): one convolution backward on the call's own tensors,
+  // its input gradient the result (as in the forward, no views).
+  const bool single_call = has_work && single_block && !g.candidate_form;
+  if (need_x && !single_call)
     grad_x = single_block ? at::empty(x.sizes(), x.options()) : at::zeros(x.sizes(), x.options());
   // With work to do, every element of the weight and mask gradients is written below (a shared
   // weight's by candidate 0, the others accumulate); without, they are zero.
@@ -284,13 +293,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backwar
   if (need_w) grad_weight = gradient_buffer(weight.sizes());
   if (need_m) grad_mask = gradient_buffer(mask.sizes());
 
-  if (has_work) {
+  if (single_call) {
+    const auto w = weight.contiguous();
+    const auto m = mask.contiguous();
+    at::Tensor filters = w;  // the weight gradient does not depend on the (masked) weight values
+    if (need_x) {
+      filters = at::empty({g.out_channels, g.fan_in}, w.options());
+      kernels.fill_masked_rows(w, m, packed, 0, filters);
+      filters = filters.view(w.sizes());
+    }
+    auto grads = at::convolution_backward(grad, x, filters, c10::nullopt, stride, padding,
+                                          dilation, false, {0, 0}, groups,
+                                          {need_x, need_effective, false});
+    if (need_x) grad_x = std::get<0>(grads).contiguous();
+    if (need_effective)
+      kernels.combine_weight_grads(std::get<1>(grads).contiguous().view({g.out_channels, g.fan_in}),
+                                   w, m, packed, need_w ? grad_weight : at::Tensor(), false,
+                                   need_m ? grad_mask : at::Tensor());
+  } else if (has_work) {
     const auto views = candidate_views(g, weight, mask, packed);
     const auto x_k = g.candidate_form ? x : x.unsqueeze(0);
     const auto grad_k = g.candidate_form ? grad : grad.unsqueeze(0);
-    const auto grad_x_k = !need_x || grad_x_in_place ? empty
-                          : g.candidate_form           ? grad_x
-                                                       : grad_x.unsqueeze(0);
+    const auto grad_x_k = !need_x ? empty : g.candidate_form ? grad_x : grad_x.unsqueeze(0);
     const auto grad_weight_k =
         !need_w ? empty : grad_weight.view({g.weight_per_candidate ? K : 1, g.out_channels, g.fan_in});
     const auto grad_mask_k = !need_m ? empty : grad_mask.view({K, g.out_channels, g.fan_in});
@@ -302,7 +326,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backwar
       const auto gk = grad_k.select(0, k);
       at::Tensor effective;  // ∂L/∂W_eff of candidate k, [out, C / groups, kh, kw]
       if (need_x) {
-        const auto gxk = grad_x_in_place ? empty : grad_x_k.select(0, k);
+        const auto gxk = grad_x_k.select(0, k);
         for (const auto& b : blocks) {
           auto block = workspace.narrow(0, 0, b.rows);
           kernels.fill_masked_rows(wk, mk, packed, b.row0, block);
@@ -314,10 +338,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backwar
               c10::nullopt, stride, padding, dilation, false, {0, 0}, b.conv_groups,
               {true, with_effective, false});
           if (with_effective) effective = std::get<1>(grads);
-          if (grad_x_in_place) {
-            grad_x = std::get<0>(grads).contiguous();
-            continue;
-          }
           auto target = b.in_count == g.in_channels ? gxk : gxk.narrow(1, b.in0, b.in_count);
           if (single_block) target.copy_(std::get<0>(grads));
           else target.add_(std::get<0>(grads));
