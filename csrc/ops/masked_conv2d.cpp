@@ -302,10 +302,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backwar
       kernels.fill_masked_rows(w, m, packed, 0, filters);
       filters = filters.view(w.sizes());
     }
-    auto grads = at::convolution_backward(grad, x, filters, c10::nullopt, stride, padding,
-                                          dilation, false, {0, 0}, groups,
-                                          {need_x, need_effective, false});
+    auto grads = at::convolution_backward(
+        grad, x, filters, output_mask[3] ? bias_sizes : c10::nullopt, stride, padding, dilation,
+        false, {0, 0}, groups, {need_x, need_effective, output_mask[3]});
     if (need_x) grad_x = std::get<0>(grads).contiguous();
+    if (output_mask[3]) grad_bias = std::get<2>(grads);
     if (need_effective)
       kernels.combine_weight_grads(std::get<1>(grads).contiguous().view({g.out_channels, g.fan_in}),
                                    w, m, packed, need_w ? grad_weight : at::Tensor(), false,
@@ -356,7 +357,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backwar
       }
     }
   }
-  if (output_mask[3]) {
+  if (output_mask[3] && !single_call) {
     const bool per_candidate_bias = bias_sizes->size() == 2;
     grad_bias = g.candidate_form && per_candidate_bias ? grad.sum({1, 3, 4})
                 : g.candidate_form                     ? grad.sum({0, 1, 3, 4})
