@@ -113,6 +113,26 @@ def test_gumbel_native_matches_reference(device, rows, n, dtype):
         assert torch.equal(native.cpu(), _reference.gumbel_topk_mask(weights, k, -5, 40, 9, packed))
 
 
+@pytest.mark.parametrize("dtype", SCORE_DTYPES)
+@pytest.mark.parametrize("position", [0, 12])  # a full vector of 8 positions, and the tail
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1.0])
+def test_gumbel_native_checks_weight_values(device, dtype, position, bad):
+    # The CPU kernel checks the weights as it reads them; the messages are those of the tensor
+    # checks, weights before k.
+    _require_native("gumbel_topk_mask", device)
+    weights = torch.ones(3, 13, dtype=dtype)
+    weights[1, position] = bad
+    weights[2, 5] = 0.0
+    too_many = torch.tensor([2, 2, 13])  # row 2 has 12 positive weights
+    for k in (torch.tensor([2, 2, 2]), too_many):
+        with pytest.raises(ValueError, match="'weights' must be finite and non-negative"):
+            torch.ops.sparsenas.gumbel_topk_mask(weights.to(device), k.to(device), 0, 0, 0, False)
+    weights[1, position] = 0.0
+    with pytest.raises(ValueError, match="'k' must not exceed the number of positive"):
+        torch.ops.sparsenas.gumbel_topk_mask(weights.to(device), too_many.to(device), 0, 0, 0,
+                                             False)
+
+
 def test_uniform_wide_rows_match_reference():
     # 2^17 positions: ~512 positions share each 8-bit primary key, so the cut is decided by the
     # tie keys of a large group.

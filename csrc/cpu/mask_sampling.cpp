@@ -9,11 +9,18 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <cstring>
 #include <iterator>
+#include <limits>
 #include <tuple>
+#include <type_traits>
 #include <utility>
+
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+#include <immintrin.h>
+#endif
 #include <vector>
 
 #include "common/philox.h"
@@ -55,6 +62,22 @@ void fill_words_portable(uint32_t* out, int64_t blocks, const CandidateStream st
   fill_words_body(out, blocks, stream);
 }
 
+// What the value checks of gumbel_topk_mask need from a row, gathered while its keys are made:
+// whether every weight is finite and non-negative, and how many are positive.
+struct WeightCounts {
+  bool valid = true;
+  int64_t positive = 0;
+};
+
+template <typename weight_t>
+uint64_t gumbel_position_key(const uint32_t* words, const weight_t* w, int64_t j,
+                             WeightCounts& counts) {
+  const double weight = static_cast<double>(w[j]);
+  counts.valid &= weight >= 0.0 && weight < std::numeric_limits<double>::infinity();
+  counts.positive += weight > 0.0;
+  return ~ordered_key(gumbel_key(words[2 * j], words[2 * j + 1], weight));
+}
+
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
 bool cpu_has_avx512() {
   static const bool avx512 = __builtin_cpu_supports("avx512f") &&
@@ -68,8 +91,8 @@ fill_words_avx512(uint32_t* out, int64_t blocks, const CandidateStream stream) {
   fill_words_body(out, blocks, stream);
 }
 
-// Integer work only: the floating-point Gumbel keys stay in the portable build, whose operations
-// (no fused multiply-add) match the reference bit for bit.
+// Integer work only (the floating-point Gumbel keys are vectorised with explicitly rounded
+// operations below, so that they match the reference bit for bit).
 void fill_words(uint32_t* out, int64_t blocks, const CandidateStream stream) {
   if (cpu_has_avx512()) fill_words_avx512(out, blocks, stream);
   else fill_words_portable(out, blocks, stream);
@@ -303,10 +326,105 @@ void uniform_row(const CandidateStream& primary, const UniformTieKey& tie, int64
   if (cpu_has_avx512()) uniform_row_avx512(primary, tie, n, k, ws, row);
   else uniform_row_portable(primary, tie, n, k, ws, row);
 }
+
+// ~ordered_key(gumbel_key(words[2j], words[2j + 1], w[j])) for j < n (a multiple of 8), eight
+// positions per vector: the operations of gumbel_key and deterministic_log in their order, each
+// an explicitly rounded intrinsic (*_round_pd: the compiler cannot fuse them into multiply-adds),
+// so every key is bit-identical to the portable one.
+constexpr int kNearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+
+__attribute__((target("avx512f"), always_inline)) inline __m512d mul_nearest(__m512d a, __m512d b) {
+  return _mm512_mul_round_pd(a, b, kNearest);
+}
+
+__attribute__((target("avx512f"), always_inline)) inline __m512d add_nearest(__m512d a, __m512d b) {
+  return _mm512_add_round_pd(a, b, kNearest);
+}
+
+template <typename weight_t>
+__attribute__((target("avx512f,avx512dq"))) WeightCounts gumbel_keys_avx512(const uint32_t* words,
+                                                                          const weight_t* w,
+                                                                          int64_t n, uint64_t* keys) {
+  WeightCounts counts;
+  const __m512i ones = _mm512_set1_epi64(-1);
+  const __m512i sign = _mm512_set1_epi64(static_cast<int64_t>(uint64_t(1) << 63));
+  const __m512d two = _mm512_set1_pd(2.0);
+  const double coefficients[] = {1.0 / 21.0, 1.0 / 19.0, 1.0 / 17.0, 1.0 / 15.0, 1.0 / 13.0,
+                                 1.0 / 11.0, 1.0 / 9.0,  1.0 / 7.0,  1.0 / 5.0,  1.0 / 3.0, 1.0};
+  for (int64_t j = 0; j < n; j += 8) {
+    // Lane i holds words 2 (j + i) (low half: `high` of uniform_open01) and 2 (j + i) + 1.
+    const __m512i pair = _mm512_loadu_si512(words + 2 * j);
+    const __m512i high = _mm512_and_si512(pair, _mm512_set1_epi64(0xFFFFFFFFll));
+    const __m512i b = _mm512_or_si512(_mm512_slli_epi64(high, 20), _mm512_srli_epi64(pair, 44));
+    const __m512i odd = _mm512_add_epi64(_mm512_slli_epi64(b, 1), _mm512_set1_epi64(1));
+    const __m512d u = mul_nearest(_mm512_cvtepu64_pd(odd), _mm512_set1_pd(0x1p-53));  // exact, < 2^53
+    // deterministic_log(u)
+    const __m512i bits = _mm512_castpd_si512(u);
+    __m512i exponent = _mm512_sub_epi64(
+        _mm512_and_si512(_mm512_srli_epi64(bits, 52), _mm512_set1_epi64(0x7FF)), _mm512_set1_epi64(1022));
+    __m512d m = _mm512_castsi512_pd(
+        _mm512_or_si512(_mm512_and_si512(bits, _mm512_set1_epi64(0x000FFFFFFFFFFFFFll)),
+                        _mm512_set1_epi64(static_cast<int64_t>(uint64_t(1022) << 52))));
+    const __mmask8 below = _mm512_cmp_pd_mask(m, _mm512_set1_pd(0.70710678118654752440), _CMP_LT_OQ);
+    m = _mm512_mask_mul_round_pd(m, below, m, two, kNearest);
+    exponent = _mm512_mask_sub_epi64(exponent, below, exponent, _mm512_set1_epi64(1));
+    const __m512d f = add_nearest(m, _mm512_set1_pd(-1.0));
+    const __m512d s = _mm512_div_round_pd(f, add_nearest(f, two), kNearest);
+    const __m512d z = mul_nearest(s, s);
+    __m512d series = _mm512_set1_pd(1.0 / 23.0);
+    for (const double c : coefficients) series = add_nearest(_mm512_set1_pd(c), mul_nearest(z, series));
+    const __m512d log_m = mul_nearest(mul_nearest(two, s), series);
+    const __m512d log_u =
+        add_nearest(mul_nearest(_mm512_cvtepi64_pd(exponent), _mm512_set1_pd(0.69314718055994530942)), log_m);
+    // gumbel_key: log(u) / weight, -inf for a zero weight.
+    __m512d weight;
+    if constexpr (std::is_same_v<weight_t, double>) weight = _mm512_loadu_pd(w + j);
+    else weight = _mm512_cvtps_pd(_mm256_loadu_ps(w + j));
+    counts.valid &= (_mm512_cmp_pd_mask(weight, _mm512_setzero_pd(), _CMP_GE_OQ) &
+                     _mm512_cmp_pd_mask(weight, _mm512_set1_pd(std::numeric_limits<double>::infinity()),
+                                        _CMP_LT_OQ)) == 0xFF;
+    counts.positive += __builtin_popcount(_mm512_cmp_pd_mask(weight, _mm512_setzero_pd(), _CMP_GT_OQ));
+    __m512d key = _mm512_div_round_pd(log_u, weight, kNearest);
+    key = _mm512_mask_mov_pd(key, _mm512_cmp_pd_mask(weight, _mm512_setzero_pd(), _CMP_EQ_OQ),
+                             _mm512_set1_pd(-std::numeric_limits<double>::infinity()));
+    // ~ordered_key(key): -0 as +0, NaN above everything.
+    key = _mm512_mask_mov_pd(key, _mm512_cmp_pd_mask(key, _mm512_setzero_pd(), _CMP_EQ_OQ),
+                             _mm512_setzero_pd());
+    const __m512i key_bits = _mm512_castpd_si512(key);
+    __m512i ordered = _mm512_mask_mov_epi64(_mm512_or_si512(key_bits, sign),
+                                            _mm512_test_epi64_mask(key_bits, sign),
+                                            _mm512_xor_si512(key_bits, ones));
+    ordered = _mm512_mask_mov_epi64(ordered, _mm512_cmp_pd_mask(key, key, _CMP_UNORD_Q), ones);
+    _mm512_storeu_si512(keys + j, _mm512_xor_si512(ordered, ones));
+  }
+  return counts;
+}
+
+// The Gumbel keys of positions [0, n) of one row; the vector path for float32 / float64 weights.
+template <typename weight_t>
+WeightCounts gumbel_keys(const uint32_t* words, const weight_t* w, int64_t n, uint64_t* keys) {
+  WeightCounts counts;
+  int64_t j = 0;
+  if constexpr (std::is_same_v<weight_t, float> || std::is_same_v<weight_t, double>) {
+    if (cpu_has_avx512()) {
+      j = n / 8 * 8;
+      counts = gumbel_keys_avx512(words, w, j, keys);
+    }
+  }
+  for (; j < n; ++j) keys[j] = gumbel_position_key(words, w, j, counts);
+  return counts;
+}
 #else
 void uniform_row(const CandidateStream& primary, const UniformTieKey& tie, int64_t n, int64_t k,
                  Workspace<uint8_t>& ws, uint8_t* row) {
   uniform_row_portable(primary, tie, n, k, ws, row);
+}
+
+template <typename weight_t>
+WeightCounts gumbel_keys(const uint32_t* words, const weight_t* w, int64_t n, uint64_t* keys) {
+  WeightCounts counts;
+  for (int64_t j = 0; j < n; ++j) keys[j] = gumbel_position_key(words, w, j, counts);
+  return counts;
 }
 #endif
 
@@ -356,6 +474,9 @@ at::Tensor gumbel_topk_mask_cpu(const at::Tensor& weights, const at::Tensor& k, 
   const auto counts = k.contiguous();
   const int64_t* k_row = counts.data_ptr<int64_t>();
   const int64_t n = g.columns;
+  // The weights' value checks are made on the way (a row that fails one is not sampled), and
+  // their message comes from the tensor-op checks, run only then.
+  std::atomic<bool> failed{false};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, weights.scalar_type(), "gumbel_topk_mask_cpu", [&] {
     const scalar_t* data = values.data_ptr<scalar_t>();
     for_each_row<uint64_t>(out, g.rows, n, packed, [&](int64_t r, Workspace<uint64_t>& ws, uint8_t* row) {
@@ -367,13 +488,19 @@ at::Tensor gumbel_topk_mask_cpu(const at::Tensor& weights, const at::Tensor& k, 
       const int64_t blocks = (n + 1) / 2;
       ws.words.resize(4 * blocks);
       fill_words(ws.words.data(), blocks, draws);
-      const uint32_t* words = ws.words.data();
-      for (int64_t j = 0; j < n; ++j) {
-        ws.keys[j] = ~ordered_key(gumbel_key(words[2 * j], words[2 * j + 1], static_cast<double>(w[j])));
+      const auto weight_counts = gumbel_keys(ws.words.data(), w, n, ws.keys.data());
+      if (!weight_counts.valid || weight_counts.positive < k_row[r]) {
+        failed.store(true, std::memory_order_relaxed);
+        return;
       }
       select_smallest(ws.keys.data(), n, k_row[r], NoTieKey{}, ws, row);
     });
   });
+  if (failed.load()) {
+    check_gumbel_weight_values(weights, k);
+    TORCH_INTERNAL_ASSERT(false, "gumbel_topk_mask: a row failed the value checks that its tensor "
+                                 "form passes");
+  }
   return out;
 }
 

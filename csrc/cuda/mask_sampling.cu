@@ -314,6 +314,7 @@ at::Tensor topk_mask_cuda(const at::Tensor& scores, const at::Tensor& k, bool pa
 at::Tensor gumbel_topk_mask_cuda(const at::Tensor& weights, const at::Tensor& k, int64_t seed,
                                  int64_t first_candidate, int64_t stream, bool packed) {
   const auto g = check_gumbel_topk_mask(weights, k, first_candidate, stream);
+  check_gumbel_weight_values(weights, k);
   c10::cuda::CUDAGuard guard(weights.device());
   auto values = weights.contiguous();
   auto counts = k.contiguous();

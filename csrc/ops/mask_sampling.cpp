@@ -70,6 +70,11 @@ SamplingGeometry check_gumbel_topk_mask(const at::Tensor& weights, const at::Ten
   check_columns(op, "weights", weights.size(1));
   check_k(op, k, weights.size(0), weights.size(1), weights.device());
   check_candidates(op, first_candidate, weights.size(0), stream);
+  return {weights.size(0), weights.size(1)};
+}
+
+void check_gumbel_weight_values(const at::Tensor& weights, const at::Tensor& k) {
+  const char* op = "gumbel_topk_mask";
   if (weights.numel() > 0) {
     const bool valid = at::isfinite(weights).logical_and_(weights >= 0).all().item<bool>();
     TORCH_CHECK_VALUE(valid, op, "(): argument 'weights' must be finite and non-negative, got ",
@@ -80,7 +85,6 @@ SamplingGeometry check_gumbel_topk_mask(const at::Tensor& weights, const at::Ten
     TORCH_CHECK_VALUE(enough, op, "(): argument 'k' must not exceed the number of positive "
                       "'weights' in its row (a zero weight is never chosen)");
   }
-  return {weights.size(0), weights.size(1)};
 }
 
 void check_philox4x32_10(const at::Tensor& counter, const at::Tensor& key) {

@@ -32,8 +32,13 @@ struct SamplingGeometry {
 SamplingGeometry check_uniform_k_mask(const at::Tensor& k, int64_t n, int64_t first_candidate,
                                       int64_t stream);
 SamplingGeometry check_topk_mask(const at::Tensor& scores, const at::Tensor& k);
+// gumbel_topk_mask's checks without its value checks (check_gumbel_weight_values), which a kernel
+// may make as it reads the weights.
 SamplingGeometry check_gumbel_topk_mask(const at::Tensor& weights, const at::Tensor& k,
                                         int64_t first_candidate, int64_t stream);
+// Weights finite and non-negative, and k at most each row's positive weights (tensor ops: two
+// passes over the weights and a few temporaries).
+void check_gumbel_weight_values(const at::Tensor& weights, const at::Tensor& k);
 void check_philox4x32_10(const at::Tensor& counter, const at::Tensor& key);
 
 // An uninitialised output of the requested format on `like`'s device.
