@@ -173,6 +173,7 @@ def environment(device: torch.device) -> dict:
         "vector_extensions": vector_extensions(),
         "blas": blas(),
         "allocator": allocator(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "runtime default"),
         "load_average_1min": os.getloadavg()[0],
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
@@ -194,7 +195,7 @@ def write_results(name: str, device: torch.device, rows: list[dict], columns: li
     lines = [f"# {name} ({device.type})", "",
              f"Device: {env['device']}; vector extensions: "
              f"{', '.join(env['vector_extensions']) or 'none reported'}; BLAS: {env['blas']}; "
-             f"allocator: {env['allocator']}. "
+             f"allocator: {env['allocator']}; OMP_WAIT_POLICY: {env['omp_wait_policy']}. "
              f"torch {env['torch']}, sparsenas {env['sparsenas']}, {env['date']}; load average "
              f"(1 min) at the end: {env['load_average_1min']:.1f}.", ""]
     if notes:

@@ -233,7 +233,8 @@ void fused_forward(const FusedForwardArgs& a, int64_t begin, int64_t end) {
   constexpr int64_t kR = sizeof(Vectorized<acc_t>) >= 64 ? 4 : 2;
   static_assert(kFusedAlign % Vectorized<acc_t>::size() == 0);
   const int64_t ld = a.in_stride;
-  std::vector<acc_t> wm(kO * ld, acc_t(0));
+  // The masked rows' buffer; a batch of at most kR rows masks in registers and needs none.
+  std::vector<acc_t> wm(a.rows <= kR ? 0 : kO * ld, acc_t(0));
   const scalar_t* weight = static_cast<const scalar_t*>(a.weight);
   const scalar_t* bias = static_cast<const scalar_t*>(a.bias);
   for (int64_t idx = begin; idx < end; ++idx) {
