@@ -399,34 +399,29 @@ __attribute__((target("avx512f,avx512dq"))) WeightCounts gumbel_keys_avx512(cons
   }
   return counts;
 }
+#else
+void uniform_row(const CandidateStream& primary, const UniformTieKey& tie, int64_t n, int64_t k,
+                 Workspace<uint8_t>& ws, uint8_t* row) {
+  uniform_row_portable(primary, tie, n, k, ws, row);
+}
+#endif
 
 // The Gumbel keys of positions [0, n) of one row; the vector path for float32 / float64 weights.
 template <typename weight_t>
 WeightCounts gumbel_keys(const uint32_t* words, const weight_t* w, int64_t n, uint64_t* keys) {
   WeightCounts counts;
   int64_t j = 0;
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
   if constexpr (std::is_same_v<weight_t, float> || std::is_same_v<weight_t, double>) {
     if (cpu_has_avx512()) {
       j = n / 8 * 8;
       counts = gumbel_keys_avx512(words, w, j, keys);
     }
   }
+#endif
   for (; j < n; ++j) keys[j] = gumbel_position_key(words, w, j, counts);
   return counts;
 }
-#else
-void uniform_row(const CandidateStream& primary, const UniformTieKey& tie, int64_t n, int64_t k,
-                 Workspace<uint8_t>& ws, uint8_t* row) {
-  uniform_row_portable(primary, tie, n, k, ws, row);
-}
-
-template <typename weight_t>
-WeightCounts gumbel_keys(const uint32_t* words, const weight_t* w, int64_t n, uint64_t* keys) {
-  WeightCounts counts;
-  for (int64_t j = 0; j < n; ++j) keys[j] = gumbel_position_key(words, w, j, counts);
-  return counts;
-}
-#endif
 
 at::Tensor uniform_k_mask_cpu(const at::Tensor& k, int64_t n, int64_t seed, int64_t first_candidate,
                               int64_t stream, bool packed) {

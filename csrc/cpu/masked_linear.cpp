@@ -520,28 +520,24 @@ at::Tensor masked_weight(const at::Tensor& weight, const at::Tensor& mask, bool 
 bool keeps_masked_weight(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& mask,
                          const c10::optional<at::Tensor>& bias, bool packed) {
   const auto g = check_masked_linear("masked_linear", x, weight, mask, bias, packed);
-  if (const auto forced = forced_path(kPathVariable)) return *forced == KernelPath::kGemm;
-  const int64_t macs = g.rows * g.in_features * g.out_features;
-  if (g.candidate_form || macs < kMeasureMinMacs) return false;
+  if (g.candidate_form) return false;
   at::AutoDispatchBelowADInplaceOrView below_autograd;
-  const auto kind = mask_kind(mask, packed);
   const auto x2 = x.detach().reshape({g.rows, g.in_features});
   at::Tensor grad;  // made on the first timed run only: a recorded choice costs no allocation
   // Both ways of a step, timed as a whole: keeping W ⊙ M moves the forward to the GEMM path,
   // which is slower than the fused kernel at few rows, and saves the input gradient's masking.
-  const auto way = measured_path(
-      path_key("training_step", x.scalar_type(), kind, g), macs <= kMeasureMacs ? 5 : 3,
-      [&](KernelPath p) {
-        if (!grad.defined()) grad = at::randn({g.rows, g.out_features}, x.options());
-        if (p == KernelPath::kFused) {
-          masked_linear_cpu(x2, weight, mask, c10::nullopt, packed);
-          masked_linear_grad_input_cpu(grad, weight, mask, packed);
-        } else {
-          const auto kept = masked_weight(weight, mask, packed);
-          at::mm(x2, kept.t());
-          at::mm(grad, kept);
-        }
-      });
+  const auto way = choose_path("training_step", x.scalar_type(), mask_kind(mask, packed), g,
+                               [&](KernelPath p, const MaskedLinearGeometry&) {
+    if (!grad.defined()) grad = at::randn({g.rows, g.out_features}, x.options());
+    if (p == KernelPath::kFused) {
+      masked_linear_cpu(x2, weight, mask, c10::nullopt, packed);
+      masked_linear_grad_input_cpu(grad, weight, mask, packed);
+    } else {
+      const auto kept = masked_weight(weight, mask, packed);
+      at::mm(x2, kept.t());
+      at::mm(grad, kept);
+    }
+  });
   return way == KernelPath::kGemm;
 }
 
