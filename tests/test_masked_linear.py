@@ -117,11 +117,29 @@ def test_several_cache_tiles(device, kernel_path, mask_format, form):
 
 
 @pytest.mark.parametrize("rows", [(1,), (4,), (17,), (300,)])
-def test_fused_and_tiled_paths_agree_at_the_switch(device, rows):
-    # Direct and buffered fused forward, the forward's chunks of 128 rows and the gradients'
-    # switch to tiles beyond 256 rows.
+def test_automatic_path_matches_reference(device, rows):
     assert_matches_reference(*make_inputs(device, torch.float32, "packed", rows, 129, 67, "shared",
                                           requires_grad=True))
+
+
+@pytest.mark.parametrize("rows", [(1,), (3,), (5,), (16,), (17,), (70,), (130,), (600,)])
+@pytest.mark.parametrize("mask_format", ["bool", "packed", "soft"])
+@pytest.mark.parametrize("form", list(FORMS))
+def test_fused_kernels_across_their_blocks(device, monkeypatch, rows, mask_format, form):
+    # The fused kernels' boundaries: masked-in-registers rows (<= 4), dot-product forward (<= 16),
+    # x panels of 64 rows (the last one partial), chunks of 512 rows, weight blocks of 48 rows and
+    # 128 columns, input-gradient column panels, and weight gradients over one x block (<= 128
+    # rows) or several, summed over candidates for a shared weight.
+    monkeypatch.setenv(PATH_VARIABLE, "fused")
+    assert_matches_reference(*make_inputs(device, torch.float32, mask_format, rows, 300, 100, form,
+                                          requires_grad=True))
+
+
+@pytest.mark.parametrize("rows", [(5,), (70,), (130,)])
+def test_fused_kernels_in_bfloat16(device, monkeypatch, rows):
+    monkeypatch.setenv(PATH_VARIABLE, "fused")
+    assert_matches_reference(*make_inputs(device, torch.bfloat16, "bool", rows, 300, 100,
+                                          "per_candidate", requires_grad=True))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

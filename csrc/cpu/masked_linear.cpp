@@ -1,8 +1,9 @@
 // CPU kernels of masked_linear and its gradient ops. The ops write no full masked copy of W (only
 // a single-mask training step may keep one, where measured faster: cpu/masked_weight.h):
-// - fused kernels (masked_linear_kernels_impl.h, SIMD per CPU capability) stream each weight
-//   row and its mask once, apply the mask in registers / L1 (opmath) and multiply it into the x
-//   (or gradient) rows; which row counts they serve is set below, by measurement;
+// - fused kernels (masked_linear_kernels_impl.h, SIMD per CPU capability) mask one cache block of
+//   the weight at a time (in registers for a few rows, else into an L1 buffer in opmath) and
+//   multiply it in register tiles of outer products against panels of x (or of the gradient),
+//   so that W ⊙ M is never written out; the weight gradient is masked as its tiles are stored;
 // - otherwise the masked weight is built one cache-sized tile at a time and a GEMM reads it
 //   while it is still in cache (tiles of output rows for the forward and the weight gradient,
 //   tiles of input columns for the input gradient, so that every GEMM sums over its whole
@@ -86,6 +87,11 @@ using cpu::MaskKind;
 
 // The fused forward runs over chunks of this many x rows, whose opmath copy stays in L2.
 constexpr int64_t kFusedChunkRows = 128;
+// The panel forward (x transposed, weight rows broadcast) serves calls of more than this many
+// rows (fewer: the dot-product kernels, which read x rows directly) and runs over chunks of at
+// most kPanelChunkRows, whose x panels stay in L2.
+constexpr int64_t kPanelMinRows = 16;
+constexpr int64_t kPanelChunkRows = 512;
 // A masked tile spans at least this many rows (or columns) of the weight: the tile is the GEMM's
 // B operand, and with a narrower one the BLAS runs well below its peak (MKL on AVX-512: a GEMM
 // over 64-row tiles of a 1024x1024 weight takes 1.4-1.8x the whole product at 16-64 rows of x;
@@ -161,9 +167,14 @@ at::Tensor padded_opmath_rows(const at::Tensor& x3) {
   return buffer;
 }
 
-// grad [K, rows, out] as opmath [K, out, rows] (the fused gradient kernels' layout).
-at::Tensor transposed_opmath(const at::Tensor& g3) {
-  return g3.to(at::toOpMathType(g3.scalar_type())).transpose(1, 2).contiguous();
+// grad [K, rows, out] as opmath [K, out, rows] (the fused weight gradient's layout).
+at::Tensor transposed_opmath(const cpu::Kernels& kern, const at::Tensor& g3) {
+  const auto g = g3.to(at::toOpMathType(g3.scalar_type())).contiguous();
+  auto result = at::empty({g.size(0), g.size(2), g.size(1)}, g.options());
+  parallel_for_dynamic(0, g.size(0), 1, [&](int64_t begin, int64_t end, int64_t) {
+    kern.transpose(g.const_data_ptr(), g.size(1), g.size(2), result.data_ptr(), begin, end);
+  });
+  return result;
 }
 
 // Items per dynamically claimed chunk of a fused kernel's loop: at least `grain` (enough work to
@@ -230,9 +241,46 @@ at::Tensor leading(const at::Tensor& t, bool per_candidate, int64_t count) {
 
 // ---- forward ----
 
+// x [K, rows, in] as opmath [K, panels, in, panel_rows], zero beyond rows (panel_forward's layout).
+at::Tensor transposed_opmath_panels(const cpu::Kernels& kern, const at::Tensor& x3) {
+  const int64_t K = x3.size(0), rows = x3.size(1), in = x3.size(2);
+  const int64_t panels = (rows + kern.panel_rows - 1) / kern.panel_rows;
+  const auto x = x3.to(at::toOpMathType(x3.scalar_type())).contiguous();
+  auto result = at::empty({K, panels, in, kern.panel_rows}, x.options());
+  parallel_for_dynamic(0, K * panels, 1, [&](int64_t begin, int64_t end, int64_t) {
+    kern.pack_panels(x.const_data_ptr(), rows, in, result.data_ptr(), begin, end);
+  });
+  return result;
+}
+
+void forward_panels(const cpu::Kernels& kern, const MaskedLinearGeometry& g, const at::Tensor& x3,
+                    const Operand& w, const Operand& m, const at::Tensor& b, const at::Tensor& out) {
+  const int64_t K = g.candidates, rows = g.rows, in = g.in_features, out_f = g.out_features;
+  const int64_t blocks = (out_f + cpu::kPanelOutBlock - 1) / cpu::kPanelOutBlock;
+  const char* bias_data = b.defined() ? static_cast<const char*>(b.const_data_ptr()) : nullptr;
+  const int64_t bias_stride = g.bias_per_candidate ? out_f : 0;
+  for (int64_t r0 = 0; r0 < rows; r0 += kPanelChunkRows) {
+    const int64_t n = std::min(kPanelChunkRows, rows - r0);
+    auto chunk = x3.narrow(1, r0, n);
+    auto panels = transposed_opmath_panels(kern, chunk);
+    // A chunk of rows is written as its own [K, n, out] block, copied into place unless it is all.
+    auto dst = n == rows ? out : at::empty({K, n, out_f}, out.options());
+    const cpu::PanelForwardArgs args{panels.const_data_ptr(), panels.size(1), w.tensor.const_data_ptr(),
+                                     w.candidate_stride, m.tensor.const_data_ptr(), m.candidate_stride,
+                                     m.ld, bias_data, bias_stride, dst.data_ptr(), n, in, out_f, blocks};
+    const int64_t items = K * blocks;
+    const int64_t grain = std::max<int64_t>(1, 65536 / (cpu::kPanelOutBlock * in * n));
+    parallel_for_dynamic(0, items, fused_chunk(items, grain), [&](int64_t begin, int64_t end, int64_t) {
+      kern.panel_forward(args, begin, end);
+    });
+    if (n != rows) out.narrow(1, r0, n).copy_(dst);
+  }
+}
+
 void forward_fused(const cpu::Kernels& kern, const MaskedLinearGeometry& g, const at::Tensor& x3,
                    const Operand& w, const Operand& m, const at::Tensor& b, const at::Tensor& out) {
   const int64_t K = g.candidates, rows = g.rows, in = g.in_features, out_f = g.out_features;
+  if (kern.vectorized && rows > kPanelMinRows) return forward_panels(kern, g, x3, w, m, b, out);
   auto xbuf = padded_opmath_rows(x3);
   const int64_t in_stride = xbuf.size(2);
   const int64_t blocks = (out_f + cpu::kFusedOutBlock - 1) / cpu::kFusedOutBlock;
@@ -331,14 +379,14 @@ void grad_input_fused(const cpu::Kernels& kern, const MaskedLinearGeometry& g,
                       const at::Tensor& g3, const Operand& w, const Operand& m,
                       const at::Tensor& result) {
   const int64_t K = g.candidates, rows = g.rows, in = g.in_features, out_f = g.out_features;
-  auto grad_t = transposed_opmath(g3);
-  const int64_t col_blocks = (in + kern.grad_input_block_cols - 1) / kern.grad_input_block_cols;
-  const cpu::FusedGradInputArgs args{grad_t.const_data_ptr(), w.tensor.const_data_ptr(),
+  const auto grad = g3.to(at::toOpMathType(g3.scalar_type())).contiguous();
+  const int64_t col_blocks = (in + kern.panel_rows - 1) / kern.panel_rows;
+  const cpu::FusedGradInputArgs args{grad.const_data_ptr(), w.tensor.const_data_ptr(),
                                      w.candidate_stride, m.tensor.const_data_ptr(),
                                      m.candidate_stride, m.ld, result.data_ptr(), rows, in,
                                      out_f, col_blocks};
   const int64_t grain =
-      std::max<int64_t>(1, 65536 / (kern.grad_input_block_cols * out_f * std::max<int64_t>(rows, 1)));
+      std::max<int64_t>(1, 65536 / (kern.panel_rows * out_f * std::max<int64_t>(rows, 1)));
   parallel_for_dynamic(0, K * col_blocks, fused_chunk(K * col_blocks, grain), [&](int64_t begin, int64_t end, int64_t) {
     kern.fused_grad_input(args, begin, end);
   });
@@ -406,18 +454,20 @@ void grad_weight_fused(const cpu::Kernels& by_mask, const MaskedLinearGeometry& 
                        const Operand& m, const GradWeightOutputs& outs) {
   const int64_t K = g.candidates, rows = g.rows, in = g.in_features, out_f = g.out_features;
   auto xbuf = padded_opmath_rows(x3);
-  auto grad_t = transposed_opmath(g3);
+  const int64_t in_stride = xbuf.size(2), panel = by_mask.panel_rows;
+  const auto x_panels = xbuf.view({K, rows, in_stride / panel, panel}).permute({0, 2, 1, 3}).contiguous();
+  const auto grad_t = transposed_opmath(by_mask, g3);
   // A weight shared by K > 1 candidates gets the sum of their gradients.
   const bool sum_candidates = outs.grad_weight.defined() && !g.weight_per_candidate && K > 1;
   const cpu::FusedGradWeightArgs args{
-      xbuf.const_data_ptr(), grad_t.const_data_ptr(), w.tensor.const_data_ptr(),
+      x_panels.const_data_ptr(), grad_t.const_data_ptr(), w.tensor.const_data_ptr(),
       w.candidate_stride, m.tensor.const_data_ptr(), m.candidate_stride, m.ld,
       outs.grad_weight.defined() ? outs.grad_weight.data_ptr() : nullptr,
-      outs.grad_mask.defined() ? outs.grad_mask.data_ptr() : nullptr, rows, in, xbuf.size(2), out_f,
+      outs.grad_mask.defined() ? outs.grad_mask.data_ptr() : nullptr, rows, in, in_stride, out_f,
       K, sum_candidates};
-  const int64_t blocks = (out_f + cpu::kFusedGradWeightRows - 1) / cpu::kFusedGradWeightRows;
+  const int64_t blocks = (out_f + cpu::kPanelOutBlock - 1) / cpu::kPanelOutBlock;
   const int64_t items = sum_candidates ? blocks : K * blocks;
-  const int64_t work_per_item = cpu::kFusedGradWeightRows * in * std::max<int64_t>(rows, 1) *
+  const int64_t work_per_item = cpu::kPanelOutBlock * in * std::max<int64_t>(rows, 1) *
                                 (sum_candidates ? K : 1);
   parallel_for_dynamic(0, items, fused_chunk(items, std::max<int64_t>(1, 65536 / work_per_item)),
                        [&](int64_t begin, int64_t end, int64_t) {

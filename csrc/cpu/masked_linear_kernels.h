@@ -57,11 +57,43 @@ struct FusedForwardArgs {
 };
 using FusedForwardFn = void (*)(const FusedForwardArgs&, int64_t begin, int64_t end);
 
-// grad_input[k, r, c] = sum_o grad[k, r, o] * weight[k, o, c] * mask[k, o, c] for the blocks
-// idx in [begin, end) of column blocks (idx = k * col_blocks + block). grad_t is the gradient
-// transposed, opmath [K, out, rows].
+// The same product for more than a few rows of x, as y^T = (W ⊙ M) x^T: x comes transposed in
+// panels of panel_rows rows (opmath [K, panels, in, panel_rows], zero beyond rows), the weight
+// rows are masked one cache block at a time and broadcast against x panel vectors, so that the
+// streamed operand is the scalar one and every x vector loaded from L1 serves several weight rows.
+// Items idx in [begin, end) are blocks of kPanelOutBlock output rows (idx = k *
+// blocks_per_candidate + block).
+struct PanelForwardArgs {
+  const void* x_panels;
+  int64_t panels;
+  const void* weight;
+  int64_t weight_stride;
+  const void* mask;
+  int64_t mask_stride;
+  int64_t mask_ld;
+  const void* bias;  // nullptr: no bias
+  int64_t bias_stride;
+  void* out;
+  int64_t rows;
+  int64_t in;
+  int64_t out_features;
+  int64_t blocks_per_candidate;
+};
+using PanelForwardFn = void (*)(const PanelForwardArgs&, int64_t begin, int64_t end);
+// panels[k, p] = x[k, p * panel_rows : (p + 1) * panel_rows]^T (zero beyond rows) for the items
+// idx = k * panels + p in [begin, end); x is opmath [K, rows, in] and panels opmath
+// [K, panels, in, panel_rows].
+using PackPanelsFn = void (*)(const void* x, int64_t rows, int64_t in, void* panels,
+                              int64_t begin, int64_t end);
+// dst[k] = src[k]^T for the items k in [begin, end) (src opmath [K, rows, cols]).
+using TransposeFn = void (*)(const void* src, int64_t rows, int64_t cols, void* dst,
+                             int64_t begin, int64_t end);
+
+// grad_input[k, r, c] = sum_o grad[k, r, o] * weight[k, o, c] * mask[k, o, c] for the items
+// idx in [begin, end) of panel_rows columns each (idx = k * col_blocks + block); grad is opmath
+// [K, rows, out].
 struct FusedGradInputArgs {
-  const void* grad_t;
+  const void* grad;
   const void* weight;
   int64_t weight_stride;
   const void* mask;
@@ -75,14 +107,14 @@ struct FusedGradInputArgs {
 };
 using FusedGradInputFn = void (*)(const FusedGradInputArgs&, int64_t begin, int64_t end);
 
-// G[k] = grad_t[k] x[k] (grad_t opmath [K, out, rows], x opmath [K, rows, in_stride] zero
-// padded) for the items idx in [begin, end) of kFusedGradWeightRows output rows:
-// grad_mask[k, o] = G[k, o] * weight[k, o] and grad_weight[k, o] = G[k, o] * mask[k, o]
-// (idx = k * blocks + block), or, with sum_candidates (a weight shared by the K candidates),
-// grad_weight[o] = sum_k G[k, o] * mask[k, o] (idx = block, every candidate summed in the item).
-// A null grad_weight / grad_mask is not computed.
+// G[k] = grad_t[k] x[k] (grad_t opmath [K, out, rows]; x as column panels, opmath
+// [K, in_stride / panel_rows, rows, panel_rows], zero beyond in) for the items idx in [begin, end)
+// of kPanelOutBlock output rows each: grad_mask[k] = G[k] ⊙ weight[k] and grad_weight[k] =
+// G[k] ⊙ mask[k] (idx = k * blocks + block), or, with sum_candidates (a weight shared by the K
+// candidates), grad_weight = sum_k G[k] ⊙ mask[k] (idx = block, every candidate summed in the
+// item). A null grad_weight / grad_mask is not computed.
 struct FusedGradWeightArgs {
-  const void* x;
+  const void* x_panels;
   const void* grad_t;
   const void* weight;
   int64_t weight_stride;
@@ -101,16 +133,19 @@ struct FusedGradWeightArgs {
 using FusedGradWeightFn = void (*)(const FusedGradWeightArgs&, int64_t begin, int64_t end);
 
 constexpr int64_t kFusedOutBlock = 4;
-constexpr int64_t kFusedGradWeightRows = 4;
+constexpr int64_t kPanelOutBlock = 48;
 // Row stride of the opmath x buffers, in elements: whole blocks of the widest vector loop.
 constexpr int64_t kFusedAlign = 64;
 
 struct Kernels {
   MaskMultiplyFn mask_multiply;
   FusedForwardFn fused_forward;
+  PanelForwardFn panel_forward;
+  PackPanelsFn pack_panels;
+  TransposeFn transpose;
+  int64_t panel_rows;  // x rows per panel of panel_forward, columns per item of fused_grad_input
   FusedGradInputFn fused_grad_input;
   FusedGradWeightFn fused_grad_weight;
-  int64_t grad_input_block_cols;  // columns per block of fused_grad_input
   bool vectorized;                // AVX2 / AVX-512 (false: the portable build)
 };
 

@@ -161,13 +161,37 @@ void mask_multiply(const MaskMultiplyArgs& a, int64_t begin, int64_t end) {
   else mask_multiply_rows<scalar_t, kind, scalar_t>(a, begin, end);
 }
 
-template <typename acc_t>
-inline acc_t reduce_sum(const Vectorized<acc_t>& v) {
-  alignas(64) acc_t lanes[Vectorized<acc_t>::size()];
-  v.store(lanes);
-  acc_t s = 0;
-  for (int64_t i = 0; i < Vectorized<acc_t>::size(); ++i) s += lanes[i];
-  return s;
+// sums[i] = the sum of the lanes of v[i] for i < kN. A lane-count group of vectors is reduced
+// together, halving the vectors at each level (a deinterleave and an add per pair), so that the
+// sums of a register tile cost a few instructions each instead of a chain of scalar adds.
+template <int64_t kN, typename acc_t>
+inline void lane_sums(const Vectorized<acc_t>* v, acc_t* sums) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t kL = Vec::size();
+  for (int64_t g = 0; g < kN; g += kL) {
+    const int64_t n = std::min<int64_t>(kL, kN - g);
+    Vec level[kL];
+    for (int64_t i = 0; i < kL; ++i) level[i] = i < n ? v[g + i] : Vec(acc_t(0));
+    for (int64_t width = kL; width > 1; width /= 2)
+      for (int64_t i = 0; i < width / 2; ++i) {
+        const auto halves = at::vec::deinterleave2(level[2 * i], level[2 * i + 1]);
+        level[i] = halves.first + halves.second;
+      }
+    level[0].store(sums + g, n);
+  }
+}
+
+// y[r, j] = sum of the lanes of acc[j][r] + bias[j] for r < kR, j < n_out.
+template <int64_t kO, int64_t kR, typename acc_t, typename scalar_t>
+inline void store_tile_sums(const Vectorized<acc_t> (&acc)[kO][kR], scalar_t* y, int64_t y_ld,
+                            int64_t n_out, const acc_t* bias) {
+  Vectorized<acc_t> by_row[kR * kO];
+  for (int64_t r = 0; r < kR; ++r)
+    for (int64_t j = 0; j < kO; ++j) by_row[r * kO + j] = acc[j][r];
+  acc_t sums[kR * kO];
+  lane_sums<kR * kO>(by_row, sums);
+  for (int64_t r = 0; r < kR; ++r)
+    for (int64_t j = 0; j < n_out; ++j) y[r * y_ld + j] = scalar_t(sums[r * kO + j] + bias[j]);
 }
 
 // kO masked weight rows (wm, stride ld) against kR x rows (x, stride ld): a register-blocked
@@ -187,8 +211,7 @@ inline void dot_block(const acc_t* wm, const acc_t* x, int64_t ld, scalar_t* y, 
       for (int64_t r = 0; r < kR; ++r) acc[j][r] = at::vec::fmadd(xv[r], wv, acc[j][r]);
     }
   }
-  for (int64_t r = 0; r < kR; ++r)
-    for (int64_t j = 0; j < n_out; ++j) y[r * y_ld + j] = scalar_t(reduce_sum(acc[j][r]) + bias[j]);
+  store_tile_sums(acc, y, y_ld, n_out, bias);
 }
 
 // kO weight rows masked on the fly (read once, never stored) against kR x rows: for batches of
@@ -220,9 +243,7 @@ inline void direct_block(const FusedForwardArgs& a, int64_t k, int64_t o0, int64
   const int64_t full = a.in / Vec::size() * Vec::size();
   for (int64_t c = 0; c < full; c += Vec::size()) step(c, Vec::size());
   if (full < a.in) step(full, a.in - full);
-  for (int64_t r = 0; r < kR; ++r)
-    for (int64_t j = 0; j < n_out; ++j)
-      y[r * a.out_features + j] = scalar_t(reduce_sum(acc[j][r]) + bias[j]);
+  store_tile_sums(acc, y, a.out_features, n_out, bias);
 }
 
 template <typename scalar_t, MaskKind kind>
@@ -278,170 +299,360 @@ void fused_forward(const FusedForwardArgs& a, int64_t begin, int64_t end) {
   }
 }
 
-constexpr int64_t kGradInputVectors = 4;  // vectors per column block of fused_grad_input
+// Vectors per x panel of panel_forward (its accumulators: kPanelWeightRows x this many, of the 32
+// AVX-512 or the 16 AVX2 registers).
+template <typename acc_t>
+constexpr int64_t kPanelVectors = sizeof(Vectorized<acc_t>) >= 64 ? 4 : 2;
+constexpr int64_t kPanelWeightRows = 6;
+// Columns of the weight per cache block: an x panel's block of them (32 KiB of float with
+// AVX-512) stays in L1 while every weight row of the item is broadcast against it.
+constexpr int64_t kPanelDepth = 128;
 
-// kR gradient rows x one column block: acc[r][v] += grad_t[o, r] * masked W[o, block v], o < out.
-template <int64_t kR, bool kFull, typename scalar_t, MaskKind kind>
-inline void grad_input_block(const FusedGradInputArgs& a, int64_t k, int64_t r0, int64_t c0,
-                             int64_t n_cols) {
+// A thread's scratch buffer of at least n elements, kept between calls: a fresh allocation of a
+// few hundred KiB per call is returned to the system and page-faults again on the next.
+template <typename acc_t>
+acc_t* scratch(std::vector<acc_t>& buffer, int64_t n) {
+  if (static_cast<int64_t>(buffer.size()) < n) buffer.resize(n);
+  return buffer.data();
+}
+
+// Where a panel tile's accumulators start and end: a buffer c (stride c_ld), read first unless
+// the tile starts the sum.
+template <typename acc_t>
+struct BufferTile {
+  acc_t* c;
+  int64_t c_ld;
+  bool accumulate;
+  Vectorized<acc_t> load(int64_t row, int64_t v) const {
+    return accumulate ? Vectorized<acc_t>::loadu(c + row * c_ld + v * Vectorized<acc_t>::size())
+                      : Vectorized<acc_t>(acc_t(0));
+  }
+  void store(int64_t row, int64_t v, const Vectorized<acc_t>& acc) const {
+    acc.store(c + row * c_ld + v * Vectorized<acc_t>::size());
+  }
+};
+
+// acc[i, v] = tile.load(row0 + i, v) + sum_d a[row0 + i, d] * b[d, v] for i < kMR rows of a
+// (stride a_ld) and kV vectors of a panel (b: stride b_ld), then tile.store(row0 + i, v, acc).
+// The loops are unrolled so that the accumulators live in registers.
+template <int64_t kMR, int64_t kV, typename acc_t, typename Tile>
+inline void panel_tile(int64_t row0, int64_t depth, const acc_t* a, int64_t a_ld, const acc_t* b,
+                       int64_t b_ld, const Tile& tile) {
+  using Vec = Vectorized<acc_t>;
+  a += row0 * a_ld;
+  Vec acc[kMR][kV];
+#pragma GCC unroll 32
+  for (int64_t i = 0; i < kMR; ++i)
+#pragma GCC unroll 4
+    for (int64_t v = 0; v < kV; ++v) acc[i][v] = tile.load(row0 + i, v);
+  for (int64_t d = 0; d < depth; ++d) {
+    Vec bv[kV];
+#pragma GCC unroll 4
+    for (int64_t v = 0; v < kV; ++v) bv[v] = Vec::loadu(b + d * b_ld + v * Vec::size());
+#pragma GCC unroll 32
+    for (int64_t i = 0; i < kMR; ++i) {
+      const Vec av(a[i * a_ld + d]);
+#pragma GCC unroll 4
+      for (int64_t v = 0; v < kV; ++v) acc[i][v] = at::vec::fmadd(av, bv[v], acc[i][v]);
+    }
+  }
+#pragma GCC unroll 32
+  for (int64_t i = 0; i < kMR; ++i)
+#pragma GCC unroll 4
+    for (int64_t v = 0; v < kV; ++v) tile.store(row0 + i, v, acc[i][v]);
+}
+
+// Rows per tile for kV panel vectors: about as many accumulators as the widest tile, so that a
+// narrow (last) panel still has enough independent multiply-adds in flight.
+template <int64_t kV, typename acc_t>
+constexpr int64_t kPanelTileRows = kPanelWeightRows * kPanelVectors<acc_t> / kV;
+
+// panel_tile over rows [row0, row0 + rows) of a, kMR at a time, the last ones by narrower tiles.
+template <int64_t kMR, int64_t kV, typename acc_t, typename Tile>
+inline void panel_tile_rows(int64_t row0, int64_t rows, int64_t depth, const acc_t* a, int64_t a_ld,
+                            const acc_t* b, int64_t b_ld, const Tile& tile) {
+  const int64_t end = row0 + rows;
+  int64_t i = row0;
+  for (; i + kMR <= end; i += kMR) panel_tile<kMR, kV>(i, depth, a, a_ld, b, b_ld, tile);
+  if constexpr (kMR > 1) {
+    if (i < end) panel_tile_rows<kMR / 2, kV>(i, end - i, depth, a, a_ld, b, b_ld, tile);
+  }
+}
+
+// panel_tile_rows with the widest tiles for the `vectors` (<= kPanelVectors) vectors a panel has.
+template <typename acc_t, typename Tile>
+inline void panel_product(int64_t vectors, int64_t rows, int64_t depth, const acc_t* a,
+                          int64_t a_ld, const acc_t* b, int64_t b_ld, const Tile& tile) {
+  constexpr int64_t kV = kPanelVectors<acc_t>;
+  constexpr int64_t kV2 = std::min<int64_t>(2, kV), kV3 = std::min<int64_t>(3, kV);
+  switch (vectors) {
+    case 1: panel_tile_rows<kPanelTileRows<1, acc_t>, 1>(0, rows, depth, a, a_ld, b, b_ld, tile); break;
+    case 2: panel_tile_rows<kPanelTileRows<kV2, acc_t>, kV2>(0, rows, depth, a, a_ld, b, b_ld, tile); break;
+    case 3: panel_tile_rows<kPanelTileRows<kV3, acc_t>, kV3>(0, rows, depth, a, a_ld, b, b_ld, tile); break;
+    default: panel_tile_rows<kPanelTileRows<kV, acc_t>, kV>(0, rows, depth, a, a_ld, b, b_ld, tile); break;
+  }
+}
+
+template <typename scalar_t, MaskKind kind>
+void panel_forward(const PanelForwardArgs& a, int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
   using Vec = Vectorized<acc_t>;
-  constexpr int64_t kV = kGradInputVectors;
-  Vec acc[kR][kV];
-  for (int64_t r = 0; r < kR; ++r)
-    for (int64_t v = 0; v < kV; ++v) acc[r][v] = Vec(acc_t(0));
+  constexpr int64_t kMC = kPanelOutBlock, kKC = kPanelDepth, kV = kPanelVectors<acc_t>;
+  constexpr int64_t kNR = kV * Vec::size();
+  static_assert(kMC % kPanelWeightRows == 0);
+  const int64_t c_ld = a.panels * kNR;
+  thread_local std::vector<acc_t> wm_buffer, c_buffer;
+  acc_t* wm = scratch(wm_buffer, kMC * kKC);
+  acc_t* c = scratch(c_buffer, kMC * c_ld);
+  const scalar_t* bias = static_cast<const scalar_t*>(a.bias);
+  for (int64_t idx = begin; idx < end; ++idx) {
+    const int64_t k = idx / a.blocks_per_candidate;
+    const int64_t o0 = (idx % a.blocks_per_candidate) * kMC;
+    const int64_t n_out = std::min(kMC, a.out_features - o0);
+    const acc_t* x_panels = static_cast<const acc_t*>(a.x_panels) + k * a.panels * a.in * kNR;
+    for (int64_t d0 = 0; d0 < a.in; d0 += kKC) {
+      const int64_t depth = std::min(kKC, a.in - d0);
+      for (int64_t j = 0; j < n_out; ++j) {
+        const int64_t o = o0 + j;
+        // A packed row's column d0 (a multiple of 8) starts at byte d0 / 8.
+        load_masked_row<scalar_t, kind>(
+            static_cast<const scalar_t*>(a.weight) + k * a.weight_stride + o * a.in + d0,
+            mask_at<scalar_t, kind>(a.mask, k * a.mask_stride + o * a.mask_ld +
+                                                (kind == MaskKind::kBits ? d0 / 8 : d0)),
+            depth, wm + j * kKC);
+      }
+      for (int64_t p = 0; p < a.panels; ++p) {
+        const int64_t live = std::min(kNR, a.rows - p * kNR);
+        panel_product((live + Vec::size() - 1) / Vec::size(), n_out, depth, wm, kKC,
+                      x_panels + (p * a.in + d0) * kNR, kNR, BufferTile<acc_t>{c + p * kNR, c_ld, d0 > 0});
+      }
+    }
+    scalar_t* y = static_cast<scalar_t*>(a.out) + k * a.rows * a.out_features + o0;
+    for (int64_t r = 0; r < a.rows; ++r)
+      for (int64_t j = 0; j < n_out; ++j) {
+        const acc_t b = bias == nullptr ? acc_t(0) : acc_t(bias[k * a.bias_stride + o0 + j]);
+        y[r * a.out_features + j] = scalar_t(c[j * c_ld + r] + b);
+      }
+  }
+}
+
+template <typename acc_t>
+void pack_panels(const void* x, int64_t rows, int64_t in, void* panels, int64_t begin, int64_t end) {
+  constexpr int64_t kNR = kPanelVectors<acc_t> * Vectorized<acc_t>::size();
+  const int64_t count = (rows + kNR - 1) / kNR;
+  for (int64_t idx = begin; idx < end; ++idx) {
+    const int64_t k = idx / count, p = idx % count;
+    const int64_t live = std::min(kNR, rows - p * kNR);
+    acc_t* dst = static_cast<acc_t*>(panels) + idx * in * kNR;
+    if (live < kNR) std::fill_n(dst, in * kNR, acc_t(0));
+    at::vec::transpose_mxn<acc_t>(static_cast<const acc_t*>(x) + (k * rows + p * kNR) * in, in, dst,
+                                  kNR, live, in);
+  }
+}
+
+// Rows of W per cache block of fused_grad_input: the masked block (kGradInputDepth x one panel of
+// columns, 32 KiB of float with AVX-512) stays in L1 while every gradient row is multiplied by it.
+constexpr int64_t kGradInputDepth = 128;
+
+// dst[k] = src[k]^T for the items k in [begin, end) (src opmath [K, rows, cols]).
+template <typename acc_t>
+void transpose(const void* src, int64_t rows, int64_t cols, void* dst, int64_t begin, int64_t end) {
+  for (int64_t k = begin; k < end; ++k)
+    at::vec::transpose_mxn<acc_t>(static_cast<const acc_t*>(src) + k * rows * cols, cols,
+                                  static_cast<acc_t*>(dst) + k * rows * cols, rows, rows, cols);
+}
+
+// grad_input[k, :, block] = grad[k] (W[k] ⊙ M[k])[:, block] for column blocks of panel_rows
+// columns: outer products of gradient scalars (broadcast) and masked weight vectors, the block
+// masked once per kGradInputDepth rows of W and kept in L1.
+// For at most kGradInputDirectRows gradient rows a masked weight vector serves too few of them to
+// be worth a copy: fused_grad_input masks it in registers instead (direct_grad_input_block).
+constexpr int64_t kGradInputDirectRows = 4;
+
+// c[r, :n_cols] = sum_o a[r, o] * (W ⊙ M)[o, :n_cols] for kRows gradient rows, the weight rows w
+// (stride in) masked as they are loaded.
+template <int64_t kRows, typename scalar_t, MaskKind kind>
+inline void direct_grad_input_block(const FusedGradInputArgs& a, const at::opmath_type<scalar_t>* g,
+                                    const scalar_t* w, const void* m, int64_t n_cols,
+                                    at::opmath_type<scalar_t>* c, int64_t c_ld) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t kV = kPanelVectors<acc_t>;
   int64_t counts[kV];
-  for (int64_t v = 0; v < kV; ++v)
-    counts[v] = kFull ? Vec::size() : std::clamp<int64_t>(n_cols - v * Vec::size(), 0, Vec::size());
-  const scalar_t* weight = static_cast<const scalar_t*>(a.weight) + k * a.weight_stride;
-  const acc_t* grad_t = static_cast<const acc_t*>(a.grad_t) + k * a.out_features * a.rows + r0;
+  for (int64_t v = 0; v < kV; ++v) counts[v] = std::clamp<int64_t>(n_cols - v * Vec::size(), 0, Vec::size());
+  Vec acc[kRows][kV];
+  for (int64_t r = 0; r < kRows; ++r)
+    for (int64_t v = 0; v < kV; ++v) acc[r][v] = Vec(acc_t(0));
   for (int64_t o = 0; o < a.out_features; ++o) {
-    const scalar_t* w_row = weight + o * a.in;
-    const void* m_row = mask_at<scalar_t, kind>(a.mask, k * a.mask_stride + o * a.mask_ld);
+    const scalar_t* w_row = w + o * a.in;
+    const void* m_row = mask_at<scalar_t, kind>(m, o * a.mask_ld);
     Vec wv[kV];
     for (int64_t v = 0; v < kV; ++v)
-      wv[v] = kFull ? masked_weight<scalar_t, kind>(w_row, m_row, c0 + v * Vec::size(), Vec::size())
-            : counts[v] > 0 ? masked_weight<scalar_t, kind>(w_row, m_row, c0 + v * Vec::size(), counts[v])
-                            : Vec(acc_t(0));
-    const acc_t* g = grad_t + o * a.rows;
-    for (int64_t r = 0; r < kR; ++r) {
-      const Vec gv(g[r]);
+      wv[v] = counts[v] > 0 ? masked_weight<scalar_t, kind>(w_row, m_row, v * Vec::size(), counts[v]) : Vec(acc_t(0));
+    for (int64_t r = 0; r < kRows; ++r) {
+      const Vec gv(g[r * a.out_features + o]);
       for (int64_t v = 0; v < kV; ++v) acc[r][v] = at::vec::fmadd(gv, wv[v], acc[r][v]);
     }
   }
-  scalar_t* out = static_cast<scalar_t*>(a.out) + (k * a.rows + r0) * a.in + c0;
-  for (int64_t r = 0; r < kR; ++r)
-    for (int64_t v = 0; v < kV; ++v)
-      if (counts[v] > 0) store_scalar(acc[r][v], out + r * a.in + v * Vec::size(), counts[v]);
-}
-
-template <bool kFull, typename scalar_t, MaskKind kind>
-void grad_input_rows(const FusedGradInputArgs& a, int64_t k, int64_t c0, int64_t n_cols) {
-  using Vec = Vectorized<at::opmath_type<scalar_t>>;
-  // Accumulators: kR x kGradInputVectors registers (of 32 with AVX-512, 16 with AVX2).
-  constexpr int64_t kR = sizeof(Vec) >= 64 ? 6 : 2;
-  int64_t r0 = 0;
-  for (; r0 + kR <= a.rows; r0 += kR) grad_input_block<kR, kFull, scalar_t, kind>(a, k, r0, c0, n_cols);
-  switch (a.rows - r0) {
-    case 0: break;
-    case 1: grad_input_block<1, kFull, scalar_t, kind>(a, k, r0, c0, n_cols); break;
-    case 2: grad_input_block<2, kFull, scalar_t, kind>(a, k, r0, c0, n_cols); break;
-    case 3: grad_input_block<3, kFull, scalar_t, kind>(a, k, r0, c0, n_cols); break;
-    case 4: grad_input_block<4, kFull, scalar_t, kind>(a, k, r0, c0, n_cols); break;
-    default: grad_input_block<5, kFull, scalar_t, kind>(a, k, r0, c0, n_cols); break;
-  }
+  for (int64_t r = 0; r < kRows; ++r)
+    for (int64_t v = 0; v < kV; ++v) acc[r][v].store(c + r * c_ld + v * Vec::size());
 }
 
 template <typename scalar_t, MaskKind kind>
 void fused_grad_input(const FusedGradInputArgs& a, int64_t begin, int64_t end) {
-  using Vec = Vectorized<at::opmath_type<scalar_t>>;
-  const int64_t block_cols = kGradInputVectors * Vec::size();
-  for (int64_t idx = begin; idx < end; ++idx) {
-    const int64_t k = idx / a.col_blocks;
-    const int64_t c0 = (idx % a.col_blocks) * block_cols;
-    const int64_t n_cols = std::min(block_cols, a.in - c0);
-    if (n_cols == block_cols) grad_input_rows<true, scalar_t, kind>(a, k, c0, n_cols);
-    else grad_input_rows<false, scalar_t, kind>(a, k, c0, n_cols);
-  }
-}
-
-// Vectors (columns) per step of fused_grad_weight: with kGradWeightRows rows, 16 accumulators of
-// the 32 AVX-512 registers, 8 of the 16 AVX2 ones.
-template <typename acc_t>
-constexpr int64_t kGradWeightVectors = sizeof(Vectorized<acc_t>) >= 64 ? 4 : 2;
-// Output rows per step of fused_grad_weight: kGradWeightRows x kGradWeightVectors accumulators.
-constexpr int64_t kGradWeightRows = kFusedGradWeightRows;
-
-// Output rows [o0, o0 + n_out) (n_out <= kO) x one column block [c0, c0 + kV lanes) of candidate
-// k: G[k] = grad_t[k] x[k] as a kO x kV tile of accumulators, so that each x vector loaded serves
-// kO rows.
-template <bool kFull, int64_t kO, int64_t kV, typename acc_t>
-inline void gradient_tile(const FusedGradWeightArgs& a, int64_t k, int64_t o0, int64_t n_out,
-                          int64_t c0, Vectorized<acc_t> (&acc)[kO][kV]) {
-  using Vec = Vectorized<acc_t>;
-  const acc_t* g[kO];
-  for (int64_t j = 0; j < kO; ++j)  // rows past the end repeat the last one (results unused)
-    g[j] = static_cast<const acc_t*>(a.grad_t) + (k * a.out_features + o0 + std::min(j, n_out - 1)) * a.rows;
-  const acc_t* xk = static_cast<const acc_t*>(a.x) + k * a.rows * a.in_stride + c0;
-  for (int64_t j = 0; j < kO; ++j)
-    for (int64_t v = 0; v < kV; ++v) acc[j][v] = Vec(acc_t(0));
-  for (int64_t r = 0; r < a.rows; ++r) {
-    Vec xv[kV];
-    for (int64_t v = 0; v < kV; ++v) xv[v] = Vec::loadu(xk + r * a.in_stride + v * Vec::size());
-    for (int64_t j = 0; j < kO; ++j) {
-      const Vec gv(g[j][r]);
-      for (int64_t v = 0; v < kV; ++v) acc[j][v] = at::vec::fmadd(gv, xv[v], acc[j][v]);
-    }
-  }
-}
-
-// The gradients of one tile (see gradient_tile): grad_mask[k] = G[k] ⊙ W[k] and either
-// grad_weight[k] = G[k] ⊙ M[k] per candidate or, with a.sum_candidates, grad_weight =
-// Σ_k G[k] ⊙ M[k] over every candidate (summed in opmath, rounded once).
-template <bool kFull, int64_t kO, typename scalar_t, MaskKind kind>
-inline void grad_weight_block(const FusedGradWeightArgs& a, int64_t k_first, int64_t o0,
-                              int64_t n_out, int64_t c0) {
   using acc_t = at::opmath_type<scalar_t>;
   using Vec = Vectorized<acc_t>;
-  constexpr int64_t kV = kGradWeightVectors<acc_t>;
-  int64_t counts[kV];
-  for (int64_t v = 0; v < kV; ++v)
-    counts[v] = kFull ? Vec::size() : std::clamp<int64_t>(a.in - c0 - v * Vec::size(), 0, Vec::size());
+  constexpr int64_t kV = kPanelVectors<acc_t>, kNR = kV * Vec::size(), kKC = kGradInputDepth;
+  const bool direct = a.rows <= kGradInputDirectRows;
+  thread_local std::vector<acc_t> wm_buffer, c_buffer;
+  acc_t* wm = scratch(wm_buffer, kKC * kNR);
+  acc_t* c = scratch(c_buffer, a.rows * kNR);
+  for (int64_t idx = begin; idx < end; ++idx) {
+    const int64_t k = idx / a.col_blocks;
+    const int64_t c0 = (idx % a.col_blocks) * kNR;
+    const int64_t n_cols = std::min(kNR, a.in - c0);
+    const int64_t vectors = (n_cols + Vec::size() - 1) / Vec::size();
+    const acc_t* grad = static_cast<const acc_t*>(a.grad) + k * a.rows * a.out_features;
+    const scalar_t* w = static_cast<const scalar_t*>(a.weight) + k * a.weight_stride + c0;
+    // A packed row's column c0 (a multiple of 8) starts at byte c0 / 8.
+    const void* m = mask_at<scalar_t, kind>(a.mask, k * a.mask_stride + (kind == MaskKind::kBits ? c0 / 8 : c0));
+    switch (direct ? a.rows : 0) {
+      case 0: break;
+      case 1: direct_grad_input_block<1, scalar_t, kind>(a, grad, w, m, n_cols, c, kNR); break;
+      case 2: direct_grad_input_block<2, scalar_t, kind>(a, grad, w, m, n_cols, c, kNR); break;
+      case 3: direct_grad_input_block<3, scalar_t, kind>(a, grad, w, m, n_cols, c, kNR); break;
+      default: direct_grad_input_block<4, scalar_t, kind>(a, grad, w, m, n_cols, c, kNR); break;
+    }
+    for (int64_t d0 = 0; !direct && d0 < a.out_features; d0 += kKC) {
+      const int64_t depth = std::min(kKC, a.out_features - d0);
+      for (int64_t d = 0; d < depth; ++d) {
+        const int64_t o = d0 + d;
+        load_masked_row<scalar_t, kind>(w + o * a.in, mask_at<scalar_t, kind>(m, o * a.mask_ld),
+                                        n_cols, wm + d * kNR);
+        if (n_cols < kNR) std::fill(wm + d * kNR + n_cols, wm + (d + 1) * kNR, acc_t(0));
+      }
+      panel_product(vectors, a.rows, depth, grad + d0, a.out_features, wm, kNR,
+                    BufferTile<acc_t>{c, kNR, d0 > 0});
+    }
+    scalar_t* out = static_cast<scalar_t*>(a.out) + k * a.rows * a.in + c0;
+    for (int64_t r = 0; r < a.rows; ++r)
+      for (int64_t v = 0; v < vectors; ++v) {
+        const int64_t count = std::min<int64_t>(Vec::size(), n_cols - v * Vec::size());
+        store_scalar(Vec::loadu(c + r * kNR + v * Vec::size()), out + r * a.in + v * Vec::size(), count);
+      }
+  }
+}
+
+// x rows per cache block of fused_grad_weight: an x panel's block of them (32 KiB of float with
+// AVX-512) stays in L1 while the item's output rows are accumulated.
+constexpr int64_t kGradWeightDepth = 128;
+
+// G[j, :] = sum_r grad_t[k, o0 + j, r] x[k, r, :] for j < n_out (G: stride a.in_stride), one x
+// panel of columns at a time, accumulated over blocks of kGradWeightDepth rows of x.
+template <typename acc_t>
+void gradient_rows(const FusedGradWeightArgs& a, int64_t k, int64_t o0, int64_t n_out, acc_t* G) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t kV = kPanelVectors<acc_t>, kNR = kV * Vec::size(), kKC = kGradWeightDepth;
+  constexpr int64_t kMR = kPanelTileRows<kV, acc_t>;
+  const int64_t panels = a.in_stride / kNR;
+  const acc_t* x_panels = static_cast<const acc_t*>(a.x_panels) + k * panels * a.rows * kNR;
+  const acc_t* grad_t = static_cast<const acc_t*>(a.grad_t) + (k * a.out_features + o0) * a.rows;
+  if (a.rows == 0) std::fill_n(G, n_out * a.in_stride, acc_t(0));
+  for (int64_t p = 0; p < panels; ++p)
+    for (int64_t d0 = 0; d0 < a.rows; d0 += kKC)
+      panel_tile_rows<kMR, kV>(0, n_out, std::min(kKC, a.rows - d0), grad_t + d0, a.rows,
+                               x_panels + (p * a.rows + d0) * kNR, kNR,
+                               BufferTile<acc_t>{G + p * kNR, a.in_stride, d0 > 0});
+}
+
+// The gradients of output rows [o0, o0 + n_out) of candidate k for at most kGradWeightDepth x
+// rows: G one x panel at a time into an L1 buffer (g_panel), each panel's part of the gradient
+// rows written from it.
+template <typename scalar_t, MaskKind kind>
+void panel_gradients(const FusedGradWeightArgs& a, int64_t k, int64_t o0, int64_t n_out,
+                     at::opmath_type<scalar_t>* g_panel) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t kNR = kPanelVectors<acc_t> * Vec::size();
+  const int64_t panels = a.in_stride / kNR;
+  const acc_t* x_panels = static_cast<const acc_t*>(a.x_panels) + k * panels * a.rows * kNR;
+  const acc_t* grad_t = static_cast<const acc_t*>(a.grad_t) + (k * a.out_features + o0) * a.rows;
+  const scalar_t* weight = static_cast<const scalar_t*>(a.weight) + k * a.weight_stride;
   scalar_t* grad_weight = static_cast<scalar_t*>(a.grad_weight);
   scalar_t* grad_mask = static_cast<scalar_t*>(a.grad_mask);
-  const int64_t k_end = a.sum_candidates ? a.candidates : k_first + 1;
-  // The running sum over candidates, in L1 (the registers hold the tile's accumulators).
-  alignas(64) acc_t total[kO][kV * Vec::size()];
-  Vec acc[kO][kV];
-  for (int64_t k = k_first; k < k_end; ++k) {
-    gradient_tile<kFull, kO, kV>(a, k, o0, n_out, c0, acc);
-    const scalar_t* weight = static_cast<const scalar_t*>(a.weight) + k * a.weight_stride;
+  for (int64_t p = 0; p * kNR < a.in; ++p) {
+    const int64_t c0 = p * kNR, n_cols = std::min(kNR, a.in - c0);
+    if (a.rows == 0) std::fill_n(g_panel, n_out * kNR, acc_t(0));
+    panel_product(kPanelVectors<acc_t>, n_out, a.rows, grad_t, a.rows, x_panels + p * a.rows * kNR,
+                  kNR, BufferTile<acc_t>{g_panel, kNR, false});
     for (int64_t j = 0; j < n_out; ++j) {
       const int64_t o = o0 + j;
-      const scalar_t* w_row = weight + o * a.in;
+      const int64_t dst = (k * a.out_features + o) * a.in + c0;
       const void* m_row = mask_at<scalar_t, kind>(a.mask, k * a.mask_stride + o * a.mask_ld);
-      const int64_t dst_row = (k * a.out_features + o) * a.in;
-      for (int64_t v = 0; v < kV; ++v) {
-        if (!kFull && counts[v] == 0) continue;
-        const int64_t c = c0 + v * Vec::size();
+      for (int64_t c = 0; c < n_cols; c += Vec::size()) {
+        const int64_t count = std::min<int64_t>(Vec::size(), n_cols - c);
+        const Vec g = Vec::loadu(g_panel + j * kNR + c);
         if (grad_mask != nullptr)
-          store_scalar(acc[j][v] * load_opmath(w_row + c, counts[v]), grad_mask + dst_row + c, counts[v]);
-        if (grad_weight == nullptr) continue;
-        const Vec masked = acc[j][v] * mask_multiplier<scalar_t, kind>(m_row, c, counts[v]);
-        if (!a.sum_candidates) {
-          store_scalar(masked, grad_weight + dst_row + c, counts[v]);
-        } else {
-          acc_t* t = total[j] + v * Vec::size();
-          (k == k_first ? masked : masked + Vec::loadu(t)).store(t);
-        }
+          store_scalar(g * load_opmath(weight + o * a.in + c0 + c, count), grad_mask + dst + c, count);
+        if (grad_weight != nullptr)
+          store_scalar(g * mask_multiplier<scalar_t, kind>(m_row, c0 + c, count), grad_weight + dst + c, count);
       }
     }
   }
-  if (!a.sum_candidates || grad_weight == nullptr) return;
-  for (int64_t j = 0; j < n_out; ++j)
-    for (int64_t v = 0; v < kV; ++v)
-      if (kFull || counts[v] > 0)
-        store_scalar(Vec::loadu(total[j] + v * Vec::size()),
-                     grad_weight + (o0 + j) * a.in + c0 + v * Vec::size(), counts[v]);
 }
 
+// grad_mask[k] = G[k] ⊙ W[k] and either grad_weight[k] = G[k] ⊙ M[k] per candidate or, with
+// a.sum_candidates, grad_weight = Σ_k G[k] ⊙ M[k] over every candidate (summed in opmath, rounded
+// once), for the blocks idx in [begin, end) of kPanelOutBlock output rows.
 template <typename scalar_t, MaskKind kind>
 void fused_grad_weight(const FusedGradWeightArgs& a, int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
   using Vec = Vectorized<acc_t>;
-  constexpr int64_t kO = kGradWeightRows;
-  constexpr int64_t kBlock = kGradWeightVectors<acc_t> * Vec::size();
-  // x rows are padded to kFusedAlign, so whole blocks of kGradWeightVectors vectors can be read.
-  static_assert(kFusedAlign % kBlock == 0);
-  const int64_t blocks = (a.out_features + kO - 1) / kO;
-  const int64_t full = a.in / kBlock * kBlock;
+  static_assert(kFusedAlign % (kPanelVectors<acc_t> * Vec::size()) == 0);
+  thread_local std::vector<acc_t> g_buffer, total_buffer;
+  acc_t* G = scratch(g_buffer, kPanelOutBlock * a.in_stride);
+  acc_t* total = a.sum_candidates ? scratch(total_buffer, kPanelOutBlock * a.in_stride) : nullptr;
+  const int64_t blocks = (a.out_features + kPanelOutBlock - 1) / kPanelOutBlock;
+  scalar_t* grad_weight = static_cast<scalar_t*>(a.grad_weight);
+  scalar_t* grad_mask = static_cast<scalar_t*>(a.grad_mask);
   for (int64_t idx = begin; idx < end; ++idx) {
-    const int64_t k = a.sum_candidates ? 0 : idx / blocks;
-    const int64_t o0 = (idx % blocks) * kO;
-    const int64_t n_out = std::min(kO, a.out_features - o0);
-    for (int64_t c0 = 0; c0 < full; c0 += kBlock)
-      grad_weight_block<true, kO, scalar_t, kind>(a, k, o0, n_out, c0);
-    if (full < a.in) grad_weight_block<false, kO, scalar_t, kind>(a, k, o0, n_out, full);
+    const int64_t k_first = a.sum_candidates ? 0 : idx / blocks;
+    const int64_t k_end = a.sum_candidates ? a.candidates : k_first + 1;
+    const int64_t o0 = (idx % blocks) * kPanelOutBlock;
+    const int64_t n_out = std::min(kPanelOutBlock, a.out_features - o0);
+    for (int64_t k = k_first; k < k_end; ++k) {
+      if (!a.sum_candidates && a.rows <= kGradWeightDepth) {
+        panel_gradients<scalar_t, kind>(a, k, o0, n_out, G);
+        continue;
+      }
+      gradient_rows(a, k, o0, n_out, G);
+      const scalar_t* weight = static_cast<const scalar_t*>(a.weight) + k * a.weight_stride;
+      for (int64_t j = 0; j < n_out; ++j) {
+        const int64_t o = o0 + j;
+        const scalar_t* w_row = weight + o * a.in;
+        const void* m_row = mask_at<scalar_t, kind>(a.mask, k * a.mask_stride + o * a.mask_ld);
+        const acc_t* g_row = G + j * a.in_stride;
+        const int64_t dst_row = (k * a.out_features + o) * a.in;
+        if (grad_mask != nullptr)
+          for (int64_t c = 0; c < a.in; c += Vec::size()) {
+            const int64_t count = std::min<int64_t>(Vec::size(), a.in - c);
+            store_scalar(Vec::loadu(g_row + c) * load_opmath(w_row + c, count), grad_mask + dst_row + c, count);
+          }
+        if (grad_weight == nullptr) continue;
+        acc_t* t = a.sum_candidates ? total + j * a.in_stride : nullptr;
+        for (int64_t c = 0; c < a.in; c += Vec::size()) {
+          const int64_t count = std::min<int64_t>(Vec::size(), a.in - c);
+          const Vec masked = Vec::loadu(g_row + c) * mask_multiplier<scalar_t, kind>(m_row, c, count);
+          if (t == nullptr) store_scalar(masked, grad_weight + dst_row + c, count);
+          else (k == k_first ? masked : masked + Vec::loadu(t + c)).store(t + c);
+        }
+      }
+    }
+    if (!a.sum_candidates || grad_weight == nullptr) continue;
+    for (int64_t j = 0; j < n_out; ++j)
+      for (int64_t c = 0; c < a.in; c += Vec::size())
+        store_scalar(Vec::loadu(total + j * a.in_stride + c), grad_weight + (o0 + j) * a.in + c,
+                     std::min<int64_t>(Vec::size(), a.in - c));
   }
 }
 
@@ -449,8 +660,8 @@ template <typename scalar_t, MaskKind kind>
 Kernels kernels_for_kind() {
   using Vec = Vectorized<at::opmath_type<scalar_t>>;
   return {&mask_multiply<scalar_t, kind>, &fused_forward<scalar_t, kind>,
+          &panel_forward<scalar_t, kind>, &pack_panels<at::opmath_type<scalar_t>>, &transpose<at::opmath_type<scalar_t>>, kPanelVectors<at::opmath_type<scalar_t>> * Vec::size(),
           &fused_grad_input<scalar_t, kind>, &fused_grad_weight<scalar_t, kind>,
-          kGradInputVectors * Vec::size(),
 #if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
           true
 #else
