@@ -394,6 +394,22 @@ def test_automatic_path_is_measured_once_and_reused(monkeypatch):
 
 
 @pytest.mark.skipif(not has_native_kernel("masked_linear", "cpu"), reason="native CPU kernel")
+def test_choice_measured_on_the_first_candidates_of_a_large_call(monkeypatch):
+    from sparsenas._extension import native
+
+    # Two candidates of 128 x 1024 x 700 multiply-adds each: the measurement runs on the first
+    # candidate only, with the call's own (two-candidate) tensors.
+    monkeypatch.delenv(PATH_VARIABLE, raising=False)
+    args = make_inputs(torch.device("cpu"), torch.float32, "uint8", (128,), 1024, 700,
+                       "per_candidate", requires_grad=True)
+    key = (f"masked_linear grad_weight float32 byte rows<=128 in<=1024 out<=1024 candidates "
+           f"threads={torch.get_num_threads()}")
+    assert key not in native.kernel_path_choices()
+    assert_matches_reference(*args)
+    assert key in native.kernel_path_choices()
+
+
+@pytest.mark.skipif(not has_native_kernel("masked_linear", "cpu"), reason="native CPU kernel")
 def test_training_step_choice_is_measured_for_steps_that_need_the_input_gradient(monkeypatch):
     from sparsenas._extension import native
 

@@ -453,10 +453,11 @@ void grad_weight_fused(const cpu::Kernels& by_mask, const MaskedLinearGeometry& 
                        const at::Tensor& x3, const at::Tensor& g3, const Operand& w,
                        const Operand& m, const GradWeightOutputs& outs) {
   const int64_t K = g.candidates, rows = g.rows, in = g.in_features, out_f = g.out_features;
-  auto xbuf = padded_opmath_rows(x3);
+  // x3 / g3 may hold more candidates than g (a measurement runs on the first ones).
+  auto xbuf = padded_opmath_rows(x3.narrow(0, 0, K));
   const int64_t in_stride = xbuf.size(2), panel = by_mask.panel_rows;
   const auto x_panels = xbuf.view({K, rows, in_stride / panel, panel}).permute({0, 2, 1, 3}).contiguous();
-  const auto grad_t = transposed_opmath(by_mask, g3);
+  const auto grad_t = transposed_opmath(by_mask, g3.narrow(0, 0, K));
   // A weight shared by K > 1 candidates gets the sum of their gradients.
   const bool sum_candidates = outs.grad_weight.defined() && !g.weight_per_candidate && K > 1;
   const cpu::FusedGradWeightArgs args{
