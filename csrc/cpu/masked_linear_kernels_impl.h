@@ -601,6 +601,57 @@ void panel_gradients(const FusedGradWeightArgs& a, int64_t k, int64_t o0, int64_
   }
 }
 
+// For at most kGradWeightDirectRows x rows (all of them in L1) a gradient row is a short sum:
+// direct_gradients computes kO rows' panel of columns at a time in registers and stores it
+// masked, without a buffer.
+constexpr int64_t kGradWeightDirectRows = 16;
+
+template <int64_t kO, typename scalar_t, MaskKind kind>
+inline void direct_gradient_rows(const FusedGradWeightArgs& a, int64_t k, int64_t o) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t kV = kPanelVectors<acc_t>, kNR = kV * Vec::size();
+  const int64_t panels = a.in_stride / kNR;
+  const acc_t* x_panels = static_cast<const acc_t*>(a.x_panels) + k * panels * a.rows * kNR;
+  const acc_t* g = static_cast<const acc_t*>(a.grad_t) + (k * a.out_features + o) * a.rows;
+  const scalar_t* weight = static_cast<const scalar_t*>(a.weight) + k * a.weight_stride;
+  scalar_t* grad_weight = static_cast<scalar_t*>(a.grad_weight);
+  scalar_t* grad_mask = static_cast<scalar_t*>(a.grad_mask);
+  for (int64_t p = 0; p * kNR < a.in; ++p) {
+    const acc_t* x = x_panels + p * a.rows * kNR;
+    Vec acc[kO][kV];
+    for (int64_t j = 0; j < kO; ++j)
+      for (int64_t v = 0; v < kV; ++v) acc[j][v] = Vec(acc_t(0));
+    for (int64_t r = 0; r < a.rows; ++r)
+      for (int64_t j = 0; j < kO; ++j) {
+        const Vec gv(g[j * a.rows + r]);
+        for (int64_t v = 0; v < kV; ++v)
+          acc[j][v] = at::vec::fmadd(gv, Vec::loadu(x + r * kNR + v * Vec::size()), acc[j][v]);
+      }
+    for (int64_t j = 0; j < kO; ++j) {
+      const void* m_row = mask_at<scalar_t, kind>(a.mask, k * a.mask_stride + (o + j) * a.mask_ld);
+      const int64_t dst = (k * a.out_features + o + j) * a.in;
+      for (int64_t v = 0; v < kV; ++v) {
+        const int64_t c = p * kNR + v * Vec::size();
+        const int64_t count = std::min<int64_t>(Vec::size(), a.in - c);
+        if (count <= 0) break;
+        if (grad_mask != nullptr)
+          store_scalar(acc[j][v] * load_opmath(weight + (o + j) * a.in + c, count), grad_mask + dst + c, count);
+        if (grad_weight != nullptr)
+          store_scalar(acc[j][v] * mask_multiplier<scalar_t, kind>(m_row, c, count),
+                       grad_weight + dst + c, count);
+      }
+    }
+  }
+}
+
+template <typename scalar_t, MaskKind kind>
+void direct_gradients(const FusedGradWeightArgs& a, int64_t k, int64_t o0, int64_t n_out) {
+  int64_t o = o0;
+  for (; o + 2 <= o0 + n_out; o += 2) direct_gradient_rows<2, scalar_t, kind>(a, k, o);
+  if (o < o0 + n_out) direct_gradient_rows<1, scalar_t, kind>(a, k, o);
+}
+
 // grad_mask[k] = G[k] ⊙ W[k] and either grad_weight[k] = G[k] ⊙ M[k] per candidate or, with
 // a.sum_candidates, grad_weight = Σ_k G[k] ⊙ M[k] over every candidate (summed in opmath, rounded
 // once), for the blocks idx in [begin, end) of kPanelOutBlock output rows.
@@ -621,6 +672,10 @@ void fused_grad_weight(const FusedGradWeightArgs& a, int64_t begin, int64_t end)
     const int64_t o0 = (idx % blocks) * kPanelOutBlock;
     const int64_t n_out = std::min(kPanelOutBlock, a.out_features - o0);
     for (int64_t k = k_first; k < k_end; ++k) {
+      if (!a.sum_candidates && a.rows <= kGradWeightDirectRows) {
+        direct_gradients<scalar_t, kind>(a, k, o0, n_out);
+        continue;
+      }
       if (!a.sum_candidates && a.rows <= kGradWeightDepth) {
         panel_gradients<scalar_t, kind>(a, k, o0, n_out, G);
         continue;
