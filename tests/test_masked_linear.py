@@ -182,22 +182,27 @@ def test_empty_inputs(device, kernel_path, mask_format, rows, in_features, out_f
 
 
 @pytest.mark.skipif(not has_native_kernel("masked_linear", "cpu"), reason="extension not built")
-def test_portable_kernels_without_simd():
-    # ATen's capability picks the kernels; the portable ones switch to tiles + GEMM beyond 16 rows.
+@pytest.mark.parametrize("capability", ["default", "avx2"])
+def test_fused_kernels_of_each_cpu_capability(capability):
+    # ATen's capability picks the kernels: the portable build, and the AVX2 one (16 vector
+    # registers, narrower tiles) that AMD machines run, whatever this machine would pick.
+    if capability == "avx2" and torch.backends.cpu.get_cpu_capability() == "DEFAULT":
+        pytest.skip("this CPU has no AVX2")
     code = (
         "import torch\n"
         "from sparsenas._extension import has_native_kernel\n"
         "from test_masked_linear import make_inputs, assert_matches_reference\n"
         "assert has_native_kernel('masked_linear', 'cpu'), 'the native kernels did not load'\n"
         "for mask_format in ('bool', 'packed', 'soft'):\n"
-        "    for rows in ((3,), (40,)):\n"
-        "        assert_matches_reference(*make_inputs('cpu', torch.float32, mask_format, rows, 70,"
-        " 21, 'shared', requires_grad=True))\n"
+        "    for rows in ((3,), (17,), (40,), (130,)):\n"
+        "        for form in ('shared', 'per_candidate'):\n"
+        "            assert_matches_reference(*make_inputs('cpu', torch.float32, mask_format, rows,"
+        " 70, 21, form, requires_grad=True))\n"
         "print(torch.backends.cpu.get_cpu_capability())")
-    env = dict(os.environ, ATEN_CPU_CAPABILITY="default")
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=capability, **{PATH_VARIABLE: "fused"})
     out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True,
                          text=True, cwd=SUBPROCESS_CWD).stdout
-    assert out.strip().endswith("DEFAULT")
+    assert out.strip().endswith(capability.upper())
 
 
 def test_zero_candidates(device):
