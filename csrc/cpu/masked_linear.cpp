@@ -1,9 +1,10 @@
 // CPU kernels of masked_linear and its gradient ops. The ops write no full masked copy of W (only
 // a single-mask training step may keep one, where measured faster: cpu/masked_weight.h):
 // - fused kernels (masked_linear_kernels_impl.h, SIMD per CPU capability) mask one cache block of
-//   the weight at a time (in registers for a few rows, else into an L1 buffer in opmath) and
-//   multiply it in register tiles of outer products against panels of x (or of the gradient),
-//   so that W ⊙ M is never written out; the weight gradient is masked as its tiles are stored;
+//   the weight at a time (in registers for a few rows of x, else into an L1 buffer in opmath)
+//   and multiply it in register tiles (outer products against panels of x or of the gradient;
+//   dot products with x rows for a forward of at most 16 rows), so that W ⊙ M is never written
+//   out; the weight gradient is masked as its tiles are stored;
 // - otherwise the masked weight is built one cache-sized tile at a time and a GEMM reads it
 //   while it is still in cache (tiles of output rows for the forward and the weight gradient,
 //   tiles of input columns for the input gradient, so that every GEMM sums over its whole
