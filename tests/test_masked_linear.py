@@ -445,6 +445,22 @@ def test_training_step_choice_is_measured_for_steps_that_need_the_input_gradient
 
 
 @pytest.mark.skipif(not has_native_kernel("masked_linear", "cpu"), reason="native CPU kernel")
+def test_training_step_of_few_rows_never_keeps_the_masked_weight(monkeypatch):
+    from sparsenas._extension import native
+
+    monkeypatch.delenv(PATH_VARIABLE, raising=False)
+    x, weight, keep = _path_choice_inputs(4)
+    x, weight = x[:8].requires_grad_(), weight.requires_grad_()
+    out = masked_linear(x, weight, keep)
+    assert not any(key.startswith("masked_linear training_step") and "rows<=8 " in key
+                   for key in native.kernel_path_choices())
+    grads = torch.autograd.grad(out, (x, weight), torch.ones_like(out))
+    expected = F.linear(x, weight * keep)
+    for grad, ref in zip(grads, torch.autograd.grad(expected, (x, weight), torch.ones_like(out))):
+        torch.testing.assert_close(grad, ref)
+
+
+@pytest.mark.skipif(not has_native_kernel("masked_linear", "cpu"), reason="native CPU kernel")
 def test_preset_path_choice_is_used(monkeypatch):
     from sparsenas._extension import native
 

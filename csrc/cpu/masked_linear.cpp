@@ -93,6 +93,9 @@ constexpr int64_t kFusedChunkRows = 128;
 // most kPanelChunkRows, whose x panels stay in L2.
 constexpr int64_t kPanelMinRows = 16;
 constexpr int64_t kPanelChunkRows = 512;
+// A one-mask training step of fewer rows keeps W ⊙ M only when a path is forced
+// (keeps_masked_weight).
+constexpr int64_t kKeepMinRows = 16;
 // A masked tile spans at least this many rows (or columns) of the weight: the tile is the GEMM's
 // B operand, and with a narrower one the BLAS runs well below its peak (MKL on AVX-512: a GEMM
 // over 64-row tiles of a 1024x1024 weight takes 1.4-1.8x the whole product at 16-64 rows of x;
@@ -573,6 +576,10 @@ bool keeps_masked_weight(const at::Tensor& x, const at::Tensor& weight, const at
                          const c10::optional<at::Tensor>& bias, bool packed) {
   const auto g = check_masked_linear("masked_linear", x, weight, mask, bias, packed);
   if (g.candidate_form) return false;
+  // Below kKeepMinRows rows the products are bound by reading W and the mask: keeping W ⊙ M adds
+  // a weight-sized write and read to save one read of the mask, which cannot pay, and a timing
+  // disturbed by other work could still pick it. (A forced path still decides.)
+  if (g.rows < kKeepMinRows && !cpu::forced_path(kPathVariable)) return false;
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const auto x2 = x.detach().reshape({g.rows, g.in_features});
   at::Tensor grad;  // made on the first timed run only: a recorded choice costs no allocation
