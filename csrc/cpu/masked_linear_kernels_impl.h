@@ -603,11 +603,13 @@ void panel_gradients(const FusedGradWeightArgs& a, int64_t k, int64_t o0, int64_
 
 // For at most kGradWeightDirectRows x rows (all of them in L1) a gradient row is a short sum:
 // direct_gradients computes kO rows' panel of columns at a time in registers and stores it
-// masked, without a buffer.
+// masked, without a buffer (or, summing a shared weight's candidates, adds it to `total`, rows
+// of stride in_stride from the item's first row; total is null per candidate).
 constexpr int64_t kGradWeightDirectRows = 16;
 
 template <int64_t kO, typename scalar_t, MaskKind kind>
-inline void direct_gradient_rows(const FusedGradWeightArgs& a, int64_t k, int64_t o) {
+inline void direct_gradient_rows(const FusedGradWeightArgs& a, int64_t k, int64_t o,
+                                 at::opmath_type<scalar_t>* total) {
   using acc_t = at::opmath_type<scalar_t>;
   using Vec = Vectorized<acc_t>;
   constexpr int64_t kV = kPanelVectors<acc_t>, kNR = kV * Vec::size();
@@ -637,19 +639,26 @@ inline void direct_gradient_rows(const FusedGradWeightArgs& a, int64_t k, int64_
         if (count <= 0) break;
         if (grad_mask != nullptr)
           store_scalar(acc[j][v] * load_opmath(weight + (o + j) * a.in + c, count), grad_mask + dst + c, count);
-        if (grad_weight != nullptr)
-          store_scalar(acc[j][v] * mask_multiplier<scalar_t, kind>(m_row, c, count),
-                       grad_weight + dst + c, count);
+        if (grad_weight == nullptr) continue;
+        const Vec masked = acc[j][v] * mask_multiplier<scalar_t, kind>(m_row, c, count);
+        if (total == nullptr) {
+          store_scalar(masked, grad_weight + dst + c, count);
+        } else {
+          acc_t* t = total + j * a.in_stride + c;
+          (k == 0 ? masked : masked + Vec::loadu(t)).store(t);
+        }
       }
     }
   }
 }
 
 template <typename scalar_t, MaskKind kind>
-void direct_gradients(const FusedGradWeightArgs& a, int64_t k, int64_t o0, int64_t n_out) {
+void direct_gradients(const FusedGradWeightArgs& a, int64_t k, int64_t o0, int64_t n_out,
+                      at::opmath_type<scalar_t>* total) {
+  auto total_at = [&](int64_t o) { return total == nullptr ? nullptr : total + (o - o0) * a.in_stride; };
   int64_t o = o0;
-  for (; o + 2 <= o0 + n_out; o += 2) direct_gradient_rows<2, scalar_t, kind>(a, k, o);
-  if (o < o0 + n_out) direct_gradient_rows<1, scalar_t, kind>(a, k, o);
+  for (; o + 2 <= o0 + n_out; o += 2) direct_gradient_rows<2, scalar_t, kind>(a, k, o, total_at(o));
+  if (o < o0 + n_out) direct_gradient_rows<1, scalar_t, kind>(a, k, o, total_at(o));
 }
 
 // grad_mask[k] = G[k] ⊙ W[k] and either grad_weight[k] = G[k] ⊙ M[k] per candidate or, with
@@ -672,8 +681,9 @@ void fused_grad_weight(const FusedGradWeightArgs& a, int64_t begin, int64_t end)
     const int64_t o0 = (idx % blocks) * kPanelOutBlock;
     const int64_t n_out = std::min(kPanelOutBlock, a.out_features - o0);
     for (int64_t k = k_first; k < k_end; ++k) {
-      if (!a.sum_candidates && a.rows <= kGradWeightDirectRows) {
-        direct_gradients<scalar_t, kind>(a, k, o0, n_out);
+      if (a.rows <= kGradWeightDirectRows) {
+        // A shared weight's sum over candidates gathers in `total`, stored after the last one.
+        direct_gradients<scalar_t, kind>(a, k, o0, n_out, grad_weight == nullptr ? nullptr : total);
         continue;
       }
       if (!a.sum_candidates && a.rows <= kGradWeightDepth) {
