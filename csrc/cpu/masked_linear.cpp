@@ -269,9 +269,9 @@ void forward_panels(const cpu::Kernels& kern, const MaskedLinearGeometry& g, con
     auto panels = transposed_opmath_panels(kern, chunk);
     // A chunk of rows is written as its own [K, n, out] block, copied into place unless it is all.
     auto dst = n == rows ? out : at::empty({K, n, out_f}, out.options());
-    const cpu::PanelForwardArgs args{panels.const_data_ptr(), panels.size(1), w.tensor.const_data_ptr(),
-                                     w.candidate_stride, m.tensor.const_data_ptr(), m.candidate_stride,
-                                     m.ld, bias_data, bias_stride, dst.data_ptr(), n, in, out_f, blocks};
+    const cpu::FusedForwardArgs args{panels.const_data_ptr(), w.tensor.const_data_ptr(), w.candidate_stride,
+                                     m.tensor.const_data_ptr(), m.candidate_stride, m.ld, bias_data,
+                                     bias_stride, dst.data_ptr(), n, in, 0, out_f, blocks};
     const int64_t items = K * blocks;
     const int64_t grain = std::max<int64_t>(1, 65536 / (cpu::kPanelOutBlock * in * n));
     parallel_for_dynamic(0, items, fused_chunk(items, grain), [&](int64_t begin, int64_t end, int64_t) {
@@ -383,7 +383,8 @@ void grad_input_fused(const cpu::Kernels& kern, const MaskedLinearGeometry& g,
                       const at::Tensor& g3, const Operand& w, const Operand& m,
                       const at::Tensor& result) {
   const int64_t K = g.candidates, rows = g.rows, in = g.in_features, out_f = g.out_features;
-  const auto grad = g3.to(at::toOpMathType(g3.scalar_type())).contiguous();
+  // g3 may hold more candidates than g (a measurement runs on the first ones).
+  const auto grad = g3.narrow(0, 0, K).to(at::toOpMathType(g3.scalar_type())).contiguous();
   const int64_t col_blocks = (in + kern.panel_rows - 1) / kern.panel_rows;
   const cpu::FusedGradInputArgs args{grad.const_data_ptr(), w.tensor.const_data_ptr(),
                                      w.candidate_stride, m.tensor.const_data_ptr(),

@@ -36,9 +36,10 @@ struct MaskMultiplyArgs {
 using MaskMultiplyFn = void (*)(const MaskMultiplyArgs&, int64_t begin, int64_t end);
 
 // y[k, r, o] = sum_c x[k, r, c] * weight[k, o, c] * mask[k, o, c] (+ bias[k, o]) for the blocks
-// idx in [begin, end) of kFusedOutBlock output rows (idx = k * blocks_per_candidate + block).
-// x is opmath [K, rows, in_stride] with zero columns beyond in; in_stride is a multiple of
-// kFusedAlign. A stride of 0 shares weight / mask / bias between candidates.
+// idx in [begin, end) of output rows (idx = k * blocks_per_candidate + block). For fused_forward
+// the blocks are kFusedOutBlock rows and x is opmath [K, rows, in_stride] with zero columns beyond
+// in (in_stride a multiple of kFusedAlign). A stride of 0 shares weight / mask / bias between
+// candidates.
 struct FusedForwardArgs {
   const void* x;
   const void* weight;
@@ -57,29 +58,12 @@ struct FusedForwardArgs {
 };
 using FusedForwardFn = void (*)(const FusedForwardArgs&, int64_t begin, int64_t end);
 
-// The same product for more than a few rows of x, as y^T = (W ⊙ M) x^T: x comes transposed in
-// panels of panel_rows rows (opmath [K, panels, in, panel_rows], zero beyond rows), the weight
-// rows are masked one cache block at a time and broadcast against x panel vectors, so that the
-// streamed operand is the scalar one and every x vector loaded from L1 serves several weight rows.
-// Items idx in [begin, end) are blocks of kPanelOutBlock output rows (idx = k *
-// blocks_per_candidate + block).
-struct PanelForwardArgs {
-  const void* x_panels;
-  int64_t panels;
-  const void* weight;
-  int64_t weight_stride;
-  const void* mask;
-  int64_t mask_stride;
-  int64_t mask_ld;
-  const void* bias;  // nullptr: no bias
-  int64_t bias_stride;
-  void* out;
-  int64_t rows;
-  int64_t in;
-  int64_t out_features;
-  int64_t blocks_per_candidate;
-};
-using PanelForwardFn = void (*)(const PanelForwardArgs&, int64_t begin, int64_t end);
+// panel_forward: the same product for more than a few rows of x, as y^T = (W ⊙ M) x^T, over
+// blocks of kPanelOutBlock output rows. x comes transposed in panels of panel_rows rows (opmath
+// [K, ceil(rows / panel_rows), in, panel_rows], zero beyond rows; in_stride is not used), the
+// weight rows are masked one cache block at a time and broadcast against x panel vectors, so
+// that the streamed operand is the scalar one and every x vector loaded from L1 serves several
+// weight rows.
 // panels[k, p] = x[k, p * panel_rows : (p + 1) * panel_rows]^T (zero beyond rows) for the items
 // idx = k * panels + p in [begin, end); x is opmath [K, rows, in] and panels opmath
 // [K, panels, in, panel_rows].
@@ -140,7 +124,7 @@ constexpr int64_t kFusedAlign = 64;
 struct Kernels {
   MaskMultiplyFn mask_multiply;
   FusedForwardFn fused_forward;
-  PanelForwardFn panel_forward;
+  FusedForwardFn panel_forward;
   PackPanelsFn pack_panels;
   TransposeFn transpose;
   int64_t panel_rows;  // x rows per panel of panel_forward, columns per item of fused_grad_input

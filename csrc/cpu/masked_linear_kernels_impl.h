@@ -394,13 +394,14 @@ inline void panel_product(int64_t vectors, int64_t rows, int64_t depth, const ac
 }
 
 template <typename scalar_t, MaskKind kind>
-void panel_forward(const PanelForwardArgs& a, int64_t begin, int64_t end) {
+void panel_forward(const FusedForwardArgs& a, int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
   using Vec = Vectorized<acc_t>;
   constexpr int64_t kMC = kPanelOutBlock, kKC = kPanelDepth, kV = kPanelVectors<acc_t>;
   constexpr int64_t kNR = kV * Vec::size();
   static_assert(kMC % kPanelWeightRows == 0);
-  const int64_t c_ld = a.panels * kNR;
+  const int64_t panels = (a.rows + kNR - 1) / kNR;
+  const int64_t c_ld = panels * kNR;
   thread_local std::vector<acc_t> wm_buffer, c_buffer;
   acc_t* wm = scratch(wm_buffer, kMC * kKC);
   acc_t* c = scratch(c_buffer, kMC * c_ld);
@@ -409,7 +410,7 @@ void panel_forward(const PanelForwardArgs& a, int64_t begin, int64_t end) {
     const int64_t k = idx / a.blocks_per_candidate;
     const int64_t o0 = (idx % a.blocks_per_candidate) * kMC;
     const int64_t n_out = std::min(kMC, a.out_features - o0);
-    const acc_t* x_panels = static_cast<const acc_t*>(a.x_panels) + k * a.panels * a.in * kNR;
+    const acc_t* x_panels = static_cast<const acc_t*>(a.x) + k * panels * a.in * kNR;
     for (int64_t d0 = 0; d0 < a.in; d0 += kKC) {
       const int64_t depth = std::min(kKC, a.in - d0);
       for (int64_t j = 0; j < n_out; ++j) {
@@ -421,7 +422,7 @@ void panel_forward(const PanelForwardArgs& a, int64_t begin, int64_t end) {
                                                 (kind == MaskKind::kBits ? d0 / 8 : d0)),
             depth, wm + j * kKC);
       }
-      for (int64_t p = 0; p < a.panels; ++p) {
+      for (int64_t p = 0; p < panels; ++p) {
         const int64_t live = std::min(kNR, a.rows - p * kNR);
         panel_product((live + Vec::size() - 1) / Vec::size(), n_out, depth, wm, kKC,
                       x_panels + (p * a.in + d0) * kNR, kNR, BufferTile<acc_t>{c + p * kNR, c_ld, d0 > 0});
