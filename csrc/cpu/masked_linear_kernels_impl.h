@@ -544,122 +544,123 @@ void fused_grad_input(const FusedGradInputArgs& a, int64_t begin, int64_t end) {
   }
 }
 
-// x rows per cache block of fused_grad_weight: an x panel's block of them (32 KiB of float with
-// AVX-512) stays in L1 while the item's output rows are accumulated.
+// x rows per cache block of fused_grad_weight: a block of them (512 KiB of float at in = 1024)
+// stays in L2 while the item's output rows are accumulated.
 constexpr int64_t kGradWeightDepth = 128;
 
-// G[j, :] = sum_r grad_t[k, o0 + j, r] x[k, r, :] for j < n_out (G: stride a.in_stride), one x
-// panel of columns at a time, accumulated over blocks of kGradWeightDepth rows of x.
-template <typename acc_t>
-void gradient_rows(const FusedGradWeightArgs& a, int64_t k, int64_t o0, int64_t n_out, acc_t* G) {
-  using Vec = Vectorized<acc_t>;
-  constexpr int64_t kV = kPanelVectors<acc_t>, kNR = kV * Vec::size(), kKC = kGradWeightDepth;
-  constexpr int64_t kMR = kPanelTileRows<kV, acc_t>;
-  const int64_t panels = a.in_stride / kNR;
-  const acc_t* x_panels = static_cast<const acc_t*>(a.x_panels) + k * panels * a.rows * kNR;
-  const acc_t* grad_t = static_cast<const acc_t*>(a.grad_t) + (k * a.out_features + o0) * a.rows;
-  if (a.rows == 0) std::fill_n(G, n_out * a.in_stride, acc_t(0));
-  for (int64_t p = 0; p < panels; ++p)
-    for (int64_t d0 = 0; d0 < a.rows; d0 += kKC)
-      panel_tile_rows<kMR, kV>(0, n_out, std::min(kKC, a.rows - d0), grad_t + d0, a.rows,
-                               x_panels + (p * a.rows + d0) * kNR, kNR,
-                               BufferTile<acc_t>{G + p * kNR, a.in_stride, d0 > 0});
-}
+// Which weight gradient a MaskedGradientTile writes: none (the mask's only), each candidate's
+// G ⊙ M, or a shared weight's running sum over candidates.
+enum class WeightGradient { kNone, kStore, kSum };
 
-// The gradients of output rows [o0, o0 + n_out) of candidate k for at most kGradWeightDepth x
-// rows: G one x panel at a time into an L1 buffer (g_panel), each panel's part of the gradient
-// rows written from it.
-template <typename scalar_t, MaskKind kind>
-void panel_gradients(const FusedGradWeightArgs& a, int64_t k, int64_t o0, int64_t n_out,
-                     at::opmath_type<scalar_t>* g_panel) {
+// Where the gradient tiles of candidate k's output rows [o0, ...) and columns [c0, c0 + panel)
+// end: each accumulator multiplied by the mask (grad_weight, or added to the running sum
+// `total`, rows of stride total_ld from o0) and by the weight (grad_mask) as it is stored, so
+// that a gradient row is never written unmasked. Fixed at compile time, so that panel_tile's
+// store loop unrolls with the accumulators in registers.
+template <typename scalar_t, MaskKind kind, bool kMaskGradient, WeightGradient kWeight>
+struct MaskedGradientTile {
   using acc_t = at::opmath_type<scalar_t>;
   using Vec = Vectorized<acc_t>;
-  constexpr int64_t kNR = kPanelVectors<acc_t> * Vec::size();
-  const int64_t panels = a.in_stride / kNR;
-  const acc_t* x_panels = static_cast<const acc_t*>(a.x_panels) + k * panels * a.rows * kNR;
-  const acc_t* grad_t = static_cast<const acc_t*>(a.grad_t) + (k * a.out_features + o0) * a.rows;
-  const scalar_t* weight = static_cast<const scalar_t*>(a.weight) + k * a.weight_stride;
-  scalar_t* grad_weight = static_cast<scalar_t*>(a.grad_weight);
-  scalar_t* grad_mask = static_cast<scalar_t*>(a.grad_mask);
-  for (int64_t p = 0; p * kNR < a.in; ++p) {
-    const int64_t c0 = p * kNR, n_cols = std::min(kNR, a.in - c0);
-    if (a.rows == 0) std::fill_n(g_panel, n_out * kNR, acc_t(0));
-    panel_product(kPanelVectors<acc_t>, n_out, a.rows, grad_t, a.rows, x_panels + p * a.rows * kNR,
-                  kNR, BufferTile<acc_t>{g_panel, kNR, false});
-    for (int64_t j = 0; j < n_out; ++j) {
-      const int64_t o = o0 + j;
-      const int64_t dst = (k * a.out_features + o) * a.in + c0;
-      const void* m_row = mask_at<scalar_t, kind>(a.mask, k * a.mask_stride + o * a.mask_ld);
-      for (int64_t c = 0; c < n_cols; c += Vec::size()) {
-        const int64_t count = std::min<int64_t>(Vec::size(), n_cols - c);
-        const Vec g = Vec::loadu(g_panel + j * kNR + c);
-        if (grad_mask != nullptr)
-          store_scalar(g * load_opmath(weight + o * a.in + c0 + c, count), grad_mask + dst + c, count);
-        if (grad_weight != nullptr)
-          store_scalar(g * mask_multiplier<scalar_t, kind>(m_row, c0 + c, count), grad_weight + dst + c, count);
+  static constexpr int64_t kPanelWidth = kPanelVectors<acc_t> * Vec::size();
+  const scalar_t* weight;  // row o0, column c0
+  const void* mask;        // row o0, column 0
+  int64_t mask_ld;
+  scalar_t* grad_weight;   // row o0, column c0
+  scalar_t* grad_mask;     // row o0, column c0
+  acc_t* total;            // row o0, column c0
+  int64_t total_ld;
+  bool first;              // the first candidate of a sum: total starts at 0
+  int64_t ld;              // in: the row stride of weight and the gradients
+  int64_t c0;
+  int64_t n_cols;          // columns of the panel that exist (the rest is x's zero padding)
+  const acc_t* partial;    // the sums over earlier blocks of x rows, or null
+  int64_t partial_ld;
+
+  Vec load(int64_t row, int64_t v) const {
+    return partial == nullptr ? Vec(acc_t(0)) : Vec::loadu(partial + row * partial_ld + v * Vec::size());
+  }
+  void store(int64_t row, int64_t v, const Vec& gradient) const {
+    const int64_t c = v * Vec::size();
+    const int64_t count = std::min<int64_t>(Vec::size(), n_cols - c);
+    if (count <= 0) return;
+    const int64_t at = row * ld + c;
+    if constexpr (kMaskGradient)
+      store_scalar(gradient * load_opmath(weight + at, count), grad_mask + at, count);
+    if constexpr (kWeight != WeightGradient::kNone) {
+      const Vec masked = gradient * mask_multiplier<scalar_t, kind>(
+                                        mask_at<scalar_t, kind>(mask, row * mask_ld), c0 + c, count);
+      if constexpr (kWeight == WeightGradient::kStore) {
+        store_scalar(masked, grad_weight + at, count);
+      } else {
+        acc_t* t = total + row * total_ld + c;
+        (first ? masked : masked + Vec::loadu(t)).store(t);
       }
     }
   }
-}
+};
 
-// For at most kGradWeightDirectRows x rows (all of them in L1) a gradient row is a short sum:
-// direct_gradients computes kO rows' panel of columns at a time in registers and stores it
-// masked, without a buffer (or, summing a shared weight's candidates, adds it to `total`, rows
-// of stride in_stride from the item's first row; total is null per candidate).
-constexpr int64_t kGradWeightDirectRows = 16;
-
-template <int64_t kO, typename scalar_t, MaskKind kind>
-inline void direct_gradient_rows(const FusedGradWeightArgs& a, int64_t k, int64_t o,
-                                 at::opmath_type<scalar_t>* total) {
+// The gradients of output rows [o0, o0 + n_out) of candidate k, written masked straight from the
+// accumulators, or added to `total` (a shared weight's running sum, stride in_stride from row o0;
+// null per candidate). A tile's rows are finished across every x panel before the next tile's
+// (x from L2): a gradient row is one 4 KiB page at in = 1024, and a panel-by-panel order writes
+// into every row of the item at once, more pages than the TLB holds. Over more than
+// kGradWeightDepth x rows (a block of x in L2) the sums of the earlier blocks gather in `partial`
+// (n_out x in_stride) and the last block's tiles start from them.
+template <typename scalar_t, MaskKind kind, bool kMaskGradient, WeightGradient kWeight>
+void masked_gradient_panels(const FusedGradWeightArgs& a, int64_t k, int64_t o0, int64_t n_out,
+                            at::opmath_type<scalar_t>* total, at::opmath_type<scalar_t>* partial) {
   using acc_t = at::opmath_type<scalar_t>;
   using Vec = Vectorized<acc_t>;
-  constexpr int64_t kV = kPanelVectors<acc_t>, kNR = kV * Vec::size();
+  using Tile = MaskedGradientTile<scalar_t, kind, kMaskGradient, kWeight>;
+  constexpr int64_t kNR = Tile::kPanelWidth, kKC = kGradWeightDepth, kMR = kPanelWeightRows;
   const int64_t panels = a.in_stride / kNR;
   const acc_t* x_panels = static_cast<const acc_t*>(a.x_panels) + k * panels * a.rows * kNR;
-  const acc_t* g = static_cast<const acc_t*>(a.grad_t) + (k * a.out_features + o) * a.rows;
-  const scalar_t* weight = static_cast<const scalar_t*>(a.weight) + k * a.weight_stride;
-  scalar_t* grad_weight = static_cast<scalar_t*>(a.grad_weight);
-  scalar_t* grad_mask = static_cast<scalar_t*>(a.grad_mask);
-  for (int64_t p = 0; p * kNR < a.in; ++p) {
-    const acc_t* x = x_panels + p * a.rows * kNR;
-    Vec acc[kO][kV];
-    for (int64_t j = 0; j < kO; ++j)
-      for (int64_t v = 0; v < kV; ++v) acc[j][v] = Vec(acc_t(0));
-    for (int64_t r = 0; r < a.rows; ++r)
-      for (int64_t j = 0; j < kO; ++j) {
-        const Vec gv(g[j * a.rows + r]);
-        for (int64_t v = 0; v < kV; ++v)
-          acc[j][v] = at::vec::fmadd(gv, Vec::loadu(x + r * kNR + v * Vec::size()), acc[j][v]);
-      }
-    for (int64_t j = 0; j < kO; ++j) {
-      const void* m_row = mask_at<scalar_t, kind>(a.mask, k * a.mask_stride + (o + j) * a.mask_ld);
-      const int64_t dst = (k * a.out_features + o + j) * a.in;
-      for (int64_t v = 0; v < kV; ++v) {
-        const int64_t c = p * kNR + v * Vec::size();
-        const int64_t count = std::min<int64_t>(Vec::size(), a.in - c);
-        if (count <= 0) break;
-        if (grad_mask != nullptr)
-          store_scalar(acc[j][v] * load_opmath(weight + (o + j) * a.in + c, count), grad_mask + dst + c, count);
-        if (grad_weight == nullptr) continue;
-        const Vec masked = acc[j][v] * mask_multiplier<scalar_t, kind>(m_row, c, count);
-        if (total == nullptr) {
-          store_scalar(masked, grad_weight + dst + c, count);
-        } else {
-          acc_t* t = total + j * a.in_stride + c;
-          (k == 0 ? masked : masked + Vec::loadu(t)).store(t);
+  const acc_t* grad_t = static_cast<const acc_t*>(a.grad_t) + (k * a.out_features + o0) * a.rows;
+  const int64_t last_block = std::max<int64_t>(a.rows - 1, 0) / kKC * kKC;
+  for (int64_t d0 = 0; d0 <= last_block; d0 += kKC) {
+    const int64_t depth = std::min(kKC, a.rows - d0);
+    for (int64_t i0 = 0; i0 < n_out; i0 += kMR) {
+      const int64_t rows = std::min(kMR, n_out - i0);
+      const acc_t* g = grad_t + i0 * a.rows + d0;
+      const int64_t out_row = (k * a.out_features + o0 + i0) * a.in;
+      for (int64_t p = 0; p * kNR < a.in; ++p) {
+        const int64_t c0 = p * kNR, n_cols = std::min(kNR, a.in - c0);
+        const int64_t vectors = (n_cols + Vec::size() - 1) / Vec::size();
+        const acc_t* x = x_panels + (p * a.rows + d0) * kNR;
+        acc_t* sums = partial == nullptr ? nullptr : partial + i0 * a.in_stride + c0;
+        if (d0 < last_block) {
+          panel_product(vectors, rows, depth, g, a.rows, x, kNR, BufferTile<acc_t>{sums, a.in_stride, d0 > 0});
+          continue;
         }
+        const Tile tile{
+            static_cast<const scalar_t*>(a.weight) + k * a.weight_stride + (o0 + i0) * a.in + c0,
+            mask_at<scalar_t, kind>(a.mask, k * a.mask_stride + (o0 + i0) * a.mask_ld), a.mask_ld,
+            static_cast<scalar_t*>(a.grad_weight) + out_row + c0,
+            static_cast<scalar_t*>(a.grad_mask) + out_row + c0,
+            total == nullptr ? nullptr : total + i0 * a.in_stride + c0, a.in_stride, k == 0, a.in,
+            c0, n_cols, last_block > 0 ? sums : nullptr, a.in_stride};
+        panel_product(vectors, rows, depth, g, a.rows, x, kNR, tile);
       }
     }
   }
 }
 
 template <typename scalar_t, MaskKind kind>
-void direct_gradients(const FusedGradWeightArgs& a, int64_t k, int64_t o0, int64_t n_out,
-                      at::opmath_type<scalar_t>* total) {
-  auto total_at = [&](int64_t o) { return total == nullptr ? nullptr : total + (o - o0) * a.in_stride; };
-  int64_t o = o0;
-  for (; o + 2 <= o0 + n_out; o += 2) direct_gradient_rows<2, scalar_t, kind>(a, k, o, total_at(o));
-  if (o < o0 + n_out) direct_gradient_rows<1, scalar_t, kind>(a, k, o, total_at(o));
+void masked_gradients(const FusedGradWeightArgs& a, int64_t k, int64_t o0, int64_t n_out,
+                      at::opmath_type<scalar_t>* total, at::opmath_type<scalar_t>* partial) {
+  const bool mask_gradient = a.grad_mask != nullptr;
+  auto run = [&]<bool kMask, WeightGradient kWeight>() {
+    masked_gradient_panels<scalar_t, kind, kMask, kWeight>(a, k, o0, n_out, total, partial);
+  };
+  if (a.grad_weight == nullptr) {
+    if (mask_gradient) run.template operator()<true, WeightGradient::kNone>();
+    return;
+  }
+  if (total == nullptr)
+    return mask_gradient ? run.template operator()<true, WeightGradient::kStore>()
+                         : run.template operator()<false, WeightGradient::kStore>();
+  return mask_gradient ? run.template operator()<true, WeightGradient::kSum>()
+                       : run.template operator()<false, WeightGradient::kSum>();
 }
 
 // grad_mask[k] = G[k] ⊙ W[k] and either grad_weight[k] = G[k] ⊙ M[k] per candidate or, with
@@ -669,55 +670,24 @@ template <typename scalar_t, MaskKind kind>
 void fused_grad_weight(const FusedGradWeightArgs& a, int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
   using Vec = Vectorized<acc_t>;
-  static_assert(kFusedAlign % (kPanelVectors<acc_t> * Vec::size()) == 0);
-  thread_local std::vector<acc_t> g_buffer, total_buffer;
-  acc_t* G = scratch(g_buffer, kPanelOutBlock * a.in_stride);
+  constexpr int64_t kNR = kPanelVectors<acc_t> * Vec::size();
+  static_assert(kFusedAlign % kNR == 0);
+  thread_local std::vector<acc_t> partial_buffer, total_buffer;
+  acc_t* partial = a.rows > kGradWeightDepth ? scratch(partial_buffer, kPanelOutBlock * a.in_stride) : nullptr;
   acc_t* total = a.sum_candidates ? scratch(total_buffer, kPanelOutBlock * a.in_stride) : nullptr;
   const int64_t blocks = (a.out_features + kPanelOutBlock - 1) / kPanelOutBlock;
-  scalar_t* grad_weight = static_cast<scalar_t*>(a.grad_weight);
-  scalar_t* grad_mask = static_cast<scalar_t*>(a.grad_mask);
   for (int64_t idx = begin; idx < end; ++idx) {
     const int64_t k_first = a.sum_candidates ? 0 : idx / blocks;
     const int64_t k_end = a.sum_candidates ? a.candidates : k_first + 1;
     const int64_t o0 = (idx % blocks) * kPanelOutBlock;
     const int64_t n_out = std::min(kPanelOutBlock, a.out_features - o0);
-    for (int64_t k = k_first; k < k_end; ++k) {
-      if (a.rows <= kGradWeightDirectRows) {
-        // A shared weight's sum over candidates gathers in `total`, stored after the last one.
-        direct_gradients<scalar_t, kind>(a, k, o0, n_out, grad_weight == nullptr ? nullptr : total);
-        continue;
-      }
-      if (!a.sum_candidates && a.rows <= kGradWeightDepth) {
-        panel_gradients<scalar_t, kind>(a, k, o0, n_out, G);
-        continue;
-      }
-      gradient_rows(a, k, o0, n_out, G);
-      const scalar_t* weight = static_cast<const scalar_t*>(a.weight) + k * a.weight_stride;
-      for (int64_t j = 0; j < n_out; ++j) {
-        const int64_t o = o0 + j;
-        const scalar_t* w_row = weight + o * a.in;
-        const void* m_row = mask_at<scalar_t, kind>(a.mask, k * a.mask_stride + o * a.mask_ld);
-        const acc_t* g_row = G + j * a.in_stride;
-        const int64_t dst_row = (k * a.out_features + o) * a.in;
-        if (grad_mask != nullptr)
-          for (int64_t c = 0; c < a.in; c += Vec::size()) {
-            const int64_t count = std::min<int64_t>(Vec::size(), a.in - c);
-            store_scalar(Vec::loadu(g_row + c) * load_opmath(w_row + c, count), grad_mask + dst_row + c, count);
-          }
-        if (grad_weight == nullptr) continue;
-        acc_t* t = a.sum_candidates ? total + j * a.in_stride : nullptr;
-        for (int64_t c = 0; c < a.in; c += Vec::size()) {
-          const int64_t count = std::min<int64_t>(Vec::size(), a.in - c);
-          const Vec masked = Vec::loadu(g_row + c) * mask_multiplier<scalar_t, kind>(m_row, c, count);
-          if (t == nullptr) store_scalar(masked, grad_weight + dst_row + c, count);
-          else (k == k_first ? masked : masked + Vec::loadu(t + c)).store(t + c);
-        }
-      }
-    }
-    if (!a.sum_candidates || grad_weight == nullptr) continue;
+    for (int64_t k = k_first; k < k_end; ++k) masked_gradients<scalar_t, kind>(a, k, o0, n_out, total, partial);
+    // A shared weight's sum over candidates gathers in `total`, rounded once after the last one.
+    if (!a.sum_candidates || a.grad_weight == nullptr) continue;
     for (int64_t j = 0; j < n_out; ++j)
       for (int64_t c = 0; c < a.in; c += Vec::size())
-        store_scalar(Vec::loadu(total + j * a.in_stride + c), grad_weight + (o0 + j) * a.in + c,
+        store_scalar(Vec::loadu(total + j * a.in_stride + c),
+                     static_cast<scalar_t*>(a.grad_weight) + (o0 + j) * a.in + c,
                      std::min<int64_t>(Vec::size(), a.in - c));
   }
 }
