@@ -637,6 +637,8 @@ void masked_gradient_panels(const FusedGradWeightArgs& a, int64_t k, int64_t o0,
   const acc_t* x_panels = static_cast<const acc_t*>(a.x_panels) + k * panels * a.rows * kNR;
   const acc_t* grad_t = static_cast<const acc_t*>(a.grad_t) + (k * a.out_features + o0) * a.rows;
   const int64_t last_block = std::max<int64_t>(a.rows - 1, 0) / kKC * kKC;
+  // base + offset, or null for an output not computed.
+  auto offset = [](auto* base, int64_t n) { return base == nullptr ? nullptr : base + n; };
   for (int64_t d0 = 0; d0 <= last_block; d0 += kKC) {
     const int64_t depth = std::min(kKC, a.rows - d0);
     for (int64_t i0 = 0; i0 < n_out; i0 += kMR) {
@@ -647,7 +649,7 @@ void masked_gradient_panels(const FusedGradWeightArgs& a, int64_t k, int64_t o0,
         const int64_t c0 = p * kNR, n_cols = std::min(kNR, a.in - c0);
         const int64_t vectors = (n_cols + Vec::size() - 1) / Vec::size();
         const acc_t* x = x_panels + (p * a.rows + d0) * kNR;
-        acc_t* sums = partial == nullptr ? nullptr : partial + i0 * a.in_stride + c0;
+        acc_t* sums = offset(partial, i0 * a.in_stride + c0);
         if (d0 < last_block) {
           panel_product(vectors, rows, depth, g, a.rows, x, kNR, BufferTile<acc_t>{sums, a.in_stride, d0 > 0});
           continue;
@@ -655,9 +657,9 @@ void masked_gradient_panels(const FusedGradWeightArgs& a, int64_t k, int64_t o0,
         const Tile tile{
             static_cast<const scalar_t*>(a.weight) + k * a.weight_stride + (o0 + i0) * a.in + c0,
             mask_at<scalar_t, kind>(a.mask, k * a.mask_stride + (o0 + i0) * a.mask_ld), a.mask_ld,
-            static_cast<scalar_t*>(a.grad_weight) + out_row + c0,
-            static_cast<scalar_t*>(a.grad_mask) + out_row + c0,
-            total == nullptr ? nullptr : total + i0 * a.in_stride + c0, a.in_stride, k == 0, a.in,
+            offset(static_cast<scalar_t*>(a.grad_weight), out_row + c0),
+            offset(static_cast<scalar_t*>(a.grad_mask), out_row + c0),
+            offset(total, i0 * a.in_stride + c0), a.in_stride, k == 0, a.in,
             c0, n_cols, last_block > 0 ? sums : nullptr, a.in_stride};
         panel_product(vectors, rows, depth, g, a.rows, x, kNR, tile);
       }
