@@ -530,7 +530,7 @@ std::tuple<at::Tensor, at::Tensor> masked_linear_grad_weight_cpu(
   const int64_t K = g.candidates, rows = g.rows, in = g.in_features, out_f = g.out_features;
   auto grad_weight = weight_grad ? at::empty(weight.sizes(), x.options()) : at::empty({0}, x.options());
   auto grad_mask = mask_grad ? at::empty(mask.sizes(), x.options()) : at::empty({0}, x.options());
-  if (out_f == 0 || in == 0) return {grad_weight, grad_mask};
+  if (out_f == 0 || in == 0 || !(weight_grad || mask_grad)) return {grad_weight, grad_mask};
   if (K == 0) {
     grad_weight.zero_();
     return {grad_weight, grad_mask};

@@ -96,7 +96,7 @@ using FusedGradInputFn = void (*)(const FusedGradInputArgs&, int64_t begin, int6
 // of kPanelOutBlock output rows each: grad_mask[k] = G[k] ⊙ weight[k] and grad_weight[k] =
 // G[k] ⊙ mask[k] (idx = k * blocks + block), or, with sum_candidates (a weight shared by the K
 // candidates), grad_weight = sum_k G[k] ⊙ mask[k] (idx = block, every candidate summed in the
-// item). A null grad_weight / grad_mask is not computed.
+// item). A null grad_weight / grad_mask is not computed (at least one is given).
 struct FusedGradWeightArgs {
   const void* x_panels;
   const void* grad_t;

@@ -574,7 +574,7 @@ enum class WeightGradient { kNone, kStore, kSum };
 
 // Where the gradient tiles of candidate k's output rows [o0, ...) and columns [c0, c0 + panel)
 // end: each accumulator multiplied by the mask (grad_weight, or added to the running sum
-// `total`, rows of stride total_ld from o0) and by the weight (grad_mask) as it is stored, so
+// `total`) and by the weight (grad_mask) as it is stored, so
 // that a gradient row is never written unmasked. Fixed at compile time, so that panel_tile's
 // store loop unrolls with the accumulators in registers.
 template <typename scalar_t, MaskKind kind, bool kMaskGradient, WeightGradient kWeight>
@@ -588,16 +588,15 @@ struct MaskedGradientTile {
   scalar_t* grad_weight;   // row o0, column c0
   scalar_t* grad_mask;     // row o0, column c0
   acc_t* total;            // row o0, column c0
-  int64_t total_ld;
   bool first;              // the first candidate of a sum: total starts at 0
   int64_t ld;              // in: the row stride of weight and the gradients
   int64_t c0;
   int64_t n_cols;          // columns of the panel that exist (the rest is x's zero padding)
   const acc_t* partial;    // the sums over earlier blocks of x rows, or null
-  int64_t partial_ld;
+  int64_t sums_ld;         // the row stride of total and partial
 
   Vec load(int64_t row, int64_t v) const {
-    return partial == nullptr ? Vec(acc_t(0)) : Vec::loadu(partial + row * partial_ld + v * Vec::size());
+    return partial == nullptr ? Vec(acc_t(0)) : Vec::loadu(partial + row * sums_ld + v * Vec::size());
   }
   void store(int64_t row, int64_t v, const Vec& gradient) const {
     const int64_t c = v * Vec::size();
@@ -612,7 +611,7 @@ struct MaskedGradientTile {
       if constexpr (kWeight == WeightGradient::kStore) {
         store_scalar(masked, grad_weight + at, count);
       } else {
-        acc_t* t = total + row * total_ld + c;
+        acc_t* t = total + row * sums_ld + c;
         (first ? masked : masked + Vec::loadu(t)).store(t);
       }
     }
@@ -659,8 +658,8 @@ void masked_gradient_panels(const FusedGradWeightArgs& a, int64_t k, int64_t o0,
             mask_at<scalar_t, kind>(a.mask, k * a.mask_stride + (o0 + i0) * a.mask_ld), a.mask_ld,
             offset(static_cast<scalar_t*>(a.grad_weight), out_row + c0),
             offset(static_cast<scalar_t*>(a.grad_mask), out_row + c0),
-            offset(total, i0 * a.in_stride + c0), a.in_stride, k == 0, a.in,
-            c0, n_cols, last_block > 0 ? sums : nullptr, a.in_stride};
+            offset(total, i0 * a.in_stride + c0), k == 0, a.in, c0, n_cols,
+            last_block > 0 ? sums : nullptr, a.in_stride};
         panel_product(vectors, rows, depth, g, a.rows, x, kNR, tile);
       }
     }
@@ -674,10 +673,8 @@ void masked_gradients(const FusedGradWeightArgs& a, int64_t k, int64_t o0, int64
   auto run = [&]<bool kMask, WeightGradient kWeight>() {
     masked_gradient_panels<scalar_t, kind, kMask, kWeight>(a, k, o0, n_out, total, partial);
   };
-  if (a.grad_weight == nullptr) {
-    if (mask_gradient) run.template operator()<true, WeightGradient::kNone>();
-    return;
-  }
+  // The op computes at least one of the two gradients.
+  if (a.grad_weight == nullptr) return run.template operator()<true, WeightGradient::kNone>();
   if (total == nullptr)
     return mask_gradient ? run.template operator()<true, WeightGradient::kStore>()
                          : run.template operator()<false, WeightGradient::kStore>();
