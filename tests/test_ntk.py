@@ -205,6 +205,86 @@ def test_fallback_parameters_are_exact(device, mode):
                                reference_ntk(model, x, mode, masks), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("geometry", [
+    dict(kernel_size=3, padding=1),
+    dict(kernel_size=(3, 2), stride=(2, 1), padding=(1, 0), dilation=(2, 1)),
+    dict(kernel_size=3, stride=2, padding=2, groups=2),
+    dict(kernel_size=1),
+])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_unfold_is_im2col_in_patch_order(device, geometry, layout):
+    conv = nn.Conv2d(4, 6, **geometry).to(device)
+    x = torch.randn(3, 4, 9, 7, device=device)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":
+        x = torch.randn(3, 4, 9, 14, device=device)[..., ::2]
+    patches = empirical._unfold(x, conv)
+    expected = F.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride)
+    kh, kw = conv.kernel_size
+    g = conv.groups
+    expected = (expected.reshape(3, g, 4 // g, kh, kw, -1).permute(0, 5, 1, 3, 4, 2)
+                .reshape(3, expected.shape[-1], -1))
+    torch.testing.assert_close(patches, expected, rtol=0, atol=0)
+    # _patch_order puts a weight in the same column order: patches · weight = the convolution.
+    weight = empirical._patch_order(conv.weight.detach(), g)          # [g, p, d]
+    out = torch.einsum("ntgd,gpd->ngpt", patches.view(3, -1, g, weight.shape[-1]), weight)
+    torch.testing.assert_close(out.reshape(3, 6, -1) + conv.bias.detach()[:, None],
+                               conv(x).detach().flatten(2))
+
+
+@pytest.mark.parametrize("rows, columns", [(5, 37), (256, 300), (300, 37), (300, 301),
+                                           (641, 700)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gram_from_lower_blocks(device, rows, columns, dtype):
+    x = torch.randn(rows, columns, device=device, dtype=dtype)
+    gram = empirical._gram(x)
+    # float32 sums of ~columns unit products: their rounding scales with the row length
+    torch.testing.assert_close(gram, x @ x.T, rtol=1e-5, atol=1e-6 * columns)
+    assert torch.equal(gram, gram.T)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cnn_with_many_kernel_rows(device, mode):
+    """n·O = 320 kernel rows (the Gram of the streamed per-example gradients in row blocks), a
+    dilated non-square strided convolution, a masks entry on it, chunks."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv2d(2, 4, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(2, 1)),
+                          nn.Tanh(), nn.Conv2d(4, 3, 3, padding=1), nn.Flatten(),
+                          nn.Linear(3 * 3 * 5, 8)).to(device).double()
+    x = torch.randn(40, 2, 7, 6, device=device, dtype=torch.float64)
+    masks = {"0.weight": torch.rand(4, 2, 3, 2, device=device) < 0.5}
+    expected = reference_ntk(model, x, mode, masks)
+    got = empirical_ntk(model, x, mode=mode, masks=masks, chunk_size=16)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+class UnusedBranch(nn.Module):
+    """A convolution whose output the model computes but does not use: its cotangents are None,
+    its NTK contribution zero."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(6)
+        self.stem = nn.Conv2d(2, 3, 3, padding=1)
+        self.unused = nn.Conv2d(3, 5, 3, padding=1)
+        self.head = nn.Linear(3 * 5 * 5, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.tanh(self.stem(x))
+        self.unused(h)
+        return self.head(h.flatten(1))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_layer_outside_the_output_graph_adds_nothing(device, mode, monkeypatch):
+    monkeypatch.setattr(empirical, "_prefer_materialised", lambda *args: True)
+    model = UnusedBranch().to(device).double()
+    x = torch.randn(6, 2, 5, 5, device=device, dtype=torch.float64)
+    torch.testing.assert_close(empirical_ntk(model, x, mode=mode, chunk_size=4),
+                               reference_ntk(model, x, mode), rtol=1e-10, atol=1e-10)
+
+
 def test_sequence_inputs_to_linear(device):
     # A Linear applied to [n, T, d] (tokens): T rows per example.
     torch.manual_seed(3)

@@ -14,11 +14,13 @@ How it is computed: forward hooks capture the input of every ``nn.Linear`` / ``n
 a zero probe added to its output yields the per-example output cotangents (one backward pass per
 output; one in ``"sum_logits"`` mode). Each layer's block then comes from its inputs and
 cotangents (:mod:`sparsenas.ntk.kernels`): the Gram route (cost ~ n²T²(d + p)) or materialised
-per-example gradients via unfold (cost ~ n·T·p·d), whichever is cheaper; the Gram-route layers
-are summed by one call (``ntk_gram_kernel``: one pass over the kernel matrix, which is created
-there, for all of them with the same rows per example), every other block is added to its
-result; masked weights use the fused masked kernel (linear) or masked per-example gradients
-(conv). An eval-mode BatchNorm is a per-channel affine map, so its per-example gradients are
+per-example gradients (cost ~ n·T·p·d), whichever is cheaper; the Gram-route layers are summed
+by one call (``ntk_gram_kernel``: one pass over the kernel matrix, which is created there, for
+all of them with the same rows per example), every other block is added to its result.
+Materialised per-example gradients are formed seed by seed as each backward pass returns the
+cotangents (a convolution's input patches are gathered once per batch chunk), into one buffer
+whose Gram is computed from the blocks on and below its diagonal. Masked weights use the fused
+masked kernel (linear) or masked per-example gradients (conv). An eval-mode BatchNorm is a per-channel affine map, so its per-example gradients are
 formed directly from its normalised inputs and cotangents. Every other trainable parameter
 (other norm layers, embeddings, layers called more than once, tied weights, ...) gets exact
 per-example Jacobians from ``torch.func`` (``vmap`` over ``jacrev``). The result is the exact
@@ -45,7 +47,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
@@ -57,6 +58,8 @@ MODES = ("full", "sum_logits", "trace", "diagonal")
 
 # Materialised per-example gradients are used only below this many elements.
 _MATERIALISE_BUDGET = 1 << 25
+# Row block of _gram's triangular product: large enough for full-speed GEMMs.
+_GRAM_BLOCK_ROWS = 128
 
 
 @dataclass
@@ -65,9 +68,11 @@ class _Capture:
 
     module: nn.Module
     calls: int = 0
+    complete_chunks: int = 0  # chunks in which the layer was called exactly once
     inputs: list[Tensor] = field(default_factory=list)
     probes: list[Tensor] = field(default_factory=list)
     cotangents: list[Tensor] = field(default_factory=list)  # per chunk: [O, chunk, *out_shape]
+    columns: _Columns | None = None  # set when its per-example gradients are streamed
 
 
 @dataclass
@@ -99,6 +104,119 @@ class _KernelParts:
         return kernel
 
 
+@dataclass
+class _Columns:
+    """Where a streamed layer's per-example gradients go in the Jacobian buffer: its weight
+    ([groups, p, d] flattened, d in _unfold's order for a convolution) and bias columns, and
+    the factor its weight gradients carry (weight_mask × masks entry) in the same layout."""
+
+    weight: slice | None
+    bias: slice | None
+    factor: Tensor | None
+    groups: int
+    positions: int  # T, rows per example
+
+
+class _StreamedJacobian:
+    """Per-example gradients [S, n, P] of the layers whose cheapest route materialises them,
+    formed seed by seed as each backward pass delivers the cotangents (one batched GEMM per
+    layer and seed on the cotangent as autograd returns it), so the cotangents of all seeds are
+    never stacked; the kernel is then one Gram of the whole buffer."""
+
+    def __init__(self, n: int, mode: str, dtype: torch.dtype, device: torch.device) -> None:
+        self.n, self.mode, self.dtype, self.device = n, mode, dtype, device
+        self.buffer: Tensor | None = None
+
+    def plan(self, captures: dict[str, _Capture], masks: dict[str, Tensor], seeds: int) -> None:
+        """Chooses, once (first chunk), which of the captured layers stream and gives each its
+        columns."""
+        width = 0
+        for name, capture in captures.items():
+            module = capture.module
+            if not isinstance(module, (nn.Linear, nn.Conv2d)):
+                continue
+            groups = getattr(module, "groups", 1)
+            p = module.weight.shape[0] // groups
+            d = module.weight[0].numel()
+            use_weight = module.weight.requires_grad
+            use_bias = module.bias is not None and module.bias.requires_grad
+            factor = _weight_mask(name, module, masks) if use_weight else None
+            probe = capture.probes[-1]
+            T = (probe[0, 0].numel() if isinstance(module, nn.Conv2d)
+                 else probe[0].numel() // (groups * p))
+            if not _materialises(self.mode, factor, self.n, T, seeds, d if use_weight else 0, p):
+                continue
+            weight = slice(width, width + groups * p * d) if use_weight else None
+            width += groups * p * d if use_weight else 0
+            bias = slice(width, width + groups * p) if use_bias else None
+            width += groups * p if use_bias else 0
+            if factor is not None:
+                factor = factor.to(self.dtype)
+                factor = (_patch_order(factor, groups) if isinstance(module, nn.Conv2d)
+                          else factor.reshape(1, p, d))
+            capture.columns = _Columns(weight, bias, factor, groups, T)
+        if width:  # every entry is written: by add_seed, clear_seed or drop
+            self.buffer = torch.empty(seeds, self.n, width, dtype=self.dtype, device=self.device)
+
+    def add_seed(self, capture: _Capture, patches: list[Tensor], cotangent: Tensor, seed: int,
+                 start: int) -> None:
+        """Writes the per-example gradients of one seed's cotangent [chunk, *out_shape] for the
+        examples start, start + 1, ...; patches: per group [chunk, T, d] (the layer's inputs)."""
+        columns = capture.columns
+        chunk, groups, T = cotangent.shape[0], columns.groups, columns.positions
+        if isinstance(capture.module, nn.Conv2d):
+            cot = cotangent.reshape(chunk, groups, -1, T)                       # [chunk, g, p, T]
+        else:
+            cot = cotangent.reshape(chunk, T, -1).transpose(1, 2).unsqueeze(1)  # [chunk, 1, p, T]
+        rows = self.buffer[seed, start:start + chunk]
+        if columns.weight is not None:
+            target = rows[:, columns.weight].view(chunk, groups, cot.shape[2], -1)
+            for g in range(groups):
+                # (bmm into the strided target directly is several times slower)
+                product = torch.bmm(cot[:, g], patches[g])
+                if columns.factor is None:
+                    target[:, g].copy_(product)
+                else:
+                    torch.mul(product, columns.factor[g], out=target[:, g])
+        if columns.bias is not None:
+            rows[:, columns.bias].copy_(cot.sum(-1).reshape(chunk, -1))
+
+    def clear_seed(self, capture: _Capture, seed: int, start: int, chunk: int) -> None:
+        """A seed whose output does not depend on the layer: its gradients are zero."""
+        for columns in (capture.columns.weight, capture.columns.bias):
+            if columns is not None:
+                self.buffer[seed, start:start + chunk, columns] = 0
+
+    def drop(self, capture: _Capture) -> None:
+        """A streamed layer that went to the exact fallback after all (not called exactly once
+        in every chunk): its columns are cleared."""
+        for columns in (capture.columns.weight, capture.columns.bias):
+            if columns is not None:
+                self.buffer[..., columns] = 0
+
+    def add_kernel(self, kernel: Tensor) -> None:
+        J = self.buffer
+        seeds, n, _ = J.shape
+        if self.mode == "trace":
+            for seed in range(seeds):
+                kernel.add_(_gram(J[seed]))
+        elif seeds == 1:
+            kernel.add_(_gram(J[0]))
+        else:  # full: the buffer's rows are seed-major, the kernel's example-major
+            gram = _gram(J.reshape(seeds * n, -1)).view(seeds, n, seeds, n)
+            kernel.view(n, seeds, n, seeds).add_(gram.permute(1, 0, 3, 2))
+
+
+def _materialises(mode: str, factor: Tensor | None, n: int, T: int, seeds: int, d: int,
+                  p: int) -> bool:
+    """Whether a Linear / Conv2d layer's block is formed from materialised per-example gradients
+    (otherwise: the Gram route, the fused masked block for a masked T = 1 layer, or the
+    diagonal mode's own path)."""
+    if mode == "diagonal" or (factor is not None and T == 1):
+        return False
+    return factor is not None or _prefer_materialised(n, T, seeds, d, p, mode == "trace")
+
+
 def empirical_ntk(
     model: nn.Module,
     x: Tensor,
@@ -124,18 +242,27 @@ def empirical_ntk(
     chunk = n if chunk_size is None else chunk_size
 
     captures = _hookable_layers(model)
+    streamed = _StreamedJacobian(n, mode, dtype, x.device)
     outputs = None
+    starts = range(0, n, max(chunk, 1))
     with torch.enable_grad():
-        for start in range(0, n, max(chunk, 1)):
-            outputs = _capture_chunk(model, x[start:start + chunk], captures, mode, outputs)
+        for start in starts:
+            outputs = _capture_chunk(model, x[start:start + chunk], start, captures, masks, mode,
+                                     outputs, streamed)
     O = outputs
-    # Layers called other than once per chunk are left to the exact fallback.
-    captures = {name: c for name, c in captures.items()
-                if c.calls > 0 and c.calls == len(c.cotangents)}
+    # Layers called other than once in every chunk are left to the exact fallback.
+    complete = {name for name, c in captures.items()
+                if c.calls == c.complete_chunks == len(starts)}
+    for name, capture in captures.items():
+        if capture.columns is not None and name not in complete:
+            streamed.drop(capture)
+    captures = {name: c for name, c in captures.items() if name in complete}
 
     rows = n if mode in ("sum_logits", "trace") else n * O
     shape = (n, O) if mode == "diagonal" else (rows, rows)
     parts = _KernelParts(shape, dtype, x.device, mode == "trace")
+    if streamed.buffer is not None:
+        parts.additions.append(streamed.add_kernel)
     handled: set[str] = set()
     for name, capture in captures.items():
         handled |= _add_layer(parts, name, capture, masks, mode, n, O)
@@ -227,9 +354,11 @@ def _is_eval_norm(module: nn.Module) -> bool:
             and module.affine and module.running_mean is not None)
 
 
-def _capture_chunk(model: nn.Module, x: Tensor, captures: dict[str, _Capture], mode: str,
-                   outputs: int | None) -> int:
-    """Forward with hooks, then one backward per output seed; returns the number of outputs."""
+def _capture_chunk(model: nn.Module, x: Tensor, start: int, captures: dict[str, _Capture],
+                   masks: dict[str, Tensor], mode: str, outputs: int | None,
+                   streamed: _StreamedJacobian) -> int:
+    """Forward with hooks, then one backward per output seed; returns the number of outputs.
+    Streamed layers take each seed's cotangents as they come; the others keep them."""
     calls_before = {name: c.calls for name, c in captures.items()}
 
     def hook(capture: _Capture):
@@ -256,27 +385,80 @@ def _capture_chunk(model: nn.Module, x: Tensor, captures: dict[str, _Capture], m
         raise ValueError("empirical_ntk(): the model's output size changed between chunks")
     # Layers called other than once in this chunk go to the exact fallback (probes of other
     # calls would mix the calls' contributions).
-    probes = []
-    for name, c in captures.items():
-        if c.calls - calls_before[name] == 1:
-            probes.append(c.probes[-1])
+    once = {name: c for name, c in captures.items() if c.calls - calls_before[name] == 1}
     seeds = [torch.ones_like(y)] if mode == "sum_logits" else [
         torch.zeros_like(y).index_fill_(1, torch.tensor([o], device=y.device), 1.0)
         for o in range(O)]
-    per_seed = []
+    if start == 0:
+        streamed.plan(once, masks, len(seeds))
+    # A streamed layer's patches are gathered when its first cotangent arrives and freed after
+    # its last: with one seed, after the graph is freed, one layer's patches at a time.
+    patches: dict[str, list[Tensor]] = {}
+    kept: dict[str, list[Tensor]] = {name: [] for name, c in once.items() if c.columns is None}
+    probes = [c.probes[-1] for c in once.values()]
     for k, seed in enumerate(seeds):
-        grads = torch.autograd.grad(y, probes, seed, retain_graph=k + 1 < len(seeds),
+        last = k + 1 == len(seeds)
+        grads = torch.autograd.grad(y, probes, seed, retain_graph=not last,
                                     allow_unused=True) if probes else []
-        per_seed.append(grads)
-    index = 0
-    for name, c in captures.items():
-        if c.calls - calls_before[name] == 1:
-            cot = [g[index] if g[index] is not None else torch.zeros_like(c.probes[-1])
-                   for g in per_seed]
-            c.cotangents.append(torch.stack(cot).detach())
-            index += 1
+        for (name, c), grad in zip(once.items(), grads):
+            if c.columns is None:
+                kept[name].append(grad.detach() if grad is not None
+                                  else torch.zeros_like(c.probes[-1]))
+                continue
+            if grad is None:
+                streamed.clear_seed(c, k, start, x.shape[0])
+            else:
+                if name not in patches:
+                    patches[name] = _patches(c)
+                streamed.add_seed(c, patches[name], grad, k, start)
+            if last:
+                patches.pop(name, None)
+    for name, c in once.items():
+        c.complete_chunks += 1
+        if name in kept:
+            c.cotangents.append(torch.stack(kept[name]))
+    for c in captures.values():
         c.probes.clear()
+        if c.columns is not None:
+            c.inputs.clear()
     return O
+
+
+def _patches(capture: _Capture) -> list[Tensor]:
+    """A streamed layer's inputs of this chunk as per-group [chunk, T, d] (convolution patches)."""
+    inputs = capture.inputs[-1]
+    chunk = inputs.shape[0]
+    if isinstance(capture.module, nn.Conv2d):
+        return list(_unfold(inputs, capture.module).chunk(capture.columns.groups, 2))
+    return [inputs.reshape(chunk, capture.columns.positions, -1)]
+
+
+def _unfold(inputs: Tensor, conv: nn.Conv2d) -> Tensor:
+    """conv's input patches [n, T, groups·d], T output positions: per group its d = kh·kw·C_g
+    entries in (kh, kw, channel) order (_patch_order puts weight-shaped tensors in that order),
+    gathered by one strided copy from a zero-padded channels-last copy of the input. (unfold's
+    im2col, or gathering in the weight's (channel, kh, kw) order, runs several times slower on
+    CPU, and positions-major patches make the per-example GEMMs faster.)"""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (conv.kernel_size, conv.stride, conv.padding,
+                                              conv.dilation)
+    n, channels, height, width = inputs.shape
+    padded = inputs.new_zeros(n, height + 2 * ph, width + 2 * pw, channels)
+    padded[:, ph:ph + height, pw:pw + width].copy_(inputs.permute(0, 2, 3, 1))
+    rows = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    cols = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    per_group = channels // conv.groups
+    sn, sy, sx, sc = padded.stride()
+    windows = padded.as_strided((n, rows, cols, conv.groups, kh, kw, per_group),
+                                (sn, sy * sh, sx * sw, sc * per_group, sy * dh, sx * dw, sc))
+    return windows.reshape(n, rows * cols, -1)
+
+
+def _patch_order(weight: Tensor, groups: int) -> Tensor:
+    """A conv-weight-shaped tensor [groups·p, C_g, kh, kw] as [groups, p, d] in _unfold's column
+    order."""
+    out_channels, per_group, kh, kw = weight.shape
+    return (weight.reshape(groups, out_channels // groups, per_group, kh, kw)
+            .permute(0, 1, 3, 4, 2).reshape(groups, out_channels // groups, -1))
 
 
 def _weight_mask(name: str, module: nn.Module, masks: dict[str, Tensor]) -> Tensor | None:
@@ -299,6 +481,9 @@ def _add_layer(parts: _KernelParts, name: str, capture: _Capture, masks: dict[st
     if _is_eval_norm(module):
         parts.additions.append(lambda kernel: _add_norm(kernel, capture, mode, n))
         return {prefix + "weight", prefix + "bias"}
+    covered = {prefix + "weight"} | ({prefix + "bias"} if module.bias is not None else set())
+    if capture.columns is not None:  # streamed: already in the Jacobian buffer
+        return covered
     use_weight = module.weight.requires_grad
     use_bias = module.bias is not None and module.bias.requires_grad
     inputs = _concat(capture.inputs, 0)
@@ -307,12 +492,11 @@ def _add_layer(parts: _KernelParts, name: str, capture: _Capture, masks: dict[st
     factor = _weight_mask(name, module, masks) if use_weight else None
     if isinstance(module, nn.Conv2d):
         groups = module.groups
-        unfolded = F.unfold(inputs, module.kernel_size, module.dilation, module.padding,
-                            module.stride)  # [n, C·kh·kw, L]
-        T = unfolded.shape[-1]
-        a = unfolded.transpose(1, 2).reshape(n, T, groups, -1)          # [n, T, g, d]
+        unfolded = _unfold(inputs, module)
+        T = unfolded.shape[1]
+        a = unfolded.view(n, T, groups, -1)                               # [n, T, g, d]
         b = cot.reshape(S, n, groups, -1, T).permute(1, 4, 0, 2, 3)      # [n, T, S, g, p]
-        weight_factor = None if factor is None else factor.reshape(groups, factor.shape[0] // groups, -1)
+        weight_factor = None if factor is None else _patch_order(factor, groups)
         for g in range(groups):
             _add_block(parts, a[:, :, g], b[:, :, :, g], None if weight_factor is None
                        else weight_factor[g], use_weight, use_bias, mode)
@@ -321,7 +505,7 @@ def _add_layer(parts: _KernelParts, name: str, capture: _Capture, masks: dict[st
         a = inputs.reshape(n, -1, d)
         b = cot.reshape(S, n, -1, p).permute(1, 2, 0, 3)                # [n, T, S, p]
         _add_block(parts, a, b, factor, use_weight, use_bias, mode)
-    return {prefix + "weight"} | ({prefix + "bias"} if module.bias is not None else set())
+    return covered
 
 
 def _add_norm(kernel: Tensor, capture: _Capture, mode: str, n: int) -> None:
@@ -360,7 +544,9 @@ def _per_example_grads(a: Tensor, b: Tensor, factor: Tensor | None, dtype: torch
 
 def _add_block(parts: _KernelParts, a: Tensor, b: Tensor, factor: Tensor | None,
                use_weight: bool, use_bias: bool, mode: str) -> None:
-    """a [n, T, d], b [n, T, S, p] (S seeds), factor [p, d] or None."""
+    """a [n, T, d], b [n, T, S, p] (S seeds), factor [p, d] or None: a block that is not
+    streamed (see _materialises): the diagonal mode's, the fused masked block (T = 1) or the
+    Gram route."""
     n, T, d = a.shape
     S, p = b.shape[2], b.shape[3]
     dtype = parts.dtype
@@ -371,20 +557,10 @@ def _add_block(parts: _KernelParts, a: Tensor, b: Tensor, factor: Tensor | None,
             lambda kernel: kernel.add_(_diagonal_block(a, b, factor, use_bias, dtype)))
         return
     sum_outputs = parts.sum_outputs
-    rows = n if sum_outputs else n * S
-    if factor is not None and T == 1:
+    if factor is not None:
         weights = factor if factor.dtype == torch.bool else factor.to(dtype).square()
         parts.additions.append(lambda kernel: ntk_masked_block_(
             kernel, a[:, 0], b[:, 0], weights, use_bias, sum_outputs))
-        return
-    if factor is not None or _prefer_materialised(n, T, S, d, p, sum_outputs):
-        def add_materialised(kernel: Tensor) -> None:
-            flat = _per_example_grads(a, b, factor, dtype).reshape(rows, -1)
-            kernel.addmm_(flat, flat.T)
-            if use_bias:
-                bias_grads = b.sum(1).to(dtype).reshape(rows, -1)
-                kernel.addmm_(bias_grads, bias_grads.T)
-        parts.additions.append(add_materialised)
         return
     a = a.reshape(n * T, d)
     if use_bias:  # ã_it · ã_js = a_it · a_js + 1
@@ -449,13 +625,25 @@ def _add_jacobian(kernel: Tensor, J: Tensor, mode: str) -> None:
     in sum_logits mode)."""
     n = J.shape[0]
     if mode == "full":
-        flat = J.reshape(n * J.shape[1], -1)
-        kernel.addmm_(flat, flat.T)
+        kernel.add_(_gram(J.reshape(n * J.shape[1], -1)))
     elif mode == "sum_logits":
-        summed = J.sum(1)
-        kernel.addmm_(summed, summed.T)
+        kernel.add_(_gram(J.sum(1)))
     elif mode == "trace":
-        flat = J.reshape(n, -1)
-        kernel.addmm_(flat, flat.T)
+        kernel.add_(_gram(J.reshape(n, -1)))
     else:
         kernel.add_(J.square().sum(-1))
+
+
+def _gram(rows: Tensor) -> Tensor:
+    """rows @ rows.T from the row blocks on and below the diagonal, mirrored: about half the
+    multiply-adds of the full product when there are many long rows. (With rows shorter than
+    their count the product is bound by writing its result, and the blocks only add passes.)"""
+    count = rows.shape[0]
+    if count <= 2 * _GRAM_BLOCK_ROWS or rows.shape[1] < count:
+        return rows @ rows.T
+    gram = rows.new_empty(count, count)
+    for start in range(0, count, _GRAM_BLOCK_ROWS):
+        stop = min(start + _GRAM_BLOCK_ROWS, count)
+        torch.mm(rows[start:stop], rows[:stop].T, out=gram[start:stop, :stop])
+    gram.tril_()
+    return gram.add_(gram.tril(-1).T)
