@@ -365,7 +365,8 @@ def _capture_chunk(model: nn.Module, x: Tensor, start: int, captures: dict[str, 
         def forward_hook(module, inputs, output):
             capture.calls += 1
             capture.inputs.append(inputs[0].detach())
-            probe = torch.zeros_like(output, requires_grad=True)
+            # A zero with stride 0 (no memory) as a leaf: its gradient is the output's cotangent
+            probe = output.new_zeros(()).expand(output.shape).detach().requires_grad_()
             capture.probes.append(probe)
             return output + probe
         return forward_hook
