@@ -229,8 +229,9 @@ def empirical_ntk(
 
     Returns [n·O, n·O] (full), [n, n] (sum_logits, trace) or [n, O] (diagonal), in ``dtype``
     (float64 or float32: the accumulation precision). ``chunk_size`` caps the examples per
-    forward / backward pass (the autograd graph's memory); the captured layer inputs and
-    cotangents of all n examples are kept.
+    forward / backward pass (the autograd graph's memory); what the layers' blocks need is kept
+    for all n examples: the per-example gradients of the layers that form them, the inputs and
+    cotangents of the others.
     """
     _check_arguments(model, x, mode, chunk_size, dtype)
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
