@@ -50,6 +50,18 @@ def time_call(fn: Callable[[], object], device: torch.device, min_run_time: floa
     return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
+def best_of_rounds(calls: dict[str, Callable[[], object]], device: torch.device,
+                   min_run_time: float, rounds: int) -> dict[str, float]:
+    """Seconds per call of each callable: the best of ``rounds`` medians (time_call), taken in
+    rounds that alternate the callables, so that a burst of load from other processes on a shared
+    machine (seconds long on a VM) hits every callable alike instead of one's whole measurement."""
+    best = {name: float("inf") for name in calls}
+    for _ in range(rounds):
+        for name, fn in calls.items():
+            best[name] = min(best[name], time_call(fn, device, min_run_time))
+    return best
+
+
 COMPETITOR = ("import torch\n"
               "torch.set_num_threads(2)\n"
               "a = torch.randn(1024, 1024)\n"

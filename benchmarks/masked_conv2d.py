@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune
 
-from benchmarks.harness import peak_memory_bytes, time_call, write_results
+from benchmarks.harness import best_of_rounds, peak_memory_bytes, write_results
 from sparsenas.ops import _reference, masked_conv2d
 
 CHANNELS, SIZE, KERNEL, DENSITY = 64, 32, 3, 0.5
@@ -97,12 +97,7 @@ def _measure(form: str, batch: int, methods: dict, floor: str, baseline: str,
         calls = {name: torch.no_grad()(forward) if pass_name == "fwd"
                  else _with_backward(forward, leaves)
                  for name, (forward, leaves) in methods.items()}
-        # Rounds alternate the methods and keep each one's best median, so that a burst of load
-        # from other processes on a shared machine does not land on one method only.
-        times = {name: float("inf") for name in calls}
-        for _ in range(rounds):
-            for name, fn in calls.items():
-                times[name] = min(times[name], time_call(fn, device, min_run_time))
+        times = best_of_rounds(calls, device, min_run_time, rounds)
         peaks = {name: peak_memory_bytes(fn, device) for name, fn in calls.items()}
         for name in methods:
             rows.append({
