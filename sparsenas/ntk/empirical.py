@@ -155,7 +155,7 @@ class _StreamedJacobian:
                 factor = (_patch_order(factor, groups) if isinstance(module, nn.Conv2d)
                           else factor.reshape(1, p, d))
             capture.columns = _Columns(weight, bias, factor, groups, T)
-        if width:  # every entry is written: by add_seed, clear_seed or drop
+        if width:  # every entry is written: by add_seed or clear
             self.buffer = torch.empty(seeds, self.n, width, dtype=self.dtype, device=self.device)
 
     def add_seed(self, capture: _Capture, patches: list[Tensor], cotangent: Tensor, seed: int,
@@ -181,18 +181,14 @@ class _StreamedJacobian:
         if columns.bias is not None:
             rows[:, columns.bias].copy_(cot.sum(-1).reshape(chunk, -1))
 
-    def clear_seed(self, capture: _Capture, seed: int, start: int, chunk: int) -> None:
-        """A seed whose output does not depend on the layer: its gradients are zero."""
+    def clear(self, capture: _Capture, seeds: int | slice = slice(None),
+              rows: slice = slice(None)) -> None:
+        """Zeroes a layer's gradients: of a seed's rows whose output does not depend on the
+        layer, or all of them when the layer went to the exact fallback after all (not called
+        exactly once in every chunk)."""
         for columns in (capture.columns.weight, capture.columns.bias):
             if columns is not None:
-                self.buffer[seed, start:start + chunk, columns] = 0
-
-    def drop(self, capture: _Capture) -> None:
-        """A streamed layer that went to the exact fallback after all (not called exactly once
-        in every chunk): its columns are cleared."""
-        for columns in (capture.columns.weight, capture.columns.bias):
-            if columns is not None:
-                self.buffer[..., columns] = 0
+                self.buffer[seeds, rows, columns] = 0
 
     def add_kernel(self, kernel: Tensor) -> None:
         J = self.buffer
@@ -256,7 +252,7 @@ def empirical_ntk(
                 if c.calls == c.complete_chunks == len(starts)}
     for name, capture in captures.items():
         if capture.columns is not None and name not in complete:
-            streamed.drop(capture)
+            streamed.clear(capture)
     captures = {name: c for name, c in captures.items() if name in complete}
 
     rows = n if mode in ("sum_logits", "trace") else n * O
@@ -408,7 +404,7 @@ def _capture_chunk(model: nn.Module, x: Tensor, start: int, captures: dict[str, 
                                   else torch.zeros_like(c.probes[-1]))
                 continue
             if grad is None:
-                streamed.clear_seed(c, k, start, x.shape[0])
+                streamed.clear(c, k, slice(start, start + x.shape[0]))
             else:
                 if name not in patches:
                     patches[name] = _patches(c)
