@@ -135,7 +135,20 @@ def test_fused_kernels_across_their_blocks(device, monkeypatch, rows, mask_forma
                                           requires_grad=True))
 
 
-@pytest.mark.parametrize("rows", [(5,), (70,), (130,)])
+@pytest.mark.parametrize("rows", [(1,), (3,)])
+@pytest.mark.parametrize("mask_format", ["bool", "packed", "soft"])
+@pytest.mark.parametrize("form", list(FORMS))
+def test_few_rows_kernels_over_groups_and_segments(device, monkeypatch, rows, mask_format, form):
+    # At most 4 rows the fused kernels stream weight rows in order: a weight shared by the
+    # candidates runs in groups of forward blocks and in input-gradient segments of about 256 KiB
+    # of weight rows (here several, the last one partial), rows of 4100 columns end in a partial
+    # vector, and the weight gradient is formed one row at a time (summed over candidates).
+    monkeypatch.setenv(PATH_VARIABLE, "fused")
+    assert_matches_reference(*make_inputs(device, torch.float32, mask_format, rows, 4100, 50, form,
+                                          requires_grad=True))
+
+
+@pytest.mark.parametrize("rows", [(2,), (5,), (70,), (130,)])
 def test_fused_kernels_in_bfloat16(device, monkeypatch, rows):
     monkeypatch.setenv(PATH_VARIABLE, "fused")
     assert_matches_reference(*make_inputs(device, torch.bfloat16, "bool", rows, 300, 100,

@@ -271,7 +271,7 @@ void forward_panels(const cpu::Kernels& kern, const MaskedLinearGeometry& g, con
     auto dst = n == rows ? out : at::empty({K, n, out_f}, out.options());
     const cpu::FusedForwardArgs args{panels.const_data_ptr(), w.tensor.const_data_ptr(), w.candidate_stride,
                                      m.tensor.const_data_ptr(), m.candidate_stride, m.ld, bias_data,
-                                     bias_stride, dst.data_ptr(), n, in, 0, out_f, blocks};
+                                     bias_stride, dst.data_ptr(), n, in, 0, out_f, K, blocks};
     const int64_t items = K * blocks;
     const int64_t grain = std::max<int64_t>(1, 65536 / (cpu::kPanelOutBlock * in * n));
     parallel_for_dynamic(0, items, fused_chunk(items, grain), [&](int64_t begin, int64_t end, int64_t) {
@@ -300,7 +300,7 @@ void forward_fused(const cpu::Kernels& kern, const MaskedLinearGeometry& g, cons
   if (rows <= kFusedChunkRows) {
     run({xbuf.const_data_ptr(), w.tensor.const_data_ptr(), w.candidate_stride,
          m.tensor.const_data_ptr(), m.candidate_stride, m.ld, bias_data, bias_stride,
-         out.data_ptr(), rows, in, in_stride, out_f, blocks},
+         out.data_ptr(), rows, in, in_stride, out_f, K, blocks},
         K * blocks, rows);
     return;
   }
@@ -313,7 +313,7 @@ void forward_fused(const cpu::Kernels& kern, const MaskedLinearGeometry& g, cons
            w.at(k, 0, 0), 0, m.at(k, 0, 0), 0, m.ld,
            bias_data ? bias_data + k * bias_stride * b.element_size() : nullptr, 0,
            static_cast<char*>(out.data_ptr()) + (k * rows + r0) * out_f * out.element_size(), n,
-           in, in_stride, out_f, blocks},
+           in, in_stride, out_f, 1, blocks},
           blocks, n);
     }
   }
@@ -379,12 +379,44 @@ at::Tensor masked_linear_cpu(const at::Tensor& x, const at::Tensor& weight, cons
 
 // ---- gradient of the input: grad (W ⊙ M) ----
 
+// Output rows per item of few_rows_grad_input. One candidate's weight: enough items for dynamic
+// scheduling (those of fused_chunk), at least kMinSegmentRows rows each. A weight shared by
+// several candidates: segments of kSharedWeightBytes (see candidate_block).
+constexpr int64_t kMinSegmentRows = 16;
+
+void grad_input_few_rows(const cpu::Kernels& kern, const MaskedLinearGeometry& g,
+                         const at::Tensor& grad, const Operand& w, const Operand& m,
+                         const at::Tensor& result) {
+  const int64_t K = g.candidates, rows = g.rows, in = g.in_features, out_f = g.out_features;
+  int64_t segment_rows;
+  if (w.candidate_stride == 0 && K > 1) {
+    segment_rows = std::max<int64_t>(kMinSegmentRows, cpu::kSharedWeightBytes / (in * w.elem_size));
+  } else {
+    const int64_t wanted = (8 * std::max<int64_t>(at::get_num_threads(), 1) + K - 1) / K;
+    segment_rows = std::max(kMinSegmentRows, (out_f + wanted - 1) / wanted);
+  }
+  const int64_t segments = (out_f + segment_rows - 1) / segment_rows;
+  const int64_t items = K * segments, chunk = fused_chunk(items, 1);
+  const int64_t in_stride = (in + cpu::kFusedAlign - 1) / cpu::kFusedAlign * cpu::kFusedAlign;
+  // Each thread's own sums over the items it runs, added together at the end.
+  auto sums = at::zeros({dynamic_workers((items + chunk - 1) / chunk), K, rows, in_stride}, grad.options());
+  const cpu::FewRowsGradInputArgs args{grad.const_data_ptr(), w.tensor.const_data_ptr(),
+                                       w.candidate_stride, m.tensor.const_data_ptr(),
+                                       m.candidate_stride, m.ld, rows, in, in_stride, out_f, K,
+                                       segments, segment_rows};
+  parallel_for_dynamic(0, items, chunk, [&](int64_t begin, int64_t end, int64_t worker) {
+    kern.few_rows_grad_input(args, begin, end, sums[worker].data_ptr());
+  });
+  result.copy_(sums.sum(0).narrow(2, 0, in));
+}
+
 void grad_input_fused(const cpu::Kernels& kern, const MaskedLinearGeometry& g,
                       const at::Tensor& g3, const Operand& w, const Operand& m,
                       const at::Tensor& result) {
   const int64_t K = g.candidates, rows = g.rows, in = g.in_features, out_f = g.out_features;
   // g3 may hold more candidates than g (a measurement runs on the first ones).
   const auto grad = g3.narrow(0, 0, K).to(at::toOpMathType(g3.scalar_type())).contiguous();
+  if (rows <= cpu::kFewRows) return grad_input_few_rows(kern, g, grad, w, m, result);
   const int64_t col_blocks = (in + kern.panel_rows - 1) / kern.panel_rows;
   const cpu::FusedGradInputArgs args{grad.const_data_ptr(), w.tensor.const_data_ptr(),
                                      w.candidate_stride, m.tensor.const_data_ptr(),

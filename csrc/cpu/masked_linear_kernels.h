@@ -6,6 +6,7 @@
 
 #include <c10/core/ScalarType.h>
 
+#include <algorithm>
 #include <cstdint>
 
 namespace at {
@@ -35,8 +36,29 @@ struct MaskMultiplyArgs {
 };
 using MaskMultiplyFn = void (*)(const MaskMultiplyArgs&, int64_t begin, int64_t end);
 
-// y[k, r, o] = sum_c x[k, r, c] * weight[k, o, c] * mask[k, o, c] (+ bias[k, o]) for the blocks
-// idx in [begin, end) of output rows (idx = k * blocks_per_candidate + block). For fused_forward
+// Bytes of a weight shared by several candidates that a loop over them holds in L2 (a per-core L2
+// is 0.5-2 MiB on current x86 CPUs) while every candidate's mask rows are applied to them.
+constexpr int64_t kSharedWeightBytes = 256 * 1024;
+
+// The candidate and the block of item idx of a loop over K candidates' blocks of output rows.
+// With a weight shared by the candidates (weight_stride 0), consecutive items run over groups of
+// `group` blocks: one candidate's blocks of the group (its mask rows read in order), then the next
+// candidate's, so that the group's weight rows come from memory once and serve every candidate
+// from cache; otherwise they are one candidate's blocks, its weight streamed in order.
+struct CandidateBlock {
+  int64_t k;
+  int64_t block;
+};
+inline CandidateBlock candidate_block(int64_t idx, int64_t candidates, int64_t blocks,
+                                      int64_t weight_stride, int64_t group) {
+  if (weight_stride != 0 || candidates == 1) return {idx / blocks, idx % blocks};
+  const int64_t q = idx / (candidates * group), rem = idx % (candidates * group);
+  const int64_t size = std::min(group, blocks - q * group);
+  return {rem / size, q * group + rem % size};
+}
+
+// y[k, r, o] = sum_c x[k, r, c] * weight[k, o, c] * mask[k, o, c] (+ bias[k, o]) for the items
+// idx in [begin, end) of blocks of output rows (candidate_block(idx, ...)). For fused_forward
 // the blocks are kFusedOutBlock rows and x is opmath [K, rows, in_stride] with zero columns beyond
 // in (in_stride a multiple of kFusedAlign). A stride of 0 shares weight / mask / bias between
 // candidates.
@@ -54,6 +76,7 @@ struct FusedForwardArgs {
   int64_t in;
   int64_t in_stride;
   int64_t out_features;
+  int64_t candidates;
   int64_t blocks_per_candidate;
 };
 using FusedForwardFn = void (*)(const FusedForwardArgs&, int64_t begin, int64_t end);
@@ -75,7 +98,7 @@ using TransposeFn = void (*)(const void* src, int64_t rows, int64_t cols, void* 
 
 // grad_input[k, r, c] = sum_o grad[k, r, o] * weight[k, o, c] * mask[k, o, c] for the items
 // idx in [begin, end) of panel_rows columns each (idx = k * col_blocks + block); grad is opmath
-// [K, rows, out].
+// [K, rows, out]. For more than kFewRows rows (fewer: few_rows_grad_input).
 struct FusedGradInputArgs {
   const void* grad;
   const void* weight;
@@ -91,12 +114,41 @@ struct FusedGradInputArgs {
 };
 using FusedGradInputFn = void (*)(const FusedGradInputArgs&, int64_t begin, int64_t end);
 
+// At most this many rows of x (or of the gradient) per candidate, a product is bound by reading
+// the weight and the mask (every weight element serves only a few multiply-adds): the gradient
+// kernels then stream the weight and the mask row by row, in memory order, instead of tiling.
+constexpr int64_t kFewRows = 4;
+
+// The same product for at most kFewRows gradient rows: item idx in [begin, end)
+// (candidate_block(idx, candidates, segments, weight_stride, 1)) adds the products of output rows
+// [s * segment_rows, (s + 1) * segment_rows) of candidate k to sums[k] (the calling thread's
+// opmath [K, rows, in_stride], in_stride a multiple of kFusedAlign); grad_input is the sum of
+// every thread's sums. A weight row is contiguous and read in order.
+struct FewRowsGradInputArgs {
+  const void* grad;  // opmath [K, rows, out]
+  const void* weight;
+  int64_t weight_stride;
+  const void* mask;
+  int64_t mask_stride;
+  int64_t mask_ld;
+  int64_t rows;
+  int64_t in;
+  int64_t in_stride;
+  int64_t out_features;
+  int64_t candidates;
+  int64_t segments;
+  int64_t segment_rows;
+};
+using FewRowsGradInputFn = void (*)(const FewRowsGradInputArgs&, int64_t begin, int64_t end,
+                                    void* sums);
+
 // G[k] = grad_t[k] x[k] (grad_t opmath [K, out, rows]; x as column panels, opmath
 // [K, in_stride / panel_rows, rows, panel_rows], zero beyond in) for the items idx in [begin, end)
 // of kPanelOutBlock output rows each: grad_mask[k] = G[k] ⊙ weight[k] and grad_weight[k] =
 // G[k] ⊙ mask[k] (idx = k * blocks + block), or, with sum_candidates (a weight shared by the K
 // candidates), grad_weight = sum_k G[k] ⊙ mask[k] (idx = block, every candidate summed in the
-// item). A null grad_weight / grad_mask is not computed (at least one is given).
+// item). A null grad_weight / grad_mask is not computed (at least one is given). Up to kFewRows
+// rows of x, the gradient rows are formed one at a time, in memory order.
 struct FusedGradWeightArgs {
   const void* x_panels;
   const void* grad_t;
@@ -129,6 +181,7 @@ struct Kernels {
   TransposeFn transpose;
   int64_t panel_rows;  // x rows per panel of panel_forward, columns per item of fused_grad_input
   FusedGradInputFn fused_grad_input;
+  FewRowsGradInputFn few_rows_grad_input;
   FusedGradWeightFn fused_grad_weight;
   bool vectorized;                // AVX2 / AVX-512 (false: the portable build)
 };

@@ -137,6 +137,23 @@ inline const void* mask_at(const void* mask, int64_t offset) {
   return static_cast<const char*>(mask) + offset * elem;
 }
 
+// How far ahead of the column in use the kernels that stream a few weight rows at once prefetch
+// them, in elements. Each row is its own stream and the hardware prefetchers start over at every
+// 4 KiB page (one row of a 1024-wide float weight), so without this a row's first lines wait on
+// memory; measured 15-25% of a memory-bound call.
+constexpr int64_t kPrefetchElements = 256;
+
+// Prefetches column c + kPrefetchElements of a weight row and of its mask row (null: one not read).
+template <typename scalar_t, MaskKind kind>
+inline void prefetch_ahead(const scalar_t* w_row, const void* m_row, int64_t c) {
+  if (w_row != nullptr) __builtin_prefetch(w_row + c + kPrefetchElements);
+  if (m_row == nullptr) return;
+  if constexpr (kind == MaskKind::kBits)
+    __builtin_prefetch(static_cast<const uint8_t*>(m_row) + (c + kPrefetchElements) / 8);
+  else
+    __builtin_prefetch(mask_at<scalar_t, kind>(m_row, c + kPrefetchElements));
+}
+
 template <typename scalar_t, MaskKind kind, typename dst_t>
 void mask_multiply_rows(const MaskMultiplyArgs& a, int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -165,7 +182,7 @@ void mask_multiply(const MaskMultiplyArgs& a, int64_t begin, int64_t end) {
 // together, halving the vectors at each level (a deinterleave and an add per pair), so that the
 // sums of a register tile cost a few instructions each instead of a chain of scalar adds.
 template <int64_t kN, typename acc_t>
-inline void lane_sums(const Vectorized<acc_t>* v, acc_t* sums) {
+[[gnu::always_inline]] inline void lane_sums(const Vectorized<acc_t>* v, acc_t* sums) {
   using Vec = Vectorized<acc_t>;
   constexpr int64_t kL = Vec::size();
   for (int64_t g = 0; g < kN; g += kL) {
@@ -181,9 +198,11 @@ inline void lane_sums(const Vectorized<acc_t>* v, acc_t* sums) {
   }
 }
 
-// y[r, j] = sum of the lanes of acc[j][r] + bias[j] for r < kR, j < n_out.
+// y[r, j] = sum of the lanes of acc[j][r] + bias[j] for r < kR, j < n_out. Always inlined: the
+// accumulators' address passed to a call would keep them in memory through the whole loop that
+// forms them (a store and a reload per multiply-add).
 template <int64_t kO, int64_t kR, typename acc_t, typename scalar_t>
-inline void store_tile_sums(const Vectorized<acc_t> (&acc)[kO][kR], scalar_t* y, int64_t y_ld,
+[[gnu::always_inline]] inline void store_tile_sums(const Vectorized<acc_t> (&acc)[kO][kR], scalar_t* y, int64_t y_ld,
                             int64_t n_out, const acc_t* bias) {
   Vectorized<acc_t> by_row[kR * kO];
   for (int64_t r = 0; r < kR; ++r)
@@ -236,6 +255,7 @@ inline void direct_block(const FusedForwardArgs& a, int64_t k, int64_t o0, int64
     Vec xv[kR];
     for (int64_t r = 0; r < kR; ++r) xv[r] = Vec::loadu(x + r * ld + c);
     for (int64_t j = 0; j < kO; ++j) {
+      prefetch_ahead<scalar_t, kind>(w_rows[j], m_rows[j], c);
       const Vec wv = masked_weight<scalar_t, kind>(w_rows[j], m_rows[j], c, count);
       for (int64_t r = 0; r < kR; ++r) acc[j][r] = at::vec::fmadd(xv[r], wv, acc[j][r]);
     }
@@ -258,9 +278,10 @@ void fused_forward(const FusedForwardArgs& a, int64_t begin, int64_t end) {
   std::vector<acc_t> wm(a.rows <= kR ? 0 : kO * ld, acc_t(0));
   const scalar_t* weight = static_cast<const scalar_t*>(a.weight);
   const scalar_t* bias = static_cast<const scalar_t*>(a.bias);
+  const int64_t group = std::max<int64_t>(1, kSharedWeightBytes / (kO * std::max<int64_t>(a.in, 1) * static_cast<int64_t>(sizeof(scalar_t))));
   for (int64_t idx = begin; idx < end; ++idx) {
-    const int64_t k = idx / a.blocks_per_candidate;
-    const int64_t o0 = (idx % a.blocks_per_candidate) * kO;
+    const auto [k, block] = candidate_block(idx, a.candidates, a.blocks_per_candidate, a.weight_stride, group);
+    const int64_t o0 = block * kO;
     const int64_t n_out = std::min(kO, a.out_features - o0);
     if (a.rows <= kR) {
       acc_t bias_block[kO] = {};
@@ -407,8 +428,8 @@ void panel_forward(const FusedForwardArgs& a, int64_t begin, int64_t end) {
   acc_t* c = scratch(c_buffer, kMC * c_ld);
   const scalar_t* bias = static_cast<const scalar_t*>(a.bias);
   for (int64_t idx = begin; idx < end; ++idx) {
-    const int64_t k = idx / a.blocks_per_candidate;
-    const int64_t o0 = (idx % a.blocks_per_candidate) * kMC;
+    const auto [k, block] = candidate_block(idx, a.candidates, a.blocks_per_candidate, a.weight_stride, 1);
+    const int64_t o0 = block * kMC;
     const int64_t n_out = std::min(kMC, a.out_features - o0);
     const acc_t* x_panels = static_cast<const acc_t*>(a.x) + k * panels * a.in * kNR;
     for (int64_t d0 = 0; d0 < a.in; d0 += kKC) {
@@ -466,57 +487,78 @@ void transpose(const void* src, int64_t rows, int64_t cols, void* dst, int64_t b
 // grad_input[k, :, block] = grad[k] (W[k] ⊙ M[k])[:, block] for column blocks of panel_rows
 // columns: outer products of gradient scalars (broadcast) and masked weight vectors, the block
 // masked once per kGradInputDepth rows of W and kept in L1.
-// For at most kGradInputDirectRows gradient rows a masked weight vector serves too few of them to
-// be worth a copy: fused_grad_input masks it in registers instead (direct_grad_input_block).
-constexpr int64_t kGradInputDirectRows = 4;
 
-// Weight rows ahead of the one in use whose column block is prefetched: a block of one row is a
-// few cache lines a page apart from the next row's (at in = 1024), a stride the hardware
-// prefetchers do not follow, so without this each row's block waits on memory.
-constexpr int64_t kPrefetchRows = 8;
+// Weight rows masked and multiplied together by few_rows_grad_input: each sum vector is loaded
+// and stored once per this many rows.
+constexpr int64_t kFewRowsDepth = 4;
+static_assert(kFewRows == 4, "the switches over few rows below cover 1 to 4 rows");
 
-// Prefetches columns [0, n_cols) of a weight row and of its mask row.
-template <typename scalar_t, MaskKind kind>
-inline void prefetch_masked_row(const scalar_t* w_row, const void* m_row, int64_t n_cols) {
-  constexpr int64_t kLine = 64;
-  const auto* w_bytes = reinterpret_cast<const char*>(w_row);
-  for (int64_t b = 0; b < n_cols * static_cast<int64_t>(sizeof(scalar_t)); b += kLine) __builtin_prefetch(w_bytes + b);
-  const int64_t mask_bytes = kind == MaskKind::kSoft ? n_cols * static_cast<int64_t>(sizeof(scalar_t))
-                             : kind == MaskKind::kByte ? n_cols : (n_cols + 7) / 8;
-  const auto* m_bytes = static_cast<const char*>(m_row);
-  for (int64_t b = 0; b < mask_bytes; b += kLine) __builtin_prefetch(m_bytes + b);
-}
-
-// c[r, :n_cols] = sum_o a[r, o] * (W ⊙ M)[o, :n_cols] for kRows gradient rows, the weight rows w
-// (stride in) masked as they are loaded.
-template <int64_t kRows, typename scalar_t, MaskKind kind>
-inline void direct_grad_input_block(const FusedGradInputArgs& a, const at::opmath_type<scalar_t>* g,
-                                    const scalar_t* w, const void* m, int64_t n_cols,
-                                    at::opmath_type<scalar_t>* c, int64_t c_ld) {
+// sums[r, :in] += sum_j g[r, j] * (W ⊙ M)[j, :in] for kRows gradient rows (g: stride g_ld) and
+// kDepth weight rows (w, m: strides w_ld, m_ld); sums has stride in_stride and whole vectors are
+// stored (the lanes beyond in add 0).
+template <int64_t kRows, int64_t kDepth, typename scalar_t, MaskKind kind>
+inline void few_rows_step(const at::opmath_type<scalar_t>* g, int64_t g_ld, const scalar_t* w,
+                          int64_t w_ld, const void* m, int64_t m_ld, int64_t in,
+                          int64_t in_stride, at::opmath_type<scalar_t>* sums) {
   using acc_t = at::opmath_type<scalar_t>;
   using Vec = Vectorized<acc_t>;
-  constexpr int64_t kV = kPanelVectors<acc_t>;
-  int64_t counts[kV];
-  for (int64_t v = 0; v < kV; ++v) counts[v] = std::clamp<int64_t>(n_cols - v * Vec::size(), 0, Vec::size());
-  Vec acc[kRows][kV];
+  Vec gv[kRows][kDepth];
   for (int64_t r = 0; r < kRows; ++r)
-    for (int64_t v = 0; v < kV; ++v) acc[r][v] = Vec(acc_t(0));
-  for (int64_t o = 0; o < a.out_features; ++o) {
-    const scalar_t* w_row = w + o * a.in;
-    const void* m_row = mask_at<scalar_t, kind>(m, o * a.mask_ld);
-    if (o + kPrefetchRows < a.out_features)
-      prefetch_masked_row<scalar_t, kind>(w_row + kPrefetchRows * a.in,
-                                          mask_at<scalar_t, kind>(m_row, kPrefetchRows * a.mask_ld), n_cols);
-    Vec wv[kV];
-    for (int64_t v = 0; v < kV; ++v)
-      wv[v] = counts[v] > 0 ? masked_weight<scalar_t, kind>(w_row, m_row, v * Vec::size(), counts[v]) : Vec(acc_t(0));
+    for (int64_t j = 0; j < kDepth; ++j) gv[r][j] = Vec(g[r * g_ld + j]);
+  auto step = [&](int64_t c, int64_t count) {
+    Vec wm[kDepth];
+#pragma GCC unroll 4
+    for (int64_t j = 0; j < kDepth; ++j) {
+      prefetch_ahead<scalar_t, kind>(w + j * w_ld, mask_at<scalar_t, kind>(m, j * m_ld), c);
+      wm[j] = masked_weight<scalar_t, kind>(w + j * w_ld, mask_at<scalar_t, kind>(m, j * m_ld), c, count);
+    }
+#pragma GCC unroll 4
     for (int64_t r = 0; r < kRows; ++r) {
-      const Vec gv(g[r * a.out_features + o]);
-      for (int64_t v = 0; v < kV; ++v) acc[r][v] = at::vec::fmadd(gv, wv[v], acc[r][v]);
+      acc_t* s = sums + r * in_stride + c;
+      Vec acc = Vec::loadu(s);
+#pragma GCC unroll 4
+      for (int64_t j = 0; j < kDepth; ++j) acc = at::vec::fmadd(gv[r][j], wm[j], acc);
+      acc.store(s);
+    }
+  };
+  const int64_t full = in / Vec::size() * Vec::size();
+  for (int64_t c = 0; c < full; c += Vec::size()) step(c, Vec::size());
+  if (full < in) step(full, in - full);
+}
+
+template <int64_t kRows, typename scalar_t, MaskKind kind>
+void few_rows_grad_input_item(const FewRowsGradInputArgs& a, int64_t k, int64_t s,
+                              at::opmath_type<scalar_t>* sums) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const acc_t* g = static_cast<const acc_t*>(a.grad) + k * kRows * a.out_features;
+  const scalar_t* w = static_cast<const scalar_t*>(a.weight) + k * a.weight_stride;
+  const void* m = mask_at<scalar_t, kind>(a.mask, k * a.mask_stride);
+  const int64_t o_end = std::min(a.out_features, (s + 1) * a.segment_rows);
+  int64_t o = s * a.segment_rows;
+  for (; o + kFewRowsDepth <= o_end; o += kFewRowsDepth)
+    few_rows_step<kRows, kFewRowsDepth, scalar_t, kind>(
+        g + o, a.out_features, w + o * a.in, a.in, mask_at<scalar_t, kind>(m, o * a.mask_ld),
+        a.mask_ld, a.in, a.in_stride, sums);
+  for (; o < o_end; ++o)
+    few_rows_step<kRows, 1, scalar_t, kind>(g + o, a.out_features, w + o * a.in, a.in,
+                                            mask_at<scalar_t, kind>(m, o * a.mask_ld), a.mask_ld,
+                                            a.in, a.in_stride, sums);
+}
+
+template <typename scalar_t, MaskKind kind>
+void few_rows_grad_input(const FewRowsGradInputArgs& a, int64_t begin, int64_t end, void* sums) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (int64_t idx = begin; idx < end; ++idx) {
+    const auto [k, s] = candidate_block(idx, a.candidates, a.segments, a.weight_stride, 1);
+    acc_t* sums_k = static_cast<acc_t*>(sums) + k * a.rows * a.in_stride;
+    switch (a.rows) {
+      case 1: few_rows_grad_input_item<1, scalar_t, kind>(a, k, s, sums_k); break;
+      case 2: few_rows_grad_input_item<2, scalar_t, kind>(a, k, s, sums_k); break;
+      case 3: few_rows_grad_input_item<3, scalar_t, kind>(a, k, s, sums_k); break;
+      case 4: few_rows_grad_input_item<4, scalar_t, kind>(a, k, s, sums_k); break;
+      default: TORCH_CHECK(false, "few_rows_grad_input: at most ", kFewRows, " rows, got ", a.rows);
     }
   }
-  for (int64_t r = 0; r < kRows; ++r)
-    for (int64_t v = 0; v < kV; ++v) acc[r][v].store(c + r * c_ld + v * Vec::size());
 }
 
 template <typename scalar_t, MaskKind kind>
@@ -524,7 +566,6 @@ void fused_grad_input(const FusedGradInputArgs& a, int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
   using Vec = Vectorized<acc_t>;
   constexpr int64_t kV = kPanelVectors<acc_t>, kNR = kV * Vec::size(), kKC = kGradInputDepth;
-  const bool direct = a.rows <= kGradInputDirectRows;
   thread_local std::vector<acc_t> wm_buffer, c_buffer;
   acc_t* wm = scratch(wm_buffer, kKC * kNR);
   acc_t* c = scratch(c_buffer, a.rows * kNR);
@@ -537,14 +578,7 @@ void fused_grad_input(const FusedGradInputArgs& a, int64_t begin, int64_t end) {
     const scalar_t* w = static_cast<const scalar_t*>(a.weight) + k * a.weight_stride + c0;
     // A packed row's column c0 (a multiple of 8) starts at byte c0 / 8.
     const void* m = mask_at<scalar_t, kind>(a.mask, k * a.mask_stride + (kind == MaskKind::kBits ? c0 / 8 : c0));
-    switch (direct ? a.rows : 0) {
-      case 0: break;
-      case 1: direct_grad_input_block<1, scalar_t, kind>(a, grad, w, m, n_cols, c, kNR); break;
-      case 2: direct_grad_input_block<2, scalar_t, kind>(a, grad, w, m, n_cols, c, kNR); break;
-      case 3: direct_grad_input_block<3, scalar_t, kind>(a, grad, w, m, n_cols, c, kNR); break;
-      default: direct_grad_input_block<4, scalar_t, kind>(a, grad, w, m, n_cols, c, kNR); break;
-    }
-    for (int64_t d0 = 0; !direct && d0 < a.out_features; d0 += kKC) {
+    for (int64_t d0 = 0; d0 < a.out_features; d0 += kKC) {
       const int64_t depth = std::min(kKC, a.out_features - d0);
       for (int64_t d = 0; d < depth; ++d) {
         const int64_t o = d0 + d;
@@ -682,6 +716,54 @@ void masked_gradients(const FusedGradWeightArgs& a, int64_t k, int64_t o0, int64
                        : run.template operator()<false, WeightGradient::kSum>();
 }
 
+// The gradients of output rows [o0, o0 + n_out) of candidates [k_first, k_end) for kRows (at most
+// kFewRows) rows of x, where they are bound by writing the gradients and reading the mask: each
+// row G[k, o, :] = sum_r grad_t[k, o, r] x[k, r, :] is formed and written masked (or added to
+// `total`, one opmath row of a shared weight's sum over the candidates) vector by vector, so that
+// the gradients, the weight and the mask are streamed in memory order.
+template <int64_t kRows, typename scalar_t, MaskKind kind>
+void few_rows_gradients(const FusedGradWeightArgs& a, int64_t k_first, int64_t k_end, int64_t o0,
+                        int64_t n_out, at::opmath_type<scalar_t>* total) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t kNR = kPanelVectors<acc_t> * Vec::size();
+  const int64_t panels = a.in_stride / kNR;
+  auto* grad_weight = static_cast<scalar_t*>(a.grad_weight);
+  auto* grad_mask = static_cast<scalar_t*>(a.grad_mask);
+  for (int64_t o = o0; o < o0 + n_out; ++o) {
+    for (int64_t k = k_first; k < k_end; ++k) {
+      const acc_t* x = static_cast<const acc_t*>(a.x_panels) + k * panels * kRows * kNR;
+      const acc_t* g = static_cast<const acc_t*>(a.grad_t) + (k * a.out_features + o) * kRows;
+      Vec gv[kRows];
+      for (int64_t r = 0; r < kRows; ++r) gv[r] = Vec(g[r]);
+      const scalar_t* w_row = static_cast<const scalar_t*>(a.weight) + k * a.weight_stride + o * a.in;
+      const void* m_row = mask_at<scalar_t, kind>(a.mask, k * a.mask_stride + o * a.mask_ld);
+      const int64_t row = (k * a.out_features + o) * a.in;
+      auto step = [&](int64_t c, int64_t count) {
+        prefetch_ahead<scalar_t, kind>(grad_mask != nullptr ? w_row : nullptr,
+                                       grad_weight != nullptr ? m_row : nullptr, c);
+        const acc_t* xc = x + c / kNR * kRows * kNR + c % kNR;
+        Vec gradient = gv[0] * Vec::loadu(xc);
+#pragma GCC unroll 4
+        for (int64_t r = 1; r < kRows; ++r) gradient = at::vec::fmadd(gv[r], Vec::loadu(xc + r * kNR), gradient);
+        if (grad_mask != nullptr)
+          store_scalar(gradient * load_opmath(w_row + c, count), grad_mask + row + c, count);
+        if (grad_weight == nullptr) return;
+        const Vec masked = gradient * mask_multiplier<scalar_t, kind>(m_row, c, count);
+        if (total == nullptr) store_scalar(masked, grad_weight + row + c, count);
+        else (k == k_first ? masked : masked + Vec::loadu(total + c)).store(total + c);
+      };
+      const int64_t full = a.in / Vec::size() * Vec::size();
+      for (int64_t c = 0; c < full; c += Vec::size()) step(c, Vec::size());
+      if (full < a.in) step(full, a.in - full);
+    }
+    if (total != nullptr && grad_weight != nullptr)
+      for (int64_t c = 0; c < a.in; c += Vec::size())
+        store_scalar(Vec::loadu(total + c), grad_weight + o * a.in + c,
+                     std::min<int64_t>(Vec::size(), a.in - c));
+  }
+}
+
 // grad_mask[k] = G[k] ⊙ W[k] and either grad_weight[k] = G[k] ⊙ M[k] per candidate or, with
 // a.sum_candidates, grad_weight = Σ_k G[k] ⊙ M[k] over every candidate (summed in opmath, rounded
 // once), for the blocks idx in [begin, end) of kPanelOutBlock output rows.
@@ -700,6 +782,13 @@ void fused_grad_weight(const FusedGradWeightArgs& a, int64_t begin, int64_t end)
     const int64_t k_end = a.sum_candidates ? a.candidates : k_first + 1;
     const int64_t o0 = (idx % blocks) * kPanelOutBlock;
     const int64_t n_out = std::min(kPanelOutBlock, a.out_features - o0);
+    switch (a.rows) {
+      case 1: few_rows_gradients<1, scalar_t, kind>(a, k_first, k_end, o0, n_out, total); continue;
+      case 2: few_rows_gradients<2, scalar_t, kind>(a, k_first, k_end, o0, n_out, total); continue;
+      case 3: few_rows_gradients<3, scalar_t, kind>(a, k_first, k_end, o0, n_out, total); continue;
+      case 4: few_rows_gradients<4, scalar_t, kind>(a, k_first, k_end, o0, n_out, total); continue;
+      default: break;
+    }
     for (int64_t k = k_first; k < k_end; ++k) masked_gradients<scalar_t, kind>(a, k, o0, n_out, total, partial);
     // A shared weight's sum over candidates gathers in `total`, rounded once after the last one.
     if (!a.sum_candidates || a.grad_weight == nullptr) continue;
@@ -716,7 +805,8 @@ Kernels kernels_for_kind() {
   using Vec = Vectorized<at::opmath_type<scalar_t>>;
   return {&mask_multiply<scalar_t, kind>, &fused_forward<scalar_t, kind>,
           &panel_forward<scalar_t, kind>, &pack_panels<at::opmath_type<scalar_t>>, &transpose<at::opmath_type<scalar_t>>, kPanelVectors<at::opmath_type<scalar_t>> * Vec::size(),
-          &fused_grad_input<scalar_t, kind>, &fused_grad_weight<scalar_t, kind>,
+          &fused_grad_input<scalar_t, kind>, &few_rows_grad_input<scalar_t, kind>,
+          &fused_grad_weight<scalar_t, kind>,
 #if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
           true
 #else
