@@ -427,8 +427,12 @@ void panel_forward(const FusedForwardArgs& a, int64_t begin, int64_t end) {
   acc_t* wm = scratch(wm_buffer, kMC * kKC);
   acc_t* c = scratch(c_buffer, kMC * c_ld);
   const scalar_t* bias = static_cast<const scalar_t*>(a.bias);
+  // An item reads a block of kMC weight rows and a candidate's x panels (rows x in): with a shared
+  // weight, the items run over the block's candidates (the block read once) where x is the
+  // smaller of the two, else over the candidate's blocks (its x read once).
+  const int64_t group = a.rows < kMC ? 1 : a.blocks_per_candidate;
   for (int64_t idx = begin; idx < end; ++idx) {
-    const auto [k, block] = candidate_block(idx, a.candidates, a.blocks_per_candidate, a.weight_stride, 1);
+    const auto [k, block] = candidate_block(idx, a.candidates, a.blocks_per_candidate, a.weight_stride, group);
     const int64_t o0 = block * kMC;
     const int64_t n_out = std::min(kMC, a.out_features - o0);
     const acc_t* x_panels = static_cast<const acc_t*>(a.x) + k * panels * a.in * kNR;
