@@ -229,6 +229,25 @@ def test_zero_candidates(device):
     assert x.grad.shape == x.shape
 
 
+def test_few_rows_input_gradient_bits_do_not_depend_on_thread_timing(monkeypatch):
+    # On CPU its threads sum segments of weight rows; the partial sums are added in segment order,
+    # not in the order the threads happened to finish them.
+    monkeypatch.setenv(PATH_VARIABLE, "fused")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for form in ("single", "shared"):
+            _, weight, mask, _, packed = make_inputs("cpu", torch.float32, "bool", (1,), 700, 900,
+                                                     form)
+            grad = torch.randn(*mask.shape[:-2], 1, 900, generator=torch.Generator().manual_seed(2))
+            first = torch.ops.sparsenas.masked_linear_grad_input(grad, weight, mask, packed)
+            for _ in range(20):
+                assert torch.equal(
+                    torch.ops.sparsenas.masked_linear_grad_input(grad, weight, mask, packed), first)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_candidates_equal_separate_calls(device):
     x, weight, mask, bias, packed = make_inputs(device, torch.float32, "packed", (7,), 50, 20,
                                                 "shared")

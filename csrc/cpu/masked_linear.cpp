@@ -398,16 +398,16 @@ void grad_input_few_rows(const cpu::Kernels& kern, const MaskedLinearGeometry& g
   const int64_t segments = (out_f + segment_rows - 1) / segment_rows;
   const int64_t items = K * segments, chunk = fused_chunk(items, 1);
   const int64_t in_stride = (in + cpu::kFusedAlign - 1) / cpu::kFusedAlign * cpu::kFusedAlign;
-  // Each thread's own sums over the items it runs, added together at the end.
-  auto sums = at::zeros({dynamic_workers((items + chunk - 1) / chunk), K, rows, in_stride}, grad.options());
+  auto partial = at::empty({K, segments, rows, in_stride}, grad.options());
   const cpu::FewRowsGradInputArgs args{grad.const_data_ptr(), w.tensor.const_data_ptr(),
                                        w.candidate_stride, m.tensor.const_data_ptr(),
-                                       m.candidate_stride, m.ld, rows, in, in_stride, out_f, K,
-                                       segments, segment_rows};
-  parallel_for_dynamic(0, items, chunk, [&](int64_t begin, int64_t end, int64_t worker) {
-    kern.few_rows_grad_input(args, begin, end, sums[worker].data_ptr());
+                                       m.candidate_stride, m.ld, partial.data_ptr(), rows, in,
+                                       in_stride, out_f, K, segments, segment_rows};
+  parallel_for_dynamic(0, items, chunk, [&](int64_t begin, int64_t end, int64_t) {
+    kern.few_rows_grad_input(args, begin, end);
   });
-  result.copy_(sums.sum(0).narrow(2, 0, in));
+  // A reduction over a leading dimension adds its slices in order.
+  result.copy_(partial.sum(1).narrow(2, 0, in));
 }
 
 void grad_input_fused(const cpu::Kernels& kern, const MaskedLinearGeometry& g,

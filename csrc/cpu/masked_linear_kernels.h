@@ -120,10 +120,11 @@ using FusedGradInputFn = void (*)(const FusedGradInputArgs&, int64_t begin, int6
 constexpr int64_t kFewRows = 4;
 
 // The same product for at most kFewRows gradient rows: item idx in [begin, end)
-// (candidate_block(idx, candidates, segments, weight_stride, 1)) adds the products of output rows
-// [s * segment_rows, (s + 1) * segment_rows) of candidate k to sums[k] (the calling thread's
-// opmath [K, rows, in_stride], in_stride a multiple of kFusedAlign); grad_input is the sum of
-// every thread's sums. A weight row is contiguous and read in order.
+// (candidate_block(idx, candidates, segments, weight_stride, 1)) writes the products of output
+// rows [s * segment_rows, (s + 1) * segment_rows) of candidate k to partial[k, s] (opmath
+// [K, segments, rows, in_stride], in_stride a multiple of kFusedAlign); grad_input[k] is the sum
+// of partial[k] over the segments, in their order (so that the bits do not depend on which
+// thread ran which item). A weight row is contiguous and read in order.
 struct FewRowsGradInputArgs {
   const void* grad;  // opmath [K, rows, out]
   const void* weight;
@@ -131,6 +132,7 @@ struct FewRowsGradInputArgs {
   const void* mask;
   int64_t mask_stride;
   int64_t mask_ld;
+  void* partial;
   int64_t rows;
   int64_t in;
   int64_t in_stride;
@@ -139,8 +141,7 @@ struct FewRowsGradInputArgs {
   int64_t segments;
   int64_t segment_rows;
 };
-using FewRowsGradInputFn = void (*)(const FewRowsGradInputArgs&, int64_t begin, int64_t end,
-                                    void* sums);
+using FewRowsGradInputFn = void (*)(const FewRowsGradInputArgs&, int64_t begin, int64_t end);
 
 // G[k] = grad_t[k] x[k] (grad_t opmath [K, out, rows]; x as column panels, opmath
 // [K, in_stride / panel_rows, rows, panel_rows], zero beyond in) for the items idx in [begin, end)

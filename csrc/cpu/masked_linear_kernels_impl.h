@@ -531,9 +531,10 @@ inline void few_rows_step(const at::opmath_type<scalar_t>* g, int64_t g_ld, cons
 }
 
 template <int64_t kRows, typename scalar_t, MaskKind kind>
-void few_rows_grad_input_item(const FewRowsGradInputArgs& a, int64_t k, int64_t s,
-                              at::opmath_type<scalar_t>* sums) {
+void few_rows_grad_input_item(const FewRowsGradInputArgs& a, int64_t k, int64_t s) {
   using acc_t = at::opmath_type<scalar_t>;
+  acc_t* sums = static_cast<acc_t*>(a.partial) + (k * a.segments + s) * kRows * a.in_stride;
+  std::fill_n(sums, kRows * a.in_stride, acc_t(0));
   const acc_t* g = static_cast<const acc_t*>(a.grad) + k * kRows * a.out_features;
   const scalar_t* w = static_cast<const scalar_t*>(a.weight) + k * a.weight_stride;
   const void* m = mask_at<scalar_t, kind>(a.mask, k * a.mask_stride);
@@ -550,16 +551,14 @@ void few_rows_grad_input_item(const FewRowsGradInputArgs& a, int64_t k, int64_t 
 }
 
 template <typename scalar_t, MaskKind kind>
-void few_rows_grad_input(const FewRowsGradInputArgs& a, int64_t begin, int64_t end, void* sums) {
-  using acc_t = at::opmath_type<scalar_t>;
+void few_rows_grad_input(const FewRowsGradInputArgs& a, int64_t begin, int64_t end) {
   for (int64_t idx = begin; idx < end; ++idx) {
     const auto [k, s] = candidate_block(idx, a.candidates, a.segments, a.weight_stride, 1);
-    acc_t* sums_k = static_cast<acc_t*>(sums) + k * a.rows * a.in_stride;
     switch (a.rows) {
-      case 1: few_rows_grad_input_item<1, scalar_t, kind>(a, k, s, sums_k); break;
-      case 2: few_rows_grad_input_item<2, scalar_t, kind>(a, k, s, sums_k); break;
-      case 3: few_rows_grad_input_item<3, scalar_t, kind>(a, k, s, sums_k); break;
-      case 4: few_rows_grad_input_item<4, scalar_t, kind>(a, k, s, sums_k); break;
+      case 1: few_rows_grad_input_item<1, scalar_t, kind>(a, k, s); break;
+      case 2: few_rows_grad_input_item<2, scalar_t, kind>(a, k, s); break;
+      case 3: few_rows_grad_input_item<3, scalar_t, kind>(a, k, s); break;
+      case 4: few_rows_grad_input_item<4, scalar_t, kind>(a, k, s); break;
       default: TORCH_CHECK(false, "few_rows_grad_input: at most ", kFewRows, " rows, got ", a.rows);
     }
   }
