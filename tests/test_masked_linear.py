@@ -122,30 +122,23 @@ def test_automatic_path_matches_reference(device, rows):
                                           requires_grad=True))
 
 
-@pytest.mark.parametrize("rows", [(1,), (3,), (5,), (16,), (17,), (70,), (130,), (600,)])
+@pytest.mark.parametrize("rows,in_features,out_features",
+                         [(rows, 300, 100) for rows in [(1,), (3,), (5,), (16,), (17,), (70,), (130,), (600,)]]
+                         + [((1,), 4100, 50), ((3,), 4100, 50)])
 @pytest.mark.parametrize("mask_format", ["bool", "packed", "soft"])
 @pytest.mark.parametrize("form", list(FORMS))
-def test_fused_kernels_across_their_blocks(device, monkeypatch, rows, mask_format, form):
-    # The fused kernels' boundaries: masked-in-registers rows (<= 4), dot-product forward (<= 16),
-    # x panels of 64 rows (the last one partial), chunks of 512 rows, weight blocks of 48 rows and
-    # 128 columns, input-gradient column panels, and weight gradients over one x block (<= 128
-    # rows) or several, summed over candidates for a shared weight.
+def test_fused_kernels_across_their_blocks(device, monkeypatch, rows, in_features, out_features,
+                                           mask_format, form):
+    # The fused kernels' boundaries: weight rows streamed in order (<= 4 rows; a weight shared by
+    # the candidates in groups of forward blocks and input-gradient segments of about 256 KiB of
+    # its rows, several at 4100 columns, the last one partial, and rows ending in a partial
+    # vector), dot-product forward (<= 16), x panels of 64 rows (the last one partial), chunks of
+    # 512 rows, weight blocks of 48 rows and 128 columns, input-gradient column panels, and weight
+    # gradients formed row by row (<= 4 rows), over one x block (<= 128 rows) or several, summed
+    # over candidates for a shared weight.
     monkeypatch.setenv(PATH_VARIABLE, "fused")
-    assert_matches_reference(*make_inputs(device, torch.float32, mask_format, rows, 300, 100, form,
-                                          requires_grad=True))
-
-
-@pytest.mark.parametrize("rows", [(1,), (3,)])
-@pytest.mark.parametrize("mask_format", ["bool", "packed", "soft"])
-@pytest.mark.parametrize("form", list(FORMS))
-def test_few_rows_kernels_over_groups_and_segments(device, monkeypatch, rows, mask_format, form):
-    # At most 4 rows the fused kernels stream weight rows in order: a weight shared by the
-    # candidates runs in groups of forward blocks and in input-gradient segments of about 256 KiB
-    # of weight rows (here several, the last one partial), rows of 4100 columns end in a partial
-    # vector, and the weight gradient is formed one row at a time (summed over candidates).
-    monkeypatch.setenv(PATH_VARIABLE, "fused")
-    assert_matches_reference(*make_inputs(device, torch.float32, mask_format, rows, 4100, 50, form,
-                                          requires_grad=True))
+    assert_matches_reference(*make_inputs(device, torch.float32, mask_format, rows, in_features,
+                                          out_features, form, requires_grad=True))
 
 
 @pytest.mark.parametrize("rows", [(2,), (5,), (70,), (130,)])

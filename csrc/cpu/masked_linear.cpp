@@ -4,7 +4,10 @@
 //   the weight at a time (in registers for a few rows of x, else into an L1 buffer in opmath)
 //   and multiply it in register tiles (outer products against panels of x or of the gradient;
 //   dot products with x rows for a forward of at most 16 rows), so that W ⊙ M is never written
-//   out; the weight gradient is masked as its tiles are stored;
+//   out; the weight gradient is masked as its tiles are stored; for at most kFewRows rows of x,
+//   where the products are bound by memory, the gradient kernels stream the weight, the mask and
+//   the weight gradient row by row instead, and K candidates sharing a weight take turns on each
+//   cached block of its rows;
 // - otherwise the masked weight is built one cache-sized tile at a time and a GEMM reads it
 //   while it is still in cache (tiles of output rows for the forward and the weight gradient,
 //   tiles of input columns for the input gradient, so that every GEMM sums over its whole

@@ -140,7 +140,7 @@ inline const void* mask_at(const void* mask, int64_t offset) {
 // How far ahead of the column in use the kernels that stream a few weight rows at once prefetch
 // them, in elements. Each row is its own stream and the hardware prefetchers start over at every
 // 4 KiB page (one row of a 1024-wide float weight), so without this a row's first lines wait on
-// memory; measured 15-25% of a memory-bound call.
+// memory (measured: about 10% of the 1-row gradients of a 1024 x 1024 layer).
 constexpr int64_t kPrefetchElements = 256;
 
 // Prefetches column c + kPrefetchElements of a weight row and of its mask row (null: one not read).
@@ -278,7 +278,8 @@ void fused_forward(const FusedForwardArgs& a, int64_t begin, int64_t end) {
   std::vector<acc_t> wm(a.rows <= kR ? 0 : kO * ld, acc_t(0));
   const scalar_t* weight = static_cast<const scalar_t*>(a.weight);
   const scalar_t* bias = static_cast<const scalar_t*>(a.bias);
-  const int64_t group = std::max<int64_t>(1, kSharedWeightBytes / (kO * std::max<int64_t>(a.in, 1) * static_cast<int64_t>(sizeof(scalar_t))));
+  const int64_t block_bytes = kO * std::max<int64_t>(a.in, 1) * static_cast<int64_t>(sizeof(scalar_t));
+  const int64_t group = std::max<int64_t>(1, kSharedWeightBytes / block_bytes);
   for (int64_t idx = begin; idx < end; ++idx) {
     const auto [k, block] = candidate_block(idx, a.candidates, a.blocks_per_candidate, a.weight_stride, group);
     const int64_t o0 = block * kO;
