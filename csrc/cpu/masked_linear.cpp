@@ -161,11 +161,16 @@ void for_each_tile(int64_t items, at::IntArrayRef tile_shape, const at::TensorOp
   });
 }
 
+// The row stride of the fused kernels' opmath row buffers: in rounded up to whole kFusedAlign.
+int64_t fused_row_stride(int64_t in) {
+  return (in + cpu::kFusedAlign - 1) / cpu::kFusedAlign * cpu::kFusedAlign;
+}
+
 // x [K, rows, in] (contiguous) as opmath [K, rows, in_stride], zero padded (the fused kernels'
 // layout); x itself when it already is.
 at::Tensor padded_opmath_rows(const at::Tensor& x3) {
   const int64_t in = x3.size(2);
-  const int64_t in_stride = (in + cpu::kFusedAlign - 1) / cpu::kFusedAlign * cpu::kFusedAlign;
+  const int64_t in_stride = fused_row_stride(in);
   if (in_stride == in && at::toOpMathType(x3.scalar_type()) == x3.scalar_type()) return x3;
   auto buffer = at::empty({x3.size(0), x3.size(1), in_stride},
                           x3.options().dtype(at::toOpMathType(x3.scalar_type())));
@@ -400,7 +405,7 @@ void grad_input_few_rows(const cpu::Kernels& kern, const MaskedLinearGeometry& g
   }
   const int64_t segments = (out_f + segment_rows - 1) / segment_rows;
   const int64_t items = K * segments, chunk = fused_chunk(items, 1);
-  const int64_t in_stride = (in + cpu::kFusedAlign - 1) / cpu::kFusedAlign * cpu::kFusedAlign;
+  const int64_t in_stride = fused_row_stride(in);
   auto partial = at::empty({K, segments, rows, in_stride}, grad.options());
   const cpu::FewRowsGradInputArgs args{grad.const_data_ptr(), w.tensor.const_data_ptr(),
                                        w.candidate_stride, m.tensor.const_data_ptr(),
