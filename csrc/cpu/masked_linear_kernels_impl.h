@@ -154,6 +154,12 @@ inline void prefetch_ahead(const scalar_t* w_row, const void* m_row, int64_t c) 
     __builtin_prefetch(mask_at<scalar_t, kind>(m_row, c + kPrefetchElements));
 }
 
+// Prefetches the cache lines of [p, p + bytes).
+inline void prefetch_bytes(const void* p, int64_t bytes) {
+  constexpr int64_t kLine = 64;
+  for (int64_t b = 0; b < bytes; b += kLine) __builtin_prefetch(static_cast<const char*>(p) + b);
+}
+
 template <typename scalar_t, MaskKind kind, typename dst_t>
 void mask_multiply_rows(const MaskMultiplyArgs& a, int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -355,7 +361,8 @@ struct BufferTile {
 };
 
 // acc[i, v] = tile.load(row0 + i, v) + sum_d a[row0 + i, d] * b[d, v] for i < kMR rows of a
-// (stride a_ld) and kV vectors of a panel (b: stride b_ld), then tile.store(row0 + i, v, acc).
+// (stride a_ld) and kV vectors of a panel (b: stride b_ld), then tile.store(row0 + i, v, acc);
+// a tile that has prefetch_next(row) is asked first to prefetch what its next tile will read.
 // The loops are unrolled so that the accumulators live in registers.
 template <int64_t kMR, int64_t kV, typename acc_t, typename Tile>
 inline void panel_tile(int64_t row0, int64_t depth, const acc_t* a, int64_t a_ld, const acc_t* b,
@@ -363,6 +370,10 @@ inline void panel_tile(int64_t row0, int64_t depth, const acc_t* a, int64_t a_ld
   using Vec = Vectorized<acc_t>;
   a += row0 * a_ld;
   Vec acc[kMR][kV];
+  if constexpr (requires { tile.prefetch_next(row0); }) {
+#pragma GCC unroll 32
+    for (int64_t i = 0; i < kMR; ++i) tile.prefetch_next(row0 + i);
+  }
 #pragma GCC unroll 32
   for (int64_t i = 0; i < kMR; ++i)
 #pragma GCC unroll 4
@@ -636,6 +647,22 @@ struct MaskedGradientTile {
   Vec load(int64_t row, int64_t v) const {
     return partial == nullptr ? Vec(acc_t(0)) : Vec::loadu(partial + row * sums_ld + v * Vec::size());
   }
+  // Prefetches the mask (and, for the mask's gradient, the weight) of `row` in the next panel's
+  // columns, which the next tile reads as it stores: each tile row is a stretch of its own page,
+  // which the hardware prefetchers do not follow, and a tile's stores would otherwise wait on
+  // those lines one row after another (measured with a bool mask: the weight gradient of 64-256
+  // rows 5-10% faster, of 64 candidates over a shared weight up to 17%; a bit mask, 8 bytes per
+  // tile row, gains nothing, nor did prefetching the lines the gradients are written to).
+  void prefetch_next(int64_t row) const {
+    const int64_t next = c0 + kPanelWidth;
+    if constexpr (kMaskGradient)
+      prefetch_bytes(weight + row * ld + kPanelWidth, kPanelWidth * int64_t(sizeof(scalar_t)));
+    if constexpr (kWeight != WeightGradient::kNone) {
+      const auto* m = static_cast<const char*>(mask_at<scalar_t, kind>(mask, row * mask_ld));
+      if constexpr (kind == MaskKind::kBits) prefetch_bytes(m + next / 8, kPanelWidth / 8);
+      else prefetch_bytes(mask_at<scalar_t, kind>(m, next), kPanelWidth * int64_t(kind == MaskKind::kByte ? 1 : sizeof(scalar_t)));
+    }
+  }
   void store(int64_t row, int64_t v, const Vec& gradient) const {
     const int64_t c = v * Vec::size();
     const int64_t count = std::min<int64_t>(Vec::size(), n_cols - c);
@@ -746,6 +773,11 @@ void few_rows_gradients(const FusedGradWeightArgs& a, int64_t k_first, int64_t k
       auto step = [&](int64_t c, int64_t count) {
         prefetch_ahead<scalar_t, kind>(grad_mask != nullptr ? w_row : nullptr,
                                        grad_weight != nullptr ? m_row : nullptr, c);
+        // The gradient rows written are streams that restart at every page too (measured: the
+        // weight gradient of one row with a bool mask 20-25% faster with these).
+        if (grad_mask != nullptr) __builtin_prefetch(grad_mask + row + c + kPrefetchElements, 1);
+        if (grad_weight != nullptr && total == nullptr)
+          __builtin_prefetch(grad_weight + row + c + kPrefetchElements, 1);
         const acc_t* xc = x + c / kNR * kRows * kNR + c % kNR;
         Vec gradient = gv[0] * Vec::loadu(xc);
 #pragma GCC unroll 4
