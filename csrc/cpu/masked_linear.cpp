@@ -98,7 +98,7 @@ constexpr int64_t kPanelMinRows = 16;
 constexpr int64_t kPanelChunkRows = 512;
 // A one-mask training step of fewer rows keeps W ⊙ M only when a path is forced
 // (keeps_masked_weight).
-constexpr int64_t kKeepMinRows = 16;
+constexpr int64_t kKeepMinRows = 128;
 // A masked tile spans at least this many rows (or columns) of the weight: the tile is the GEMM's
 // B operand, and with a narrower one the BLAS runs well below its peak (MKL on AVX-512: a GEMM
 // over 64-row tiles of a 1024x1024 weight takes 1.4-1.8x the whole product at 16-64 rows of x;
@@ -617,9 +617,12 @@ bool keeps_masked_weight(const at::Tensor& x, const at::Tensor& weight, const at
                          const c10::optional<at::Tensor>& bias, bool packed) {
   const auto g = check_masked_linear("masked_linear", x, weight, mask, bias, packed);
   if (g.candidate_form) return false;
-  // Below kKeepMinRows rows the products are bound by reading W and the mask: keeping W ⊙ M adds
-  // a weight-sized write and read to save one read of the mask, which cannot pay, and a timing
-  // disturbed by other work could still pick it. (A forced path still decides.)
+  // Below kKeepMinRows rows keeping W ⊙ M (a weight-sized buffer allocated, written and read
+  // twice per step) lost to the fused kernels in every measured case, yet the timing below
+  // picked it at 64 rows in 6 of 16 training-step rows of one benchmark run on an Intel Xeon,
+  // each then 8-50% slower than the fused kernels (the timing reuses one buffer in a tight loop;
+  // a real step allocates it afresh among its other buffers). On AMD the fused kernels fare
+  // better still against the BLAS. (A forced path still decides.)
   if (g.rows < kKeepMinRows && !cpu::forced_path(kPathVariable)) return false;
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const auto x2 = x.detach().reshape({g.rows, g.in_features});
