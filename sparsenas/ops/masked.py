@@ -33,10 +33,10 @@ def masked_linear(
       ``x @ (weight * mask).T`` would; zero such weights first if they may occur.
 
     Memory: the op writes no masked copy of the weight, with one exception. On CPU, a one-mask
-    call whose input gradient will be needed may keep W ⊙ M from the forward until the backward
-    (the one weight-sized buffer that ``F.linear(x, weight * mask)`` keeps too), where that
-    training step was measured faster than masking again in the backward; K-candidate calls
-    never keep one.
+    call of at least 128 rows whose input gradient will be needed may keep W ⊙ M from the forward
+    until the backward (the one weight-sized buffer that ``F.linear(x, weight * mask)`` keeps
+    too), where that training step was measured faster than masking again in the backward;
+    K-candidate calls never keep one.
 
     All tensors must be on one CPU or CUDA device (a meta tensor is refused: the op computes
     values). Bad inputs raise ``TypeError`` (type, dtype) or ``ValueError`` (shape, device) naming
