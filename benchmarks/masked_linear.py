@@ -188,7 +188,7 @@ def time_masked_paths(baselines: dict[str, tuple], masks: dict[str, tuple], x: t
         def forward(mask=mask, packed=packed):
             return masked_linear(x, weight, mask, bias, packed=packed)
 
-        # bool and uint8 masks share their choices (one byte-mask kernel): the second finds them made.
+        # bool and uint8 masks share their choices (one byte-mask kernel): uint8 finds them made.
         chosen[kind] = chosen_paths(forward, inputs)
         if not chosen[kind] and kind == "uint8" and "bool" in chosen:
             chosen[kind] = chosen["bool"]
@@ -239,7 +239,8 @@ def single_mask_rows(in_f: int, out_f: int, batches: list[int], kinds: tuple[str
                     "ratio_to_dense": auto[i] / dense[i],
                     "speedup_vs_w*mask": w_mask[i] / auto[i],
                     "auto_vs_best_path": auto[i] / min(fused[i], gemm[i]),
-                    "auto_vs_other_path": auto[i] / other_path_time(chosen[kind], i, fused[i], gemm[i]),
+                    "auto_vs_other_path":
+                        auto[i] / other_path_time(chosen[kind], i, fused[i], gemm[i]),
                 }
                 if batch < MEMORY_BOUND_ROWS:
                     row["ratio_to_byte_floor"] = auto[i] / floors[i]
@@ -278,7 +279,8 @@ def candidate_rows(batches: list[int], kinds: tuple[str, ...]) -> list[dict]:
                     "gemm_ms": gemm[i] * 1e3, "loop_ms": baseline[i] * 1e3,
                     "speedup_vs_loop": baseline[i] / auto[i],
                     "auto_vs_best_path": auto[i] / min(fused[i], gemm[i]),
-                    "auto_vs_other_path": auto[i] / other_path_time(chosen[kind], i, fused[i], gemm[i]),
+                    "auto_vs_other_path":
+                        auto[i] / other_path_time(chosen[kind], i, fused[i], gemm[i]),
                 }
                 rows.append(row)
                 print(format_row(row), flush=True)
@@ -380,8 +382,8 @@ def main() -> None:
              f"auto_vs_other_path > {AUTO_TOLERANCE} marks a wrong automatic choice, slower than "
              "the path it did not take (the faster of the two where it mixed them per stage) "
              f"({len(misses)} rows; {sum(row['auto_vs_best_path'] > AUTO_TOLERANCE for row in rows)} "
-             f"with auto_vs_best_path > {AUTO_TOLERANCE}). Times: best of {REPEATS} medians, in rounds that alternate "
-             "the methods of each batch size."
+             f"with auto_vs_best_path > {AUTO_TOLERANCE}). Times: best of {REPEATS} medians, in "
+             "rounds that alternate the methods of each batch size."
              + (" Quick mode." if args.quick else ""))
     path = write_results("masked_linear_quick" if args.quick else "masked_linear", torch.device("cpu"),
                          rows, columns, notes)

@@ -446,7 +446,8 @@ def test_training_step_choice_is_measured_for_steps_that_need_the_input_gradient
     monkeypatch.delenv(PATH_VARIABLE, raising=False)
     _, weight, keep = _path_choice_inputs(3)
     # rows<=256 (a class no other test measures; below 128 rows a step never keeps W ⊙ M)
-    x, weight = torch.randn(200, 256, generator=torch.Generator().manual_seed(3)), weight.requires_grad_()
+    x = torch.randn(200, 256, generator=torch.Generator().manual_seed(3))
+    weight = weight.requires_grad_()
     key = (f"masked_linear training_step float32 byte rows<=256 in<=256 out<=256 single "
            f"threads={torch.get_num_threads()}")
     masked_linear(x, weight, keep).sum().backward()  # no input gradient: nothing to keep
@@ -455,7 +456,8 @@ def test_training_step_choice_is_measured_for_steps_that_need_the_input_gradient
     masked_linear(x.expand(2, -1, -1), weight, keep.expand(2, -1, -1)).sum().backward()
     few_rows = x[:100].detach().requires_grad_()
     masked_linear(few_rows, weight, keep).sum().backward()
-    assert not any(k.startswith("masked_linear training_step") and " rows<=128 in<=256 out<=256 single" in k
+    assert not any(k.startswith("masked_linear training_step")
+                   and " rows<=128 in<=256 out<=256 single" in k
                    for k in native.kernel_path_choices())
     assert key not in native.kernel_path_choices()
     out = masked_linear(x, weight, keep)

@@ -618,11 +618,12 @@ bool keeps_masked_weight(const at::Tensor& x, const at::Tensor& weight, const at
   const auto g = check_masked_linear("masked_linear", x, weight, mask, bias, packed);
   if (g.candidate_form) return false;
   // Below kKeepMinRows rows keeping W ⊙ M (a weight-sized buffer allocated, written and read
-  // twice per step) lost to the fused kernels in every measured case, yet the timing below
-  // picked it at 64 rows in 6 of 16 training-step rows of one benchmark run on an Intel Xeon,
-  // each then 8-50% slower than the fused kernels (the timing reuses one buffer in a tight loop;
-  // a real step allocates it afresh among its other buffers). On AMD the fused kernels fare
-  // better still against the BLAS. (A forced path still decides.)
+  // twice per step) does not pay: in the benchmark's training steps of 16 and 64 rows on an
+  // Intel Xeon the GEMM path, which keeps it, was slower than the fused kernels in every row, yet
+  // the timing below picked keeping it at 64 rows in 6 of 16 rows of one run, each then 8-50%
+  // slower than the fused kernels (the timing reuses one buffer in a tight loop; a real step
+  // allocates it afresh among its other buffers). On AMD the fused kernels fare better still
+  // against the BLAS. (A forced path still decides.)
   if (g.rows < kKeepMinRows && !cpu::forced_path(kPathVariable)) return false;
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const auto x2 = x.detach().reshape({g.rows, g.in_features});
