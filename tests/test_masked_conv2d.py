@@ -95,6 +95,34 @@ def test_candidates_match_reference_and_single_calls(device, config, mask_format
         torch.testing.assert_close(out[k], single, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("mask_format", ["bool", "packed", "soft"])
+@pytest.mark.parametrize("weight_per_candidate,bias_per_candidate",
+                         [(False, False), (False, True), (True, True)])
+def test_one_image_per_candidate_matches_single_calls(device, mask_format, weight_per_candidate,
+                                                      bias_per_candidate):
+    # With one image per candidate the CPU kernels run every candidate in one grouped
+    # convolution: each candidate's output and gradients must be those of its own call.
+    config = (1, 6, 9, 7, 4, 3, 2, (2, 1), (1, 0), 1, 2)
+    x, weight, mask, bias, geometry = _inputs(config, device, torch.float64, mask_format, 3,
+                                              weight_per_candidate, bias_per_candidate)
+    packed = mask_format == "packed"
+    x = x.transpose(-1, -2).contiguous().transpose(-1, -2)
+    leaves = [x, weight, bias] + ([mask] if mask_format == "soft" else [])
+    for leaf in leaves:
+        leaf.requires_grad_()
+    out = masked_conv2d(x, weight, mask, bias, *geometry, packed=packed)
+    single = torch.stack([
+        masked_conv2d(x[k], weight[k] if weight_per_candidate else weight, mask[k],
+                      bias[k] if bias_per_candidate else bias, *geometry, packed=packed)
+        for k in range(3)])
+    torch.testing.assert_close(out, single)
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1),
+                           dtype=torch.float64).to(device)
+    for got, want in zip(torch.autograd.grad(out, leaves, grad_out),
+                         torch.autograd.grad(single, leaves, grad_out)):
+        torch.testing.assert_close(got, want)
+
+
 def _gradients(fn, tensors, grad_out):
     out = fn(*tensors)
     return torch.autograd.grad(out, [t for t in tensors if t.requires_grad], grad_out)

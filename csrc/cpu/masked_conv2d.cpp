@@ -41,7 +41,8 @@ void combine_weight_grads_cpu(const at::Tensor& g, const at::Tensor& weight, con
                    false, false);
 }
 
-constexpr MaskedConvKernels kCpuKernels{&fill_masked_rows_cpu, &combine_weight_grads_cpu};
+constexpr MaskedConvKernels kCpuKernels{&fill_masked_rows_cpu, &combine_weight_grads_cpu,
+                                        /*group_single_image_candidates=*/true};
 
 at::Tensor masked_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& mask,
                              const c10::optional<at::Tensor>& bias, c10::IntArrayRef stride,

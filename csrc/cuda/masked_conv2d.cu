@@ -103,7 +103,8 @@ void combine_weight_grads_cuda(const at::Tensor& g, const at::Tensor& weight, co
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-constexpr MaskedConvKernels kCudaKernels{&fill_masked_rows_cuda, &combine_weight_grads_cuda};
+constexpr MaskedConvKernels kCudaKernels{&fill_masked_rows_cuda, &combine_weight_grads_cuda,
+                                         /*group_single_image_candidates=*/false};
 
 at::Tensor masked_conv2d_cuda(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& mask,
                               const c10::optional<at::Tensor>& bias, c10::IntArrayRef stride,

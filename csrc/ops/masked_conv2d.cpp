@@ -192,6 +192,47 @@ at::Tensor filter_view(const at::Tensor& rows, const MaskedConv2dGeometry& g) {
   return rows.view({rows.size(0), g.in_channels / g.groups, g.kernel_h, g.kernel_w});
 }
 
+// Whether the blocks are one convolution on all of x's channels.
+bool single_block(const std::vector<ConvBlock>& blocks, const MaskedConv2dGeometry& g) {
+  return blocks.size() == 1 && blocks[0].in_count == g.in_channels;
+}
+
+// At most this many elements of masked filters for all candidates together (32 MiB of float):
+// above it, candidates of one image each run one by one.
+constexpr int64_t kGroupedElements = int64_t(1) << 23;
+
+// Whether K candidates of one image each run as one grouped convolution (K * groups groups) on x
+// viewed as [1, K * C, H, W] and grad viewed as [1, K * out, H', W']: one call instead of K. On
+// CPUs (oneDNN; 64 -> 64 channels, 3x3, 32x32, K = 16) the op became 1.55x (Intel Xeon) and
+// 1.12x (AMD EPYC) faster than a loop of K convolutions forward, where the per-candidate calls
+// were 1.08x and 0.94x, and 1.48x / 1.25x forward + backward (Intel 1.28x before). With more
+// images per candidate x and the output would need transposing copies, and the grouped
+// convolution was the slower one there.
+bool grouped_candidates(const MaskedConvKernels& kernels, const MaskedConv2dGeometry& g,
+                        const std::vector<ConvBlock>& blocks) {
+  return kernels.group_single_image_candidates && g.candidate_form && g.batch == 1 &&
+         g.candidates > 1 && single_block(blocks, g) &&
+         g.candidates * g.out_channels * g.fan_in <= kGroupedElements &&
+         g.candidates * g.groups <= kMaxConvSize;
+}
+
+// Every candidate's masked filters as one filter bank [K * out, C / groups, kh, kw].
+at::Tensor grouped_filters(const MaskedConvKernels& kernels, const MaskedConv2dGeometry& g,
+                           const CandidateViews& views, bool packed) {
+  auto filters = at::empty({g.candidates * g.out_channels, g.fan_in}, views.weight.options());
+  for (int64_t k = 0; k < g.candidates; ++k)
+    kernels.fill_masked_rows(candidate(views.weight, g.weight_per_candidate, k),
+                             candidate(views.mask, g.candidate_form, k), packed, 0,
+                             filters.narrow(0, k * g.out_channels, g.out_channels));
+  return filters.view({g.candidates * g.out_channels, g.in_channels / g.groups, g.kernel_h,
+                       g.kernel_w});
+}
+
+// A [K, 1, channels, H, W] tensor as one image of K * channels channels.
+at::Tensor as_one_image(const at::Tensor& t) {
+  return t.contiguous().view({1, t.size(0) * t.size(2), t.size(3), t.size(4)});
+}
+
 }  // namespace
 
 at::Tensor masked_conv2d_forward(const MaskedConvKernels& kernels, const at::Tensor& x,
@@ -224,6 +265,15 @@ at::Tensor masked_conv2d_forward(const MaskedConvKernels& kernels, const at::Ten
         .contiguous();
   }
   const auto views = candidate_views(g, weight, mask, packed);
+  if (grouped_candidates(kernels, g, blocks)) {
+    c10::optional<at::Tensor> grouped_bias;
+    if (has_bias)
+      grouped_bias = (g.bias_per_candidate ? *bias : bias->expand({K, g.out_channels})).reshape({-1});
+    return at::convolution(as_one_image(x), grouped_filters(kernels, g, views, packed),
+                           grouped_bias, stride, padding, dilation, false, {0, 0}, K * g.groups)
+        .contiguous()
+        .view(g.output_shape);
+  }
   const auto x_k = g.candidate_form ? x : x.unsqueeze(0);
   const auto bias_k = !has_bias ? at::Tensor() : g.bias_per_candidate ? *bias : bias->unsqueeze(0);
   auto workspace = at::empty({max_block_rows(blocks), g.fan_in}, weight.options());
@@ -278,13 +328,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backwar
   const auto empty = at::empty({0}, x.options());
   at::Tensor grad_x = empty, grad_weight = empty, grad_mask = empty, grad_bias = empty;
   const auto blocks = conv_blocks(g);
-  const bool single_block = blocks.size() == 1 && blocks[0].in_count == g.in_channels;
+  const bool one_block = single_block(blocks, g);
   const bool has_work = (need_x || need_effective) && !blocks.empty() && g.batch > 0 && K > 0;
   // One mask and one block (most layers): one convolution backward on the call's own tensors,
   // its input gradient the result (as in the forward, no views).
-  const bool single_call = has_work && single_block && !g.candidate_form;
-  if (need_x && !single_call)
-    grad_x = single_block ? at::empty(x.sizes(), x.options()) : at::zeros(x.sizes(), x.options());
+  const bool single_call = has_work && one_block && !g.candidate_form;
+  const bool grouped = has_work && grouped_candidates(kernels, g, blocks);
+  if (need_x && !single_call && !grouped)
+    grad_x = one_block ? at::empty(x.sizes(), x.options()) : at::zeros(x.sizes(), x.options());
   // With work to do, every element of the weight and mask gradients is written below (a shared
   // weight's by candidate 0, the others accumulate); without, they are zero.
   auto gradient_buffer = [&](c10::IntArrayRef sizes) {
@@ -313,47 +364,66 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backwar
                                    need_m ? grad_mask : at::Tensor());
   } else if (has_work) {
     const auto views = candidate_views(g, weight, mask, packed);
-    const auto x_k = g.candidate_form ? x : x.unsqueeze(0);
-    const auto grad_k = g.candidate_form ? grad : grad.unsqueeze(0);
-    const auto grad_x_k = !need_x ? empty : g.candidate_form ? grad_x : grad_x.unsqueeze(0);
     const auto grad_weight_k =
         !need_w ? empty : grad_weight.view({g.weight_per_candidate ? K : 1, g.out_channels, g.fan_in});
     const auto grad_mask_k = !need_m ? empty : grad_mask.view({K, g.out_channels, g.fan_in});
-    auto workspace = need_x ? at::empty({max_block_rows(blocks), g.fan_in}, weight.options()) : empty;
-    for (int64_t k = 0; k < K; ++k) {
-      const auto wk = candidate(views.weight, g.weight_per_candidate, k);
-      const auto mk = candidate(views.mask, g.candidate_form, k);
-      const auto xk = x_k.select(0, k);
-      const auto gk = grad_k.select(0, k);
-      at::Tensor effective;  // ∂L/∂W_eff of candidate k, [out, C / groups, kh, kw]
-      if (need_x) {
-        const auto gxk = grad_x_k.select(0, k);
-        for (const auto& b : blocks) {
-          auto block = workspace.narrow(0, 0, b.rows);
-          kernels.fill_masked_rows(wk, mk, packed, b.row0, block);
-          // With a single block the weight gradient comes from the same call: it does not
-          // depend on the (masked) weight values.
-          const bool with_effective = single_block && need_effective;
-          auto grads = at::convolution_backward(
-              gk.narrow(1, b.row0, b.rows), block_input(xk, b, g), filter_view(block, g),
-              c10::nullopt, stride, padding, dilation, false, {0, 0}, b.conv_groups,
-              {true, with_effective, false});
-          if (with_effective) effective = std::get<1>(grads);
-          auto target = b.in_count == g.in_channels ? gxk : gxk.narrow(1, b.in0, b.in_count);
-          if (single_block) target.copy_(std::get<0>(grads));
-          else target.add_(std::get<0>(grads));
-        }
-      }
+    // Candidate k's weight and mask gradients from its ∂L/∂W_eff.
+    auto combine = [&](int64_t k, const at::Tensor& effective) {
+      kernels.combine_weight_grads(
+          effective.contiguous().view({g.out_channels, g.fan_in}),
+          candidate(views.weight, g.weight_per_candidate, k),
+          candidate(views.mask, g.candidate_form, k), packed,
+          need_w ? candidate(grad_weight_k, g.weight_per_candidate, k) : at::Tensor(),
+          /*accumulate=*/!g.weight_per_candidate && k > 0,
+          need_m ? grad_mask_k.select(0, k) : at::Tensor());
+    };
+    if (grouped) {
+      auto grads = at::convolution_backward(
+          as_one_image(grad), as_one_image(x), grouped_filters(kernels, g, views, packed),
+          c10::nullopt, stride, padding, dilation, false, {0, 0}, K * g.groups,
+          {need_x, need_effective, false});
+      if (need_x) grad_x = std::get<0>(grads).contiguous().view(x.sizes());
       if (need_effective) {
-        if (!effective.defined())
-          effective = std::get<1>(at::convolution_backward(
-              gk, xk, filter_view(wk, g), c10::nullopt, stride, padding, dilation, false, {0, 0},
-              g.groups, {false, true, false}));
-        kernels.combine_weight_grads(
-            effective.contiguous().view({g.out_channels, g.fan_in}), wk, mk, packed,
-            need_w ? candidate(grad_weight_k, g.weight_per_candidate, k) : at::Tensor(),
-            /*accumulate=*/!g.weight_per_candidate && k > 0,
-            need_m ? grad_mask_k.select(0, k) : at::Tensor());
+        const auto effective = std::get<1>(grads).contiguous().view({K, g.out_channels, g.fan_in});
+        for (int64_t k = 0; k < K; ++k) combine(k, effective.select(0, k));
+      }
+    } else {
+      const auto x_k = g.candidate_form ? x : x.unsqueeze(0);
+      const auto grad_k = g.candidate_form ? grad : grad.unsqueeze(0);
+      const auto grad_x_k = !need_x ? empty : g.candidate_form ? grad_x : grad_x.unsqueeze(0);
+      auto workspace =
+          need_x ? at::empty({max_block_rows(blocks), g.fan_in}, weight.options()) : empty;
+      for (int64_t k = 0; k < K; ++k) {
+        const auto wk = candidate(views.weight, g.weight_per_candidate, k);
+        const auto mk = candidate(views.mask, g.candidate_form, k);
+        const auto xk = x_k.select(0, k);
+        const auto gk = grad_k.select(0, k);
+        at::Tensor effective;  // ∂L/∂W_eff of candidate k, [out, C / groups, kh, kw]
+        if (need_x) {
+          const auto gxk = grad_x_k.select(0, k);
+          for (const auto& b : blocks) {
+            auto block = workspace.narrow(0, 0, b.rows);
+            kernels.fill_masked_rows(wk, mk, packed, b.row0, block);
+            // With a single block the weight gradient comes from the same call: it does not
+            // depend on the (masked) weight values.
+            const bool with_effective = one_block && need_effective;
+            auto grads = at::convolution_backward(
+                gk.narrow(1, b.row0, b.rows), block_input(xk, b, g), filter_view(block, g),
+                c10::nullopt, stride, padding, dilation, false, {0, 0}, b.conv_groups,
+                {true, with_effective, false});
+            if (with_effective) effective = std::get<1>(grads);
+            auto target = b.in_count == g.in_channels ? gxk : gxk.narrow(1, b.in0, b.in_count);
+            if (one_block) target.copy_(std::get<0>(grads));
+            else target.add_(std::get<0>(grads));
+          }
+        }
+        if (need_effective) {
+          if (!effective.defined())
+            effective = std::get<1>(at::convolution_backward(
+                gk, xk, filter_view(wk, g), c10::nullopt, stride, padding, dilation, false,
+                {0, 0}, g.groups, {false, true, false}));
+          combine(k, effective);
+        }
       }
     }
   }
