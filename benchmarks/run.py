@@ -11,7 +11,7 @@ import sys
 import time
 
 BENCHMARKS = ["masked_linear", "masked_conv2d", "sampling", "sparse", "ntk", "candidate_training",
-              "sandwich_step", "lga_ntk", "dass_supernet"]
+              "sandwich_step", "evopress_offspring", "lga_ntk", "dass_supernet"]
 
 
 def main(argv: list[str] | None = None) -> int:
