@@ -24,11 +24,11 @@ def random_x(shape, dtype, device, seed=1):
     return torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype).to(device)
 
 
-# (out, in, x shape, density): batch 1 (gather path), padded widths 4 / 16 / 32, chunked > 32,
-# leading dimensions, an all-empty weight.
+# (out, in, x shape, density): batch 1 (gather path), padded widths 4 / 8 / 16 / 32, chunked
+# > 32, leading dimensions, an all-empty weight.
 SHAPES = [(7, 13, (13,), 0.3), (7, 13, (1, 13), 0.3), (33, 40, (3, 40), 0.1),
-          (16, 64, (2, 8, 64), 0.05), (20, 24, (17, 24), 0.5), (9, 10, (70, 10), 0.2),
-          (5, 6, (4, 6), 0.0)]
+          (12, 20, (6, 20), 0.4), (16, 64, (2, 8, 64), 0.05), (20, 24, (17, 24), 0.5),
+          (9, 10, (70, 10), 0.2), (5, 6, (4, 6), 0.0)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])

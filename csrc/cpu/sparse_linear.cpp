@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <tuple>
 #include <vector>
 
@@ -86,33 +87,57 @@ struct NmCols {
   SPARSENAS_INLINE int64_t first(int64_t r) const { return r * groups * n; }
 };
 
+// W batch lanes as one GCC vector (W = 1: the scalar itself). Spelled out, not left to the
+// vectoriser: with four accumulator arrays it vectorised some and left others scalar.
+template <int W, typename scalar_t>
+struct Lanes {
+  typedef scalar_t type __attribute__((vector_size(W * sizeof(scalar_t))));
+};
+template <typename scalar_t>
+struct Lanes<1, scalar_t> {
+  using type = scalar_t;
+};
+
+template <int W, typename scalar_t>
+SPARSENAS_INLINE typename Lanes<W, scalar_t>::type load_lanes(const scalar_t* p) {
+  typename Lanes<W, scalar_t>::type v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+// acc += values[k] * xT[columns[k], b0 : b0 + W] for one stored weight. A function, not a
+// lambda: a lambda's body is compiled for the baseline target and was not inlined into the
+// target_clones callers, which made every stored weight a call.
+template <int W, typename scalar_t>
+SPARSENAS_INLINE void add_stored(typename Lanes<W, scalar_t>::type& acc, const scalar_t* xT,
+                                 int64_t ldx, int64_t b0, const scalar_t* values,
+                                 const int32_t* columns, int64_t k, uint64_t in, bool& bad) {
+  const uint64_t c = static_cast<uint32_t>(columns[k]);
+  if (c >= in) {
+    bad = true;
+    return;
+  }
+  acc += values[k] * load_lanes<W>(xT + c * ldx + b0);
+}
+
 // y_row[b] = sum_k values[k] * xT[columns[k], b] for the W-wide batch chunks of one row. Four
-// accumulator sets break the FMA dependency chain through consecutive stored weights.
+// accumulators break the FMA dependency chain through consecutive stored weights.
 template <int W, typename scalar_t>
 SPARSENAS_INLINE void row_forward(const scalar_t* xT, int64_t ldx, const scalar_t* values,
                                   const int32_t* columns, int64_t count, scalar_t* y_row,
                                   uint64_t in, bool& bad) {
   for (int64_t b0 = 0; b0 < ldx; b0 += W) {
-    scalar_t a0[W] = {}, a1[W] = {}, a2[W] = {}, a3[W] = {};
-    auto add = [&](scalar_t* acc, int64_t k) {
-      const uint64_t c = static_cast<uint32_t>(columns[k]);
-      if (c >= in) {
-        bad = true;
-        return;
-      }
-      const scalar_t v = values[k];
-      const scalar_t* xr = xT + c * ldx + b0;
-      for (int i = 0; i < W; ++i) acc[i] += v * xr[i];
-    };
+    typename Lanes<W, scalar_t>::type a0 = {}, a1 = {}, a2 = {}, a3 = {};
     int64_t k = 0;
     for (; k + 4 <= count; k += 4) {
-      add(a0, k);
-      add(a1, k + 1);
-      add(a2, k + 2);
-      add(a3, k + 3);
+      add_stored<W>(a0, xT, ldx, b0, values, columns, k, in, bad);
+      add_stored<W>(a1, xT, ldx, b0, values, columns, k + 1, in, bad);
+      add_stored<W>(a2, xT, ldx, b0, values, columns, k + 2, in, bad);
+      add_stored<W>(a3, xT, ldx, b0, values, columns, k + 3, in, bad);
     }
-    for (; k < count; ++k) add(a0, k);
-    for (int i = 0; i < W; ++i) y_row[b0 + i] = (a0[i] + a1[i]) + (a2[i] + a3[i]);
+    for (; k < count; ++k) add_stored<W>(a0, xT, ldx, b0, values, columns, k, in, bad);
+    const auto sum = (a0 + a1) + (a2 + a3);
+    std::memcpy(y_row + b0, &sum, sizeof(sum));
   }
 }
 
