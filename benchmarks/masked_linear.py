@@ -13,7 +13,9 @@ where it mixed the two per stage) is reported at the end. Below
 x and y (and for the backward, of the gradients) over the copy bandwidth measured on a buffer of
 the weight's size in the same run.
 
-K candidates: K = 64 masks over one shared weight against a loop of K ``F.linear(x_k, w * mask_k)``.
+K candidates: K = 64 masks over one shared weight against a loop of K ``F.linear(x_k, w * mask_k)``,
+and the same multiply-adds without masks as one dense GEMM (the speedup a kernel at the BLAS's
+dense speed would reach).
 
 ``--contended`` runs the same timings while a competing 2-thread job (a torch matrix-multiply loop
 in another process) shares the cores, and reports how much each method slows down against an idle
@@ -266,9 +268,15 @@ def candidate_rows(batches: list[int], kinds: tuple[str, ...]) -> list[dict]:
             return torch.stack([F.linear(x[k], weight * float_masks[k], bias)
                                 for k in range(CANDIDATES)])
 
+        # The same multiply-adds without masks, as one BLAS GEMM over every candidate's rows:
+        # a kernel running at the BLAS's dense speed would be loop / dense_gemm times faster.
+        def dense_gemm():
+            return F.linear(x, weight, bias)
+
         masks = {kind: make_mask(keep, kind) for kind in kinds}
-        times, chosen = time_masked_paths({"loop": (loop, None)}, masks, x, weight, bias, leaves)
-        baseline = times["loop"]
+        times, chosen = time_masked_paths({"loop": (loop, None), "dense_gemm": (dense_gemm, None)},
+                                          masks, x, weight, bias, leaves)
+        baseline, dense = times["loop"], times["dense_gemm"]
         for kind in kinds:
             auto, fused, gemm = (times[f"{kind} {path}"] for path in ("auto", "fused", "gemm"))
             for i, phase in enumerate(("fwd", "fwd+bwd")):
@@ -277,7 +285,9 @@ def candidate_rows(batches: list[int], kinds: tuple[str, ...]) -> list[dict]:
                     "mask": kind, "batch": batch, "phase": phase, "chosen": describe_choice(chosen[kind]),
                     "auto_ms": auto[i] * 1e3, "fused_ms": fused[i] * 1e3,
                     "gemm_ms": gemm[i] * 1e3, "loop_ms": baseline[i] * 1e3,
+                    "dense_gemm_ms": dense[i] * 1e3,
                     "speedup_vs_loop": baseline[i] / auto[i],
+                    "speedup_at_dense_gemm_speed": baseline[i] / dense[i],
                     "auto_vs_best_path": auto[i] / min(fused[i], gemm[i]),
                     "auto_vs_other_path":
                         auto[i] / other_path_time(chosen[kind], i, fused[i], gemm[i]),
@@ -363,8 +373,9 @@ def main() -> None:
         print(f"automatic choice more than {AUTO_TOLERANCE - 1:.0%} slower than the other path: "
               f"{format_row(row)}")
     columns = ["case", "threads", "mask", "batch", "phase", "chosen", "auto_ms", "fused_ms",
-               "gemm_ms", "dense_ms", "w*mask_ms", "loop_ms", "ratio_to_dense",
-               "speedup_vs_w*mask", "speedup_vs_loop", "ratio_to_byte_floor",
+               "gemm_ms", "dense_ms", "w*mask_ms", "loop_ms", "dense_gemm_ms", "ratio_to_dense",
+               "speedup_vs_w*mask", "speedup_vs_loop", "speedup_at_dense_gemm_speed",
+               "ratio_to_byte_floor",
                "dense_ratio_to_byte_floor", "auto_vs_best_path", "auto_vs_other_path"]
     notes = (f"Mask density {DENSITY}, float32, bias; batch = rows of x (per candidate for "
              f"K={CANDIDATES}, weight shared). fwd+bwd: gradients of x, weight and bias. auto: the "
@@ -374,7 +385,11 @@ def main() -> None:
              "are the paths of calls without x's gradient); fused / gemm: each path forced "
              "(gemm keeps W*M). "
              "ratio_to_dense < 1 is faster than "
-             "dense F.linear; speedup_* > 1 is faster than that baseline. ratio_to_byte_floor "
+             "dense F.linear; speedup_* > 1 is faster than that baseline. K candidates: "
+             "dense_gemm = the same multiply-adds without masks as one BLAS GEMM over every "
+             "candidate's rows (F.linear of x [K, rows, in] and the shared weight), and "
+             "speedup_at_dense_gemm_speed = loop / dense_gemm, what a kernel running at the BLAS's "
+             "dense speed would reach. ratio_to_byte_floor "
              "(batch < 16): time over the bytes of W, mask, x and y (fwd; fwd+bwd adds the "
              "gradients' bytes) moved at the copy bandwidth measured in this run. "
              "auto_vs_best_path: the automatic choice's time over the faster forced path's (where "
