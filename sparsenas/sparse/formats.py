@@ -2,8 +2,8 @@
 
 Why CSR and not blocked (BSR): a random unstructured mask at 95% sparsity leaves most small blocks
 non-empty (a 4x4 block is empty with probability 0.95^16 = 44%), so BSR stores and multiplies
-~11x more values than CSR, and the BSR rows of ``benchmarks/results/sparse_cpu_amd-epyc.md`` are slower than
-CSR on this CPU. Indices are int32: half the index traffic of int64.
+~11x more values than CSR, and torch's BSR rows in ``benchmarks/results/sparse_cpu_*.md`` are
+slower than CSR. Indices are int32: half the index traffic of int64.
 """
 
 from __future__ import annotations
