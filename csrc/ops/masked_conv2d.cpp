@@ -224,8 +224,7 @@ at::Tensor grouped_filters(const MaskedConvKernels& kernels, const MaskedConv2dG
     kernels.fill_masked_rows(candidate(views.weight, g.weight_per_candidate, k),
                              candidate(views.mask, g.candidate_form, k), packed, 0,
                              filters.narrow(0, k * g.out_channels, g.out_channels));
-  return filters.view({g.candidates * g.out_channels, g.in_channels / g.groups, g.kernel_h,
-                       g.kernel_w});
+  return filter_view(filters, g);
 }
 
 // A [K, 1, channels, H, W] tensor as one image of K * channels channels.

@@ -9,11 +9,11 @@
 // bit-packed mask [(K,) out, ceil(C / groups * kh * kw / 8)] of each output channel's flattened
 // fan-in (bit j of byte b is element 8 b + j).
 //
-// The kernels never write K masked copies of W: per candidate and per block of output channels
-// (aligned to groups) a device kernel writes the masked block into a small workspace and
-// at::convolution runs on that block. The exception is a batch of one image per candidate, where
-// the devices that ask for it (MaskedConvKernels) mask every candidate's filters and run one
-// grouped convolution over x viewed as [1, K * C, H, W]. The driver below is device independent;
+// Per candidate and per block of output channels (aligned to groups) a device kernel writes the
+// masked block into a small workspace and at::convolution runs on that block. The exception is a
+// batch of one image per candidate, where the devices that ask for it (MaskedConvKernels) write
+// every candidate's masked filters (up to 32 MiB) and run one grouped convolution over x viewed
+// as [1, K * C, H, W]. The driver below is device independent;
 // each device supplies its elementwise kernels (MaskedConvKernels).
 
 #include <ATen/core/Tensor.h>
