@@ -8,6 +8,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -46,6 +47,31 @@ def test_units_commit_their_trials_atomically(tmp_path):
             store.finish("s", "u2", [_trial("c"), _trial("a")])
         assert store.finished_units("s") == {"u1"}
         assert [t.key for t in store.trials("s")] == ["a", "b"]
+
+
+@pytest.mark.parametrize("attempt", range(5))  # the race is timing-dependent: several tries
+def test_workers_opening_a_new_store_at_once_create_it_once(tmp_path, attempt):
+    path = tmp_path / "shared.sqlite"
+    workers = 8
+    start = threading.Barrier(workers)
+    errors: list[BaseException] = []
+
+    def open_and_join() -> None:
+        start.wait()
+        try:
+            with Store(path) as store:
+                store.create_study("s", "random-search", {"epochs": 3})
+        except BaseException as error:  # noqa: BLE001 - collected for the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=open_and_join) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with Store(path, readonly=True) as store:
+        assert [study.name for study in store.studies()] == ["s"]
 
 
 def test_trial_states_and_evolution_links(tmp_path):

@@ -151,9 +151,9 @@ class Store:
             raise StoreError(f"store {str(self.path)!r} cannot be opened: {error}") from None
         try:
             self._db.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-            version = self._schema_version()
-            self.migrated_from = version if version == 1 and not readonly else None
+            self.migrated_from = None
             if readonly:
+                version = self._schema_version()
                 if version == 0:
                     raise StoreError(f"store {str(self.path)!r} holds no study")
                 if version == 1:
@@ -163,7 +163,8 @@ class Store:
             else:
                 self._db.execute("PRAGMA journal_mode = WAL")
                 self._db.execute("PRAGMA synchronous = FULL")
-                self._create_or_migrate(version)
+                if self._create_or_migrate() == 1:
+                    self.migrated_from = 1
         except sqlite3.Error as error:
             self._db.close()
             raise StoreError(f"store {str(self.path)!r}: {_describe(error)}") from None
@@ -224,10 +225,14 @@ class Store:
                 return 1
         raise StoreError(f"store {str(self.path)!r} is an SQLite file but not a sparsenas store")
 
-    def _create_or_migrate(self, version: int) -> None:
-        if version == SCHEMA_VERSION:
-            return
+    def _create_or_migrate(self) -> int:
+        """Creates or migrates the schema and returns the version found. The version is read
+        inside the write transaction: workers that open a new store at the same moment queue on
+        the lock, and only the first creates the schema."""
         with self._transaction() as db:
+            version = self._schema_version()
+            if version == SCHEMA_VERSION:
+                return version
             if version == 1:
                 db.execute("ALTER TABLE meta RENAME TO meta_v1")
                 db.execute("ALTER TABLE units RENAME TO units_v1")
@@ -240,6 +245,7 @@ class Store:
                        (str(SCHEMA_VERSION),))
             if version == 1:
                 self._copy_legacy_study(db)
+        return version
 
     @staticmethod
     def _copy_legacy_study(db: sqlite3.Connection) -> None:
