@@ -3,8 +3,9 @@
 Every benchmark checks correctness first, then times each method on the same random inputs in the
 same run, and reports ratios to the baseline measured beside it. Results go to
 ``benchmarks/results/<name>_<device>.json`` (machine-readable) and ``.md`` (a table), where
-<device> names the machine (``cpu_intel-xeon``, ``cpu_amd-epyc-7b13``, ``cuda_nvidia-h200``), so
-that runs on different machines stand side by side.
+<device> names the machine and, for a CPU, its widest vector extension (``cpu_intel-xeon-avx512``,
+``cpu_amd-epyc-avx2``, ``cuda_nvidia-h200``): CPUs sold under one model name differ in it, and the
+native kernels run different code on each, so runs on different machines stand side by side.
 """
 
 from __future__ import annotations
@@ -132,7 +133,8 @@ def device_name(device: torch.device) -> str:
 
 
 def machine_tag(device: torch.device) -> str:
-    """The device type and model as a file-name part: 'cpu_intel-xeon', 'cuda_nvidia-h200'."""
+    """The device type and model, and for a CPU its widest vector extension, as a file-name part:
+    'cpu_intel-xeon-avx512', 'cpu_amd-epyc-avx2', 'cuda_nvidia-h200'."""
     if device.type == "cuda":
         model = torch.cuda.get_device_name(device)
     else:
@@ -140,8 +142,14 @@ def machine_tag(device: torch.device) -> str:
     for noise in ("(R)", "(TM)", "(tm)", "Processor", "CPU", "Core"):
         model = model.replace(noise, " ")
     model = model.split("@", 1)[0]
-    slug = "-".join(re.findall(r"[a-z0-9]+", model.lower()))
-    return f"{device.type}_{slug or 'unknown'}"
+    slug = "-".join(re.findall(r"[a-z0-9]+", model.lower())) or "unknown"
+    if device.type == "cpu":
+        widest = next((name for flag, name in (("avx512f", "avx512"), ("avx2", "avx2"),
+                                               ("avx", "avx")) if flag in vector_extensions()),
+                      None)
+        if widest is not None:
+            slug = f"{slug}-{widest}"
+    return f"{device.type}_{slug}"
 
 
 def vector_extensions() -> list[str]:
