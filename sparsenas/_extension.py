@@ -42,9 +42,9 @@ def kernel_path_cache_file() -> Path | None:
     """Where the CPU kernels record their measured path choices for this machine and build.
 
     Under ``$SPARSENAS_CACHE_DIR`` (default ``$XDG_CACHE_HOME/sparsenas``, else
-    ``~/.cache/sparsenas``); the name hashes the CPU model, the torch and sparsenas versions and
-    the compiled extension file, so that another machine or a rebuild measures afresh. None
-    without the extension.
+    ``~/.cache/sparsenas``); the name hashes the CPU model and its flags (one model name covers
+    CPUs with and without AVX-512), the torch and sparsenas versions and the compiled extension
+    file, so that another machine or a rebuild measures afresh. None without the extension.
     """
     if native is None:
         return None
@@ -52,20 +52,22 @@ def kernel_path_cache_file() -> Path | None:
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
         "sparsenas")
     extension = os.stat(native.__file__)
-    identity = "|".join([_cpu_model(), torch.__version__, native.__version__,
+    identity = "|".join([*_cpu_identity(), torch.__version__, native.__version__,
                          str(extension.st_size), str(extension.st_mtime_ns)])
     digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
     return Path(root) / f"kernel-paths-{digest}.tsv"
 
 
-def _cpu_model() -> str:
+def _cpu_identity() -> tuple[str, str]:
+    """The model name and feature flags of the first CPU /proc/cpuinfo lists."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        first = Path("/proc/cpuinfo").read_text().split("\n\n", 1)[0]
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        first = ""
+    fields = {key.strip(): value.strip()
+              for key, _, value in (line.partition(":") for line in first.splitlines())}
+    return (fields.get("model name") or platform.processor() or platform.machine(),
+            " ".join(sorted(fields.get("flags", "").split())))
 
 
 def _use_kernel_path_cache() -> None:

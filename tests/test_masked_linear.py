@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import platform
 import subprocess
 import sys
 
@@ -546,3 +547,18 @@ def test_path_choices_are_recorded_for_later_processes(tmp_path):
     with open(file, "w") as record:
         record.write(f"{key}\t{other}\nunparseable line\n")
     assert run() == [file, other]
+
+
+@pytest.mark.skipif(not has_native_kernel("masked_linear", "cpu"), reason="native CPU kernel")
+def test_path_cache_is_per_cpu_model_and_vector_extensions(monkeypatch):
+    from sparsenas import _extension
+
+    model, flags = _extension._cpu_identity()
+    assert model
+    if platform.machine() == "x86_64":
+        assert "sse2" in flags.split()  # part of x86-64 itself
+    files = set()
+    for identity in [(model, "avx2 fma"), (model, "avx2 avx512f fma"), ("Other CPU", "avx2 fma")]:
+        monkeypatch.setattr(_extension, "_cpu_identity", lambda identity=identity: identity)
+        files.add(_extension.kernel_path_cache_file())
+    assert len(files) == 3
