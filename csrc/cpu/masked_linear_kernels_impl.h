@@ -20,8 +20,12 @@ namespace {
 
 using at::vec::Vectorized;
 
+// The per-vector helpers below, and the per-vector lambdas of the kernels, are always inlined: in
+// the large kernels GCC (with link-time optimisation) may otherwise leave one as a call per vector
+// (seen in the 1-row forward).
+
 template <typename scalar_t, MaskKind kind>
-inline at::opmath_type<scalar_t> mask_scalar(const void* mask, int64_t c) {
+[[gnu::always_inline]] inline at::opmath_type<scalar_t> mask_scalar(const void* mask, int64_t c) {
   using acc_t = at::opmath_type<scalar_t>;
   if constexpr (kind == MaskKind::kByte) {
     return acc_t(static_cast<const uint8_t*>(mask)[c]);
@@ -35,7 +39,7 @@ inline at::opmath_type<scalar_t> mask_scalar(const void* mask, int64_t c) {
 // The 0 / 1 multipliers of a byte or bit mask for the lanes [c, c + size) (for bits, c is a
 // multiple of the lane count, so the lanes start on a byte or nibble).
 template <typename acc_t, MaskKind kind>
-inline Vectorized<acc_t> mask_vector(const uint8_t* m, int64_t c) {
+[[gnu::always_inline]] inline Vectorized<acc_t> mask_vector(const uint8_t* m, int64_t c) {
 #if defined(CPU_CAPABILITY_AVX512)
   if constexpr (std::is_same_v<acc_t, float>) {
     if constexpr (kind == MaskKind::kByte) {
@@ -68,7 +72,7 @@ inline Vectorized<acc_t> mask_vector(const uint8_t* m, int64_t c) {
 
 // src[c, c + count) in opmath (count <= lanes; lanes beyond count are 0).
 template <typename scalar_t>
-inline Vectorized<at::opmath_type<scalar_t>> load_opmath(const scalar_t* src, int64_t count) {
+[[gnu::always_inline]] inline Vectorized<at::opmath_type<scalar_t>> load_opmath(const scalar_t* src, int64_t count) {
   using acc_t = at::opmath_type<scalar_t>;
   using Vec = Vectorized<acc_t>;
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
@@ -81,7 +85,7 @@ inline Vectorized<at::opmath_type<scalar_t>> load_opmath(const scalar_t* src, in
 }
 
 template <typename scalar_t>
-inline void store_scalar(const Vectorized<at::opmath_type<scalar_t>>& v, scalar_t* dst,
+[[gnu::always_inline]] inline void store_scalar(const Vectorized<at::opmath_type<scalar_t>>& v, scalar_t* dst,
                          int64_t count) {
   using acc_t = at::opmath_type<scalar_t>;
   using Vec = Vectorized<acc_t>;
@@ -97,7 +101,7 @@ inline void store_scalar(const Vectorized<at::opmath_type<scalar_t>>& v, scalar_
 
 // The mask multipliers of columns [c, c + count) of one mask row.
 template <typename scalar_t, MaskKind kind>
-inline Vectorized<at::opmath_type<scalar_t>> mask_multiplier(const void* mask, int64_t c,
+[[gnu::always_inline]] inline Vectorized<at::opmath_type<scalar_t>> mask_multiplier(const void* mask, int64_t c,
                                                             int64_t count) {
   using acc_t = at::opmath_type<scalar_t>;
   using Vec = Vectorized<acc_t>;
@@ -113,7 +117,7 @@ inline Vectorized<at::opmath_type<scalar_t>> mask_multiplier(const void* mask, i
 
 // weight[c, c + count) * mask[c, c + count) of one row, in opmath.
 template <typename scalar_t, MaskKind kind>
-inline Vectorized<at::opmath_type<scalar_t>> masked_weight(const scalar_t* weight, const void* mask,
+[[gnu::always_inline]] inline Vectorized<at::opmath_type<scalar_t>> masked_weight(const scalar_t* weight, const void* mask,
                                                           int64_t c, int64_t count) {
   return load_opmath(weight + c, count) * mask_multiplier<scalar_t, kind>(mask, c, count);
 }
@@ -132,7 +136,7 @@ inline void load_masked_row(const scalar_t* src, const void* mask, int64_t n,
 }
 
 template <typename scalar_t, MaskKind kind>
-inline const void* mask_at(const void* mask, int64_t offset) {
+[[gnu::always_inline]] inline const void* mask_at(const void* mask, int64_t offset) {
   const size_t elem = kind == MaskKind::kSoft ? sizeof(scalar_t) : 1;
   return static_cast<const char*>(mask) + offset * elem;
 }
@@ -145,7 +149,7 @@ constexpr int64_t kPrefetchElements = 256;
 
 // Prefetches column c + kPrefetchElements of a weight row and of its mask row (null: one not read).
 template <typename scalar_t, MaskKind kind>
-inline void prefetch_ahead(const scalar_t* w_row, const void* m_row, int64_t c) {
+[[gnu::always_inline]] inline void prefetch_ahead(const scalar_t* w_row, const void* m_row, int64_t c) {
   if (w_row != nullptr) __builtin_prefetch(w_row + c + kPrefetchElements);
   if (m_row == nullptr) return;
   if constexpr (kind == MaskKind::kBits)
@@ -211,7 +215,9 @@ template <int64_t kO, int64_t kR, typename acc_t, typename scalar_t>
 [[gnu::always_inline]] inline void store_tile_sums(const Vectorized<acc_t> (&acc)[kO][kR], scalar_t* y, int64_t y_ld,
                             int64_t n_out, const acc_t* bias) {
   Vectorized<acc_t> by_row[kR * kO];
+#pragma GCC unroll 8
   for (int64_t r = 0; r < kR; ++r)
+#pragma GCC unroll 8
     for (int64_t j = 0; j < kO; ++j) by_row[r * kO + j] = acc[j][r];
   acc_t sums[kR * kO];
   lane_sums<kR * kO>(by_row, sums);
@@ -226,17 +232,55 @@ inline void dot_block(const acc_t* wm, const acc_t* x, int64_t ld, scalar_t* y, 
                       int64_t n_out, const acc_t* bias) {
   using Vec = Vectorized<acc_t>;
   Vec acc[kO][kR];
+#pragma GCC unroll 8
   for (int64_t j = 0; j < kO; ++j)
+#pragma GCC unroll 8
     for (int64_t r = 0; r < kR; ++r) acc[j][r] = Vec(acc_t(0));
   for (int64_t c = 0; c < ld; c += Vec::size()) {
     Vec xv[kR];
+#pragma GCC unroll 8
     for (int64_t r = 0; r < kR; ++r) xv[r] = Vec::loadu(x + r * ld + c);
+#pragma GCC unroll 8
     for (int64_t j = 0; j < kO; ++j) {
       const Vec wv = Vec::loadu(wm + j * ld + c);
+#pragma GCC unroll 8
       for (int64_t r = 0; r < kR; ++r) acc[j][r] = at::vec::fmadd(xv[r], wv, acc[j][r]);
     }
   }
   store_tile_sums(acc, y, y_ld, n_out, bias);
+}
+
+// acc[j][r] += x[r, c : c + count] * (W ⊙ M)[row j, c : c + count] (count <= lanes) for the kO
+// weight rows w_rows / m_rows and kR x rows (stride ld). Always inlined, its loops unrolled and
+// free of branches, so that the accumulators stay in registers (GCC had left them in memory, a
+// store and a reload per multiply-add, which made the 1-row forward twice as slow as the BLAS's
+// dense one on an AVX2 EPYC).
+template <int64_t kO, int64_t kR, typename scalar_t, MaskKind kind>
+[[gnu::always_inline]] inline void direct_step(Vectorized<at::opmath_type<scalar_t>> (&acc)[kO][kR],
+                                               const scalar_t* const (&w_rows)[kO],
+                                               const void* const (&m_rows)[kO],
+                                               const at::opmath_type<scalar_t>* x, int64_t ld,
+                                               int64_t c, int64_t count) {
+  using Vec = Vectorized<at::opmath_type<scalar_t>>;
+  Vec xv[kR];
+#pragma GCC unroll 8
+  for (int64_t r = 0; r < kR; ++r) xv[r] = Vec::loadu(x + r * ld + c);
+#pragma GCC unroll 8
+  for (int64_t j = 0; j < kO; ++j) {
+    // Unconditional: a branch in this loop (prefetch_ahead's null tests) made GCC keep the
+    // accumulators in memory. Only where a vector is a whole cache line, so one prefetch per line
+    // of W; with narrower vectors (AVX2) the 1-row forward was faster on an EPYC without them.
+    if constexpr (sizeof(Vec) >= 64) {
+      __builtin_prefetch(w_rows[j] + c + kPrefetchElements);
+      if constexpr (kind == MaskKind::kBits)
+        __builtin_prefetch(static_cast<const uint8_t*>(m_rows[j]) + (c + kPrefetchElements) / 8);
+      else
+        __builtin_prefetch(mask_at<scalar_t, kind>(m_rows[j], c + kPrefetchElements));
+    }
+    const Vec wv = masked_weight<scalar_t, kind>(w_rows[j], m_rows[j], c, count);
+#pragma GCC unroll 8
+    for (int64_t r = 0; r < kR; ++r) acc[j][r] = at::vec::fmadd(xv[r], wv, acc[j][r]);
+  }
 }
 
 // kO weight rows masked on the fly (read once, never stored) against kR x rows: for batches of
@@ -255,20 +299,14 @@ inline void direct_block(const FusedForwardArgs& a, int64_t k, int64_t o0, int64
     m_rows[j] = mask_at<scalar_t, kind>(a.mask, k * a.mask_stride + o * a.mask_ld);
   }
   Vec acc[kO][kR];
+#pragma GCC unroll 8
   for (int64_t j = 0; j < kO; ++j)
+#pragma GCC unroll 8
     for (int64_t r = 0; r < kR; ++r) acc[j][r] = Vec(acc_t(0));
-  auto step = [&](int64_t c, int64_t count) {
-    Vec xv[kR];
-    for (int64_t r = 0; r < kR; ++r) xv[r] = Vec::loadu(x + r * ld + c);
-    for (int64_t j = 0; j < kO; ++j) {
-      prefetch_ahead<scalar_t, kind>(w_rows[j], m_rows[j], c);
-      const Vec wv = masked_weight<scalar_t, kind>(w_rows[j], m_rows[j], c, count);
-      for (int64_t r = 0; r < kR; ++r) acc[j][r] = at::vec::fmadd(xv[r], wv, acc[j][r]);
-    }
-  };
   const int64_t full = a.in / Vec::size() * Vec::size();
-  for (int64_t c = 0; c < full; c += Vec::size()) step(c, Vec::size());
-  if (full < a.in) step(full, a.in - full);
+  for (int64_t c = 0; c < full; c += Vec::size())
+    direct_step<kO, kR, scalar_t, kind>(acc, w_rows, m_rows, x, ld, c, Vec::size());
+  if (full < a.in) direct_step<kO, kR, scalar_t, kind>(acc, w_rows, m_rows, x, ld, full, a.in - full);
   store_tile_sums(acc, y, a.out_features, n_out, bias);
 }
 
@@ -521,7 +559,7 @@ inline void few_rows_step(const at::opmath_type<scalar_t>* g, int64_t g_ld, cons
   Vec gv[kRows][kDepth];
   for (int64_t r = 0; r < kRows; ++r)
     for (int64_t j = 0; j < kDepth; ++j) gv[r][j] = Vec(g[r * g_ld + j]);
-  auto step = [&](int64_t c, int64_t count) {
+  auto step = [&](int64_t c, int64_t count) __attribute__((always_inline)) {
     Vec wm[kDepth];
 #pragma GCC unroll 4
     for (int64_t j = 0; j < kDepth; ++j) {
@@ -771,7 +809,7 @@ void few_rows_gradients(const FusedGradWeightArgs& a, int64_t k_first, int64_t k
       const scalar_t* w_row = static_cast<const scalar_t*>(a.weight) + k * a.weight_stride + o * a.in;
       const void* m_row = mask_at<scalar_t, kind>(a.mask, k * a.mask_stride + o * a.mask_ld);
       const int64_t row = (k * a.out_features + o) * a.in;
-      auto step = [&](int64_t c, int64_t count) {
+      auto step = [&](int64_t c, int64_t count) __attribute__((always_inline)) {
         prefetch_ahead<scalar_t, kind>(grad_mask != nullptr ? w_row : nullptr,
                                        grad_weight != nullptr ? m_row : nullptr, c);
         // The gradient rows written are streams that restart at every page too (measured: the
