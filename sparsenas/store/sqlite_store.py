@@ -151,7 +151,6 @@ class Store:
             raise StoreError(f"store {str(self.path)!r} cannot be opened: {error}") from None
         try:
             self._db.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-            self.migrated_from = None
             if readonly:
                 version = self._schema_version()
                 if version == 0:
@@ -161,16 +160,30 @@ class Store:
                         f"store {str(self.path)!r} was written by sparsenas 0.1.0: upgrade it "
                         f"once with `sparsenas migrate --store {self.path}`")
             else:
-                self._db.execute("PRAGMA journal_mode = WAL")
+                self._use_wal(timeout)
                 self._db.execute("PRAGMA synchronous = FULL")
-                if self._create_or_migrate() == 1:
-                    self.migrated_from = 1
+                version = self._create_or_migrate()
+            self.migrated_from = version if version == 1 and not readonly else None
         except sqlite3.Error as error:
             self._db.close()
             raise StoreError(f"store {str(self.path)!r}: {_describe(error)}") from None
         except StoreError:
             self._db.close()
             raise
+
+    def _use_wal(self, timeout: float) -> None:
+        """Switches the database to WAL mode. The switch needs an exclusive lock, for which SQLite
+        does not wait (workers opening a new store at once got 'database is locked'), so it is
+        retried until ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def close(self) -> None:
         self._db.close()
