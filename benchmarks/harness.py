@@ -144,9 +144,9 @@ def machine_tag(device: torch.device) -> str:
     model = model.split("@", 1)[0]
     slug = "-".join(re.findall(r"[a-z0-9]+", model.lower())) or "unknown"
     if device.type == "cpu":
+        extensions = vector_extensions()
         widest = next((name for flag, name in (("avx512f", "avx512"), ("avx2", "avx2"),
-                                               ("avx", "avx")) if flag in vector_extensions()),
-                      None)
+                                               ("avx", "avx")) if flag in extensions), None)
         if widest is not None:
             slug = f"{slug}-{widest}"
     return f"{device.type}_{slug}"

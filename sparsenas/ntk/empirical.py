@@ -640,11 +640,11 @@ def _gram(rows: Tensor) -> Tensor:
     full product is not on every CPU (MKL on an AVX2-only EPYC differs in the last bit)."""
     count = rows.shape[0]
     if count <= 2 * _GRAM_BLOCK_ROWS or rows.shape[1] < count:
-        gram = (rows @ rows.T).tril_()
-        return gram.add_(gram.tril(-1).T)
-    gram = rows.new_empty(count, count)
-    for start in range(0, count, _GRAM_BLOCK_ROWS):
-        stop = min(start + _GRAM_BLOCK_ROWS, count)
-        torch.mm(rows[start:stop], rows[:stop].T, out=gram[start:stop, :stop])
+        gram = rows @ rows.T
+    else:
+        gram = rows.new_empty(count, count)
+        for start in range(0, count, _GRAM_BLOCK_ROWS):
+            stop = min(start + _GRAM_BLOCK_ROWS, count)
+            torch.mm(rows[start:stop], rows[:stop].T, out=gram[start:stop, :stop])
     gram.tril_()
     return gram.add_(gram.tril(-1).T)
