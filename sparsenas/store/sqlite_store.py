@@ -163,7 +163,7 @@ class Store:
                 self._use_wal(timeout)
                 self._db.execute("PRAGMA synchronous = FULL")
                 version = self._create_or_migrate()
-            self.migrated_from = version if version == 1 and not readonly else None
+            self.migrated_from = version if version == 1 else None  # a read-only v1 store raised
         except sqlite3.Error as error:
             self._db.close()
             raise StoreError(f"store {str(self.path)!r}: {_describe(error)}") from None
